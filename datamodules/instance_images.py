@@ -1,0 +1,50 @@
+"""Read a folder of a subject's photos, failing early and clearly on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    """Image files of a folder, sorted by name; errors name the folder and the fix."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"Image folder {str(path)!r} does not exist; set instance_data_dir to a folder "
+            "holding 3-6 photos of the subject (jpg, png or webp)."
+        )
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(
+            f"Image folder {str(path)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}); add "
+            "photos of the subject or point instance_data_dir elsewhere."
+        )
+    return files
+
+
+def load_rgb_image(file: Path) -> Image.Image:
+    """Open an image fully, honour its EXIF orientation, convert any mode to RGB."""
+    try:
+        with Image.open(file) as image:
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(
+            f"Cannot read image {str(file)!r} ({error}); remove or replace that file."
+        ) from error
+    if oriented.mode in ("RGBA", "LA", "P"):
+        # Transparent pixels become white rather than whatever colour they happen to hold.
+        rgba = oriented.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return oriented.convert("RGB")
+
+
+def load_image_folder(folder: str | Path) -> list[Image.Image]:
+    """Every image of the folder as RGB; any unreadable file is an error naming it."""
+    return [load_rgb_image(file) for file in list_image_files(folder)]

@@ -1,0 +1,204 @@
+"""The one DataModule: instance images of one or more concepts, prompts, augmentation."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.instance_images import load_image_folder
+from datamodules.prompts import SIMPLE_TEMPLATES, check_templates
+from datamodules.sampler import ResumableSampler
+from datamodules.synthetic_concept import draw_synthetic_concept
+from datamodules.transforms import random_rescale, resize_and_crop, to_tensor
+from models.concept_tokens import ConceptSpec
+
+SYNTHETIC_CLASS_WORD = "toy"
+_SYNTHETIC_MIN_SIDE = 64  # the toy is drawn at least this large, then resized
+
+
+@dataclass(frozen=True)
+class ConceptData:
+    """One concept: its token, class word, photos (None = the synthetic toy), initializer."""
+
+    token: str = "<v1>"
+    class_word: str = SYNTHETIC_CLASS_WORD
+    instance_data_dir: str | None = None
+    initializer_word: str | None = None
+
+    @property
+    def spec(self) -> ConceptSpec:
+        return ConceptSpec(self.token, self.class_word, self.initializer_word)
+
+
+class InstanceDataset(Dataset):
+    """Samples (image, prompt, loss mask) of the concepts; index i seeds its augmentation."""
+
+    def __init__(
+        self,
+        images: list[list[Image.Image]],
+        concepts: list[ConceptData],
+        templates: list[str],
+        resolution: int,
+        random_crop: bool,
+        flip_probability: float,
+        rescale_augmentation: bool,
+        repeats: int,
+        seed: int,
+    ) -> None:
+        self.items = [(c, i) for c, imgs in enumerate(images) for i in range(len(imgs))]
+        self.images, self.concepts, self.templates = images, concepts, templates
+        self.resolution, self.random_crop = resolution, random_crop
+        self.flip_probability, self.rescale_augmentation = flip_probability, rescale_augmentation
+        self.repeats, self.seed = repeats, seed
+
+    def __len__(self) -> int:
+        return len(self.items) * self.repeats
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = random.Random(f"{self.seed}/{index}")
+        concept_index, image_index = self.items[index % len(self.items)]
+        image = self.images[concept_index][image_index]
+        image = resize_and_crop(image, self.resolution, self.random_crop, rng)
+        flipped = rng.random() < self.flip_probability
+        if flipped:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        prompt = rng.choice(self.templates).format(self.concepts[concept_index].spec.phrase)
+        mask = torch.ones(1, self.resolution, self.resolution)
+        cache_key = "" if self.random_crop else f"{concept_index}/{image_index}/{int(flipped)}"
+        if self.rescale_augmentation:
+            image, mask_array, prefix = random_rescale(image, self.resolution, rng)
+            mask = torch.from_numpy(mask_array)[None]
+            prompt, cache_key = prefix + prompt, ""
+        return {
+            "pixel_values": to_tensor(image),
+            "prompts": prompt,
+            "loss_mask": mask,
+            "concept_index": concept_index,
+            "cache_key": cache_key,
+        }
+
+
+class PersonalizationDataModule(L.LightningDataModule):
+    """Instance photos (or the synthetic toy) of the concepts, with simple prompts."""
+
+    def __init__(
+        self,
+        instance_data_dir: str | None = None,
+        concept_token: str = "<v1>",
+        class_word: str | None = None,
+        initializer_word: str | None = None,
+        additional_concepts: list[ConceptData] | None = None,
+        prompt_templates: list[str] | None = None,
+        resolution: int = 512,
+        random_crop: bool = False,
+        flip_probability: float = 0.5,
+        rescale_augmentation: bool = False,
+        repeats: int = 100,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        synthetic_num_images: int = 5,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            instance_data_dir: folder of the subject's photos; None draws the synthetic toy.
+            concept_token: placeholder token of the (first) concept, e.g. ``<v1>``.
+            class_word: the subject's class ("dog"); defaults to "toy" for the synthetic one.
+            initializer_word: one-token word the concept vectors start from (class word if None).
+            additional_concepts: further concepts, each with its own token and photos.
+            prompt_templates: "{}" marks the concept phrase; default: the simple template set.
+            resolution: square side the images are resized and cropped to.
+            random_crop: random instead of centre crop (disables latent caching).
+            flip_probability: chance of a horizontal flip.
+            rescale_augmentation: Custom Diffusion's random rescale with its loss mask and
+                "a far away" / "zoomed in" prompt words.
+            repeats: passes over the images per epoch.
+            synthetic_num_images: how many synthetic toy images to draw.
+            seed: seeds the shuffle, augmentation and synthetic images.
+        """
+        super().__init__()
+        if class_word is None:
+            if instance_data_dir is not None:
+                raise ValueError(
+                    "class_word is required with instance_data_dir (e.g. --data.init_args."
+                    "class_word dog): the prompts say '<v1> <class word>'."
+                )
+            class_word = SYNTHETIC_CLASS_WORD
+        first = ConceptData(concept_token, class_word, instance_data_dir, initializer_word)
+        self.concept_data = [first, *(additional_concepts or [])]
+        tokens = [c.token for c in self.concept_data]
+        if len(set(tokens)) != len(tokens):
+            raise ValueError(f"Concept tokens must differ from each other, got {tokens}.")
+        self.templates = check_templates(prompt_templates or SIMPLE_TEMPLATES)
+        if resolution < 8 or batch_size < 1 or repeats < 1:
+            raise ValueError("resolution >= 8, batch_size >= 1 and repeats >= 1 are required.")
+        self.resolution, self.random_crop = resolution, random_crop
+        self.flip_probability, self.rescale_augmentation = flip_probability, rescale_augmentation
+        self.repeats, self.batch_size, self.num_workers = repeats, batch_size, num_workers
+        self.synthetic_num_images, self.seed = synthetic_num_images, seed
+        # Read every image now: a bad folder fails before any model is loaded.
+        self.images = [self._load_images(c, i) for i, c in enumerate(self.concept_data)]
+
+    @property
+    def concepts(self) -> list[ConceptSpec]:
+        """What the model needs to know of the concepts (linked to model.init_args.concepts)."""
+        return [c.spec for c in self.concept_data]
+
+    def _load_images(self, concept: ConceptData, index: int) -> list[Image.Image]:
+        if concept.instance_data_dir is not None:
+            return load_image_folder(concept.instance_data_dir)
+        side = max(self.resolution, _SYNTHETIC_MIN_SIDE)
+        return draw_synthetic_concept(self.synthetic_num_images, side, self.seed + index)
+
+    def provided_batch_keys(self) -> set[str]:
+        """Batch keys this configuration builds; regularizers' needs are checked against it."""
+        return {"pixel_values", "prompts", "loss_mask", "concept_index", "cache_key"}
+
+    def how_to_provide(self, keys: set[str]) -> str:
+        """How a user gets the given batch keys built (none of the extras exist yet)."""
+        return f"{type(self).__name__} has no option that builds {sorted(keys)}."
+
+    def _dataset(self, augment: bool, repeats: int) -> InstanceDataset:
+        return InstanceDataset(
+            self.images,
+            self.concept_data,
+            self.templates if augment else self.templates[:1],
+            self.resolution,
+            random_crop=self.random_crop and augment,
+            flip_probability=self.flip_probability if augment else 0.0,
+            rescale_augmentation=self.rescale_augmentation and augment,
+            repeats=repeats,
+            seed=self.seed,
+        )
+
+    def _loader(self, dataset: InstanceDataset, shuffle: bool, skip_batches: int) -> DataLoader:
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            dataset,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            seed=self.seed,
+            shuffle=shuffle,
+            skip_samples=skip_batches * self.batch_size,
+        )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        # On resume the restored loop has already consumed `ready` batches of this epoch.
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready if self.trainer else 0
+        return self._loader(self._dataset(augment=True, repeats=self.repeats), True, done)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset(augment=False, repeats=1), False, 0)

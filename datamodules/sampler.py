@@ -1,0 +1,35 @@
+"""A shuffling sampler that resumes mid-epoch, so `fit --ckpt_path` continues exactly.
+
+Lightning restarts an interrupted epoch's data from its first batch unless the loader is
+resumable. This sampler is a `DistributedSampler` (so Lightning leaves it alone under DDP and
+calls its ``set_epoch``), skips the batches the restored loop already consumed, and yields
+``epoch * len(dataset) + index`` so the dataset can seed each sample's augmentation by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sized
+
+from torch.utils.data import DistributedSampler
+
+
+class ResumableSampler(DistributedSampler):
+    """Seeded per-epoch shuffle over this rank's share, skipping already-consumed batches."""
+
+    def __init__(
+        self,
+        dataset: Sized,
+        num_replicas: int,
+        rank: int,
+        seed: int,
+        shuffle: bool = True,
+        skip_samples: int = 0,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.skip_samples = skip_samples
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self.skip_samples = self.skip_samples, 0  # only the resumed epoch is partial
+        offset = self.epoch * len(self.dataset)  # type: ignore[arg-type]
+        return iter([offset + i for i in indices[skip:]])

@@ -1,0 +1,353 @@
+"""The base LightningModule: everything a personalization baseline shares.
+
+A baseline subclass says only what differs: which parameters train (``trainable_groups``) and
+how they are saved (``export``). The base loads Stable Diffusion, freezes it, injects the concept
+tokens, caches instance latents, runs one denoising step into a `StepRecord`, and adds the
+weighted regularizers to the denoising loss.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from lightning.pytorch.cli import OptimizerCallable
+from safetensors.torch import save_file
+from torch import nn
+
+from losses.base import Regularizer
+from models.concept_tokens import ConceptSpec, ConceptTokens
+from models.loading import load_components
+from models.step_record import StepRecord
+from models.text_encoding import TextEncoding
+
+
+def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-4)
+
+
+class PersonalizationModule(L.LightningModule):
+    """Shared training step of all baselines; see the module docstring."""
+
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str = "tiny-sd",
+        concepts: list[ConceptSpec] | None = None,
+        num_vectors: int = 1,
+        train_tokens: bool = True,
+        regularizers: list[Regularizer] | None = None,
+        optimizer: OptimizerCallable = _default_optimizer,
+        learning_rates: dict[str, float] | None = None,
+        scale_lr: bool = False,
+        lr_warmup_steps: int = 0,
+        cache_latents: bool = True,
+        noise_offset: float = 0.0,
+        seed: int = 0,
+        revision: str | None = None,
+        variant: str | None = None,
+    ) -> None:
+        """
+        Args:
+            pretrained_model_name_or_path: hub id, local diffusers folder, or ``tiny-sd``.
+            concepts: linked from the DataModule by the CLI (token, class word, initializer).
+            num_vectors: learned vectors per concept token (Textual Inversion's multi-vector).
+            train_tokens: whether the concept token vectors train.
+            regularizers: the papers' losses, each weighted and logged on its own.
+            optimizer: a callable taking parameter groups (``class_path`` in configs).
+            learning_rates: per-group learning rates by group name (e.g. ``tokens``, ``kv``);
+                groups left out use the optimizer's own ``lr``.
+            scale_lr: multiply every learning rate by batch size x accumulation x world size,
+                as the Textual Inversion and Custom Diffusion recipes do.
+            lr_warmup_steps: linear warm-up, then constant.
+            cache_latents: encode each deterministic instance image once (the VAE is frozen).
+            noise_offset: offset noise strength (0 disables).
+            seed: seeds noise and timesteps per step, so a resumed run draws the same ones.
+        """
+        super().__init__()
+        if not concepts:
+            raise ValueError(
+                "No concepts given. The CLI links them from the DataModule (data.init_args."
+                "concept_token / class_word); in code pass concepts=[ConceptSpec('<v1>', 'dog')]."
+            )
+        components = load_components(pretrained_model_name_or_path, revision, variant)
+        self.tokenizer = components.tokenizer
+        self.noise_scheduler = components.noise_scheduler
+        self.text_encoder = components.text_encoder
+        self.vae = components.vae
+        self.unet = components.unet
+        for frozen in (self.text_encoder, self.vae, self.unet):
+            frozen.requires_grad_(False)
+            frozen.eval()
+        self.concept_tokens = ConceptTokens(self.tokenizer, self.text_encoder, concepts, num_vectors)
+        self.concept_tokens.embedding.vectors.requires_grad_(train_tokens)
+        self.concepts = list(concepts)
+        self.regularizers = nn.ModuleList(regularizers or [])
+        self.optimizer_factory = optimizer
+        self.learning_rates = dict(learning_rates or {})
+        self.scale_lr = scale_lr
+        self.lr_warmup_steps = lr_warmup_steps
+        self.cache_latents = cache_latents
+        self.noise_offset = noise_offset
+        self.seed = seed
+        self.strict_loading = False  # checkpoints hold only what trains
+        self._latent_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ----- what a baseline declares ---------------------------------------------------------
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameter groups by name; each may get its own learning rate."""
+        vectors = self.concept_tokens.embedding.vectors
+        return {"tokens": [vectors]} if vectors.requires_grad else {}
+
+    def export(self, folder: Path) -> list[Path]:
+        """Write the learned weights in formats diffusers loads; return the files written."""
+        raise NotImplementedError(f"{type(self).__name__} must implement export().")
+
+    def trained_components(self) -> tuple[nn.Module, ...]:
+        """Pretrained components that train as a whole and so run in train mode (none here)."""
+        return ()
+
+    # ----- documented methods regularizers may call ------------------------------------------
+    def encode_text(self, prompts: list[str]) -> TextEncoding:
+        """Encode prompts with the concept tokens injected (gradients reach trained vectors)."""
+        expanded = [self.concept_tokens.expand(p) for p in prompts]
+        input_ids = self.tokenizer(
+            expanded,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        hidden = self.text_encoder(input_ids).last_hidden_state
+        return TextEncoding(hidden_states=hidden, input_ids=input_ids)
+
+    def predict_noise(
+        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, encoder_states: torch.Tensor
+    ) -> torch.Tensor:
+        """One UNet call; returns the prediction in the scheduler's parameterisation."""
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=encoder_states).sample
+
+    def export_token_embeddings(self, path_for_concept: dict[str, Path]) -> list[Path]:
+        """Save each concept's vectors as ``{token: (num_vectors, dim)}`` safetensors files."""
+        written = []
+        for index, concept in enumerate(self.concepts):
+            path = path_for_concept[concept.token]
+            vectors = self.concept_tokens.vectors_of(index).detach().float().cpu().contiguous()
+            save_file({concept.token: vectors}, str(path))
+            written.append(path)
+        return written
+
+    # ----- the training step ------------------------------------------------------------------
+    def step_generator(self, step: int, salt: int = 0) -> torch.Generator:
+        """A generator seeded by (seed, step, rank): draws repeat exactly after a resume."""
+        generator = torch.Generator(device=self.device)
+        rank = self.global_rank if self._trainer is not None else 0
+        generator.manual_seed(((self.seed * 1_000_003 + step) * 1009 + rank) * 7 + salt)
+        return generator
+
+    def encode_latents(
+        self, pixel_values: torch.Tensor, cache_keys: list[str] | None, generator: torch.Generator
+    ) -> torch.Tensor:
+        """VAE latents (scaled), sampled from cached distributions where the image allows."""
+        use_cache = self.cache_latents and cache_keys is not None and all(cache_keys)
+        with torch.no_grad():
+            if use_cache:
+                missing = [i for i, key in enumerate(cache_keys) if key not in self._latent_cache]
+                if missing:
+                    dist = self.vae.encode(pixel_values[missing]).latent_dist
+                    for row, i in enumerate(missing):
+                        self._latent_cache[cache_keys[i]] = (
+                            dist.mean[row].float(),
+                            dist.std[row].float(),
+                        )
+                mean = torch.stack([self._latent_cache[k][0] for k in cache_keys])
+                std = torch.stack([self._latent_cache[k][1] for k in cache_keys])
+            else:
+                dist = self.vae.encode(pixel_values).latent_dist
+                mean, std = dist.mean.float(), dist.std.float()
+        sample = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device)
+        return sample * self.vae.config.scaling_factor
+
+    def latent_loss_mask(self, pixel_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """A latent cell counts only if its whole pixel footprint is valid (min-pooling)."""
+        return -F.adaptive_max_pool2d(-pixel_mask.float(), size)
+
+    def denoise(self, batch: dict[str, Any], generator: torch.Generator) -> StepRecord:
+        """Noise the latents, run the UNet once on the prompts, and record everything."""
+        latents = self.encode_latents(batch["pixel_values"], batch.get("cache_key"), generator)
+        device = latents.device
+        noise = torch.randn(latents.shape, generator=generator, device=device)
+        if self.noise_offset:
+            offset = torch.randn(latents.shape[:2], generator=generator, device=device)
+            noise = noise + self.noise_offset * offset[..., None, None]
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=device)
+        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        text = self.encode_text(batch["prompts"])
+        model_pred = self.predict_noise(noisy_latents, timesteps, text.hidden_states)
+        pixel_mask = batch.get("loss_mask")
+        if pixel_mask is None:
+            loss_mask = torch.ones_like(latents[:, :1])
+        else:
+            loss_mask = self.latent_loss_mask(pixel_mask, latents.shape[-2:])
+        return StepRecord(
+            latents=latents,
+            noisy_latents=noisy_latents,
+            timesteps=timesteps,
+            noise=noise,
+            target=target,
+            model_pred=model_pred,
+            encoder_hidden_states=text.hidden_states,
+            input_ids=text.input_ids,
+            loss_mask=loss_mask,
+            batch=batch,
+        )
+
+    def denoising_loss(self, record: StepRecord) -> torch.Tensor:
+        """Mean squared error over the valid (mask = 1) latent elements of each sample."""
+        error = F.mse_loss(record.model_pred.float(), record.target.float(), reduction="none")
+        mask = record.loss_mask.float()
+        valid = (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1.0)
+        return ((error * mask).sum(dim=(1, 2, 3)) / valid).mean()
+
+    def compute_losses(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        """Unweighted parts by name plus ``total`` = denoise + sum of weight x regularizer."""
+        record = self.denoise(batch, generator)
+        parts = {"denoise": self.denoising_loss(record)}
+        total = parts["denoise"]
+        for regularizer in self.regularizers:
+            parts[regularizer.name] = regularizer(record, self)
+            total = total + regularizer.weight * parts[regularizer.name]
+        return {"parts": parts, "total": total}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        losses = self.compute_losses(batch, self.step_generator(self.global_step))
+        batch_size = len(batch["prompts"])
+        for name, value in losses["parts"].items():
+            self.log(f"train/loss/{name}", value.detach(), batch_size=batch_size)
+        self.log("train/loss", losses["total"].detach(), prog_bar=True, batch_size=batch_size)
+        return losses["total"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Denoising loss on the instance images with noise fixed by batch index."""
+        losses = self.compute_losses(batch, self.step_generator(batch_idx, salt=1))
+        self.log("val/loss/denoise", losses["parts"]["denoise"], batch_size=len(batch["prompts"]))
+
+    # ----- lifecycle --------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        provided = getattr(datamodule, "provided_batch_keys", None)
+        if provided is None:
+            return
+        for regularizer in self.regularizers:
+            missing = set(regularizer.requires) - set(provided())
+            if missing:
+                raise ValueError(
+                    f"Regularizer {regularizer.name!r} needs batch data {sorted(missing)} that "
+                    f"the DataModule was not set up to build. {datamodule.how_to_provide(missing)}"
+                )
+
+    def train(self, mode: bool = True) -> PersonalizationModule:
+        """Frozen components stay in eval mode whatever Lightning asks of the module."""
+        super().train(mode)
+        trained = {id(m) for m in self.trained_components()}
+        for component in (self.text_encoder, self.vae, self.unet):
+            if id(component) not in trained:
+                component.eval()
+        return self
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = self.trainable_groups()
+        unknown = set(self.learning_rates) - set(groups)
+        if unknown:
+            raise ValueError(
+                f"learning_rates names groups {sorted(unknown)} that {type(self).__name__} does "
+                f"not have; its groups are {sorted(groups)}."
+            )
+        param_groups = [{"params": params, "name": name} for name, params in groups.items()]
+        for group in param_groups:
+            if group["name"] in self.learning_rates:
+                group["lr"] = self.learning_rates[group["name"]]
+        optimizer = self.optimizer_factory(param_groups)
+        factor = self._lr_scale_factor() if self.scale_lr else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+        warmup = max(self.lr_warmup_steps, 0)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _lr_scale_factor(self) -> float:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        batch_size = getattr(datamodule, "batch_size", 1)
+        return float(batch_size * self.trainer.accumulate_grad_batches * self.trainer.world_size)
+
+    def trainable_state_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = self.trainable_state_keys() - set(checkpoint["state_dict"])
+        if missing:
+            raise KeyError(
+                f"Checkpoint lacks {len(missing)} trained weights of {type(self).__name__} "
+                f"(e.g. {sorted(missing)[:3]}); was it written by another baseline or config?"
+            )
+
+    # ----- generation -------------------------------------------------------------------------
+    def pipeline(self) -> StableDiffusionPipeline:
+        """A diffusers pipeline over this module's live components (DDIM sampling)."""
+        pipe = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        seed: int = 0,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 6.0,
+        resolution: int | None = None,
+        negative_prompt: str = "",
+    ) -> torch.Tensor:
+        """Images in [0, 1], shape (B, 3, H, W); image i uses seed + i."""
+        size = resolution or self.unet.config.sample_size * self.vae_scale_factor
+        positive = self.encode_text(prompts).hidden_states
+        negative = self.encode_text([negative_prompt] * len(prompts)).hidden_states
+        generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+        images = self.pipeline()(
+            prompt_embeds=positive,
+            negative_prompt_embeds=negative,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=size,
+            width=size,
+            generator=generators,
+            output_type="pt",
+        ).images
+        return images.float().clamp(0, 1)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)

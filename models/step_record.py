@@ -1,0 +1,25 @@
+"""What one training step computed, handed to every regularizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class StepRecord:
+    """Tensors of one denoising step. Shapes: latents (B, C, h, w); timesteps (B,);
+    encoder_hidden_states (B, L, D); loss_mask (B, 1, h, w) at latent resolution."""
+
+    latents: torch.Tensor
+    noisy_latents: torch.Tensor
+    timesteps: torch.Tensor
+    noise: torch.Tensor
+    target: torch.Tensor
+    model_pred: torch.Tensor
+    encoder_hidden_states: torch.Tensor
+    input_ids: torch.Tensor
+    loss_mask: torch.Tensor
+    batch: dict[str, Any]

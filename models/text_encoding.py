@@ -1,0 +1,28 @@
+"""The prompt -> encoder-states path, concept tokens injected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TextEncoding:
+    """Output of `PersonalizationModule.encode_text`.
+
+    hidden_states: (B, L, D), what the UNet cross-attends to; input_ids: (B, L), so that a loss
+    can find the concept token, the class word or the end-of-text position.
+    """
+
+    hidden_states: torch.Tensor
+    input_ids: torch.Tensor
+
+    def eos_positions(self, eos_token_id: int) -> torch.Tensor:
+        """Index of the first end-of-text token in each prompt, shape (B,)."""
+        return (self.input_ids == eos_token_id).int().argmax(dim=-1)
+
+    def pooled(self, eos_token_id: int) -> torch.Tensor:
+        """Hidden state at the real end-of-text position, shape (B, D)."""
+        rows = torch.arange(self.input_ids.shape[0], device=self.input_ids.device)
+        return self.hidden_states[rows, self.eos_positions(eos_token_id)]

@@ -1,0 +1,33 @@
+"""Textual Inversion (Gal et al. 2022): only the concept token vectors train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from models.base import PersonalizationModule
+
+LEARNED_EMBEDS = "learned_embeds.safetensors"
+
+
+class TextualInversion(PersonalizationModule):
+    """Learns ``num_vectors`` embedding vectors per concept; the whole model stays frozen."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("train_tokens", True)
+        if not kwargs["train_tokens"]:
+            raise ValueError("TextualInversion trains the concept tokens; train_tokens must be true.")
+        super().__init__(**kwargs)
+
+    def export(self, folder: Path) -> list[Path]:
+        """``learned_embeds.safetensors`` (one concept) or ``learned_embeds-<i>.safetensors``
+        (several, since diffusers' ``load_textual_inversion`` reads one token per file)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if len(self.concepts) == 1:
+            paths = {self.concepts[0].token: folder / LEARNED_EMBEDS}
+        else:
+            paths = {
+                c.token: folder / f"learned_embeds-{i}.safetensors"
+                for i, c in enumerate(self.concepts)
+            }
+        return self.export_token_embeddings(paths)

@@ -1,0 +1,148 @@
+"""Build a tiny random Stable Diffusion pipeline, save it in diffusers format, load it like SD 1.5.
+
+No weights can be downloaded here, so the project makes its own: the same component classes as
+SD 1.5 (UNet2DConditionModel with cross-attention, AutoencoderKL, CLIPTextModel, a CLIP
+tokenizer, SD's noise schedule), a few thousand times smaller and seeded, saved once into a cache
+folder. Configs name it ``tiny-sd`` where they would name a hub id; `resolve_pretrained` maps the
+name to the folder and everything after that is the ordinary ``from_pretrained`` path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from models.tiny_tokenizer import write_tiny_clip_tokenizer
+
+TINY_MODEL_NAME = "tiny-sd"
+TINY_RESOLUTION = 32  # pixels; the tiny VAE downsamples by 2, so latents are 16x16
+_BUILD_VERSION = "1"  # bump when the architecture below changes, so caches are rebuilt
+
+
+def tiny_cache_dir() -> Path:
+    """Where the tiny pipeline lives: $PERSONALIZE_CACHE or ~/.cache/personalize."""
+    root = os.environ.get("PERSONALIZE_CACHE") or Path.home() / ".cache" / "personalize"
+    return Path(root) / f"{TINY_MODEL_NAME}-v{_BUILD_VERSION}"
+
+
+def _tiny_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=TINY_RESOLUTION // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+
+
+def _tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=TINY_RESOLUTION,
+    )
+
+
+def _tiny_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def _sd_scheduler() -> DDPMScheduler:
+    """SD 1.5's training noise schedule (scaled-linear betas, epsilon prediction)."""
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type="epsilon",
+        steps_offset=1,
+    )
+
+
+def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
+    """Build the tiny pipeline with seeded random weights and save it in diffusers layout."""
+    tokenizer_dir = folder / "tokenizer"
+    write_tiny_clip_tokenizer(tokenizer_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=77)
+    tokenizer.save_pretrained(tokenizer_dir)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet, vae, text_encoder = _tiny_unet(), _tiny_vae(), _tiny_text_encoder(tokenizer)
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    text_encoder.save_pretrained(folder / "text_encoder")
+    _sd_scheduler().save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(_MODEL_INDEX)
+    return folder
+
+
+def ensure_tiny_pipeline() -> Path:
+    """Return the cached tiny pipeline folder, building it first if needed.
+
+    Several DDP ranks may call this at once: each builds into its own temporary folder and
+    renames it into place; a rank that loses the race discards its copy.
+    """
+    target = tiny_cache_dir()
+    if (target / "model_index.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-sd-", dir=target.parent))
+    save_tiny_pipeline(staging)
+    try:
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "model_index.json").exists():
+            raise
+    return target
+
+
+def resolve_pretrained(name_or_path: str) -> str:
+    """Map ``tiny-sd`` to its cache folder; leave hub ids and local folders as they are."""
+    if name_or_path == TINY_MODEL_NAME:
+        return str(ensure_tiny_pipeline())
+    return name_or_path
+
+
+_MODEL_INDEX = """{
+  "_class_name": "StableDiffusionPipeline",
+  "_diffusers_version": "0.42.1",
+  "feature_extractor": [null, null],
+  "requires_safety_checker": false,
+  "safety_checker": [null, null],
+  "scheduler": ["diffusers", "DDPMScheduler"],
+  "text_encoder": ["transformers", "CLIPTextModel"],
+  "tokenizer": ["transformers", "CLIPTokenizer"],
+  "unet": ["diffusers", "UNet2DConditionModel"],
+  "vae": ["diffusers", "AutoencoderKL"]
+}
+"""
