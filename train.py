@@ -16,7 +16,6 @@ from callbacks.export import ExportWeights
 from datamodules.personalization import PersonalizationDataModule
 from models.base import PersonalizationModule
 
-
 # The frozen Stable Diffusion components are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 

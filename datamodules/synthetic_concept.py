@@ -110,7 +110,9 @@ def _draw_one_image(index: int, resolution: int, seed: int) -> Image.Image:
     return scene.convert("RGB").resize((resolution, resolution), Image.Resampling.LANCZOS)
 
 
-def draw_synthetic_concept(num_images: int = 5, resolution: int = 64, seed: int = 0) -> list[Image.Image]:
+def draw_synthetic_concept(
+    num_images: int = 5, resolution: int = 64, seed: int = 0
+) -> list[Image.Image]:
     """RGB images of one toy robot in varied poses and scenes, deterministic by seed.
 
     The quickstart has no photos, so this is the subject a personalization method

@@ -24,7 +24,7 @@ class Regularizer(nn.Module):
     """Base class: subclasses set ``name`` and ``requires`` and implement ``forward``."""
 
     name: ClassVar[str] = "regularizer"
-    # Batch keys beyond the always-present ones (pixel_values, prompts, ...), e.g. "class_pixel_values".
+    # Batch keys beyond the always-present ones (pixel_values, prompts, ...).
     requires: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, weight: float = 1.0) -> None:

@@ -82,7 +82,9 @@ class PersonalizationModule(L.LightningModule):
         for frozen in (self.text_encoder, self.vae, self.unet):
             frozen.requires_grad_(False)
             frozen.eval()
-        self.concept_tokens = ConceptTokens(self.tokenizer, self.text_encoder, concepts, num_vectors)
+        self.concept_tokens = ConceptTokens(
+            self.tokenizer, self.text_encoder, concepts, num_vectors
+        )
         self.concept_tokens.embedding.vectors.requires_grad_(train_tokens)
         self.concepts = list(concepts)
         self.regularizers = nn.ModuleList(regularizers or [])

@@ -16,7 +16,7 @@ class TextualInversion(PersonalizationModule):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("train_tokens", True)
         if not kwargs["train_tokens"]:
-            raise ValueError("TextualInversion trains the concept tokens; train_tokens must be true.")
+            raise ValueError("TextualInversion trains the concept tokens; set train_tokens: true.")
         super().__init__(**kwargs)
 
     def export(self, folder: Path) -> list[Path]:
