@@ -9,11 +9,11 @@ from typing import Any
 import lightning as L
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from datamodules.instance_images import load_image_folder
 from datamodules.prompts import SIMPLE_TEMPLATES, check_templates
-from datamodules.sampler import ResumableSampler
+from datamodules.sampler import ResumableDataLoader, ResumableSampler
 from datamodules.synthetic_concept import draw_synthetic_concept
 from datamodules.transforms import random_rescale, resize_and_crop, to_tensor
 from models.concept_tokens import ConceptSpec
@@ -177,7 +177,9 @@ class PersonalizationDataModule(L.LightningDataModule):
             seed=self.seed,
         )
 
-    def _loader(self, dataset: InstanceDataset, shuffle: bool, skip_batches: int) -> DataLoader:
+    def _loader(
+        self, dataset: InstanceDataset, shuffle: bool, skip_batches: int
+    ) -> ResumableDataLoader:
         trainer = self.trainer
         sampler = ResumableSampler(
             dataset,
@@ -187,7 +189,7 @@ class PersonalizationDataModule(L.LightningDataModule):
             shuffle=shuffle,
             skip_samples=skip_batches * self.batch_size,
         )
-        return DataLoader(
+        return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -195,10 +197,10 @@ class PersonalizationDataModule(L.LightningDataModule):
             persistent_workers=False,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableDataLoader:
         # On resume the restored loop has already consumed `ready` batches of this epoch.
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready if self.trainer else 0
         return self._loader(self._dataset(augment=True, repeats=self.repeats), True, done)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> ResumableDataLoader:
         return self._loader(self._dataset(augment=False, repeats=1), False, 0)

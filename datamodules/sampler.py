@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sized
 
-from torch.utils.data import DistributedSampler
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 class ResumableSampler(DistributedSampler):
@@ -33,3 +34,22 @@ class ResumableSampler(DistributedSampler):
         skip, self.skip_samples = self.skip_samples, 0  # only the resumed epoch is partial
         offset = self.epoch * len(self.dataset)  # type: ignore[arg-type]
         return iter([offset + i for i in indices[skip:]])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that declares itself resumable to Lightning.
+
+    The position comes from the restored loop (the sampler's ``skip_samples``); what the
+    checkpoint keeps is what must match for the resumed draws to be the same ones.
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": int(self.sampler.seed), "dataset_length": len(self.dataset)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        current = self.state_dict()
+        if state != current:
+            rank_zero_warn(
+                f"Resuming with different data ({state} in the checkpoint, {current} now): "
+                "the run continues, but not with the samples an uninterrupted run would draw."
+            )

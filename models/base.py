@@ -157,14 +157,12 @@ class PersonalizationModule(L.LightningModule):
         use_cache = self.cache_latents and cache_keys is not None and all(cache_keys)
         with torch.no_grad():
             if use_cache:
-                missing = [i for i, key in enumerate(cache_keys) if key not in self._latent_cache]
-                if missing:
-                    dist = self.vae.encode(pixel_values[missing]).latent_dist
-                    for row, i in enumerate(missing):
-                        self._latent_cache[cache_keys[i]] = (
-                            dist.mean[row].float(),
-                            dist.std[row].float(),
-                        )
+                for i, key in enumerate(cache_keys):
+                    if key not in self._latent_cache:
+                        # One image at a time: the cached values must not depend on which batch
+                        # an image first came in, or a resumed run would differ in the last bits.
+                        dist = self.vae.encode(pixel_values[i : i + 1]).latent_dist
+                        self._latent_cache[key] = (dist.mean[0].float(), dist.std[0].float())
                 mean = torch.stack([self._latent_cache[k][0] for k in cache_keys])
                 std = torch.stack([self._latent_cache[k][1] for k in cache_keys])
             else:

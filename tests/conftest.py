@@ -11,8 +11,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DREAMBENCH = REPO_ROOT.parent / "shared" / "data" / "dreambench"
+from helpers import DREAMBENCH, REPO_ROOT  # noqa: F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,0 +1,61 @@
+"""Helpers shared by tests: paths and a small, quiet training run on the tiny pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from datamodules.personalization import PersonalizationDataModule
+from models.base import PersonalizationModule
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DREAMBENCH = REPO_ROOT.parent / "shared" / "data" / "dreambench"
+
+
+def tiny_datamodule(**overrides: Any) -> PersonalizationDataModule:
+    """Synthetic toy at 32 px, batch 2, 3 repeats: 15 samples, 8 batches an epoch."""
+    settings: dict[str, Any] = {"resolution": 32, "batch_size": 2, "repeats": 3, "seed": 0}
+    settings.update(overrides)
+    return PersonalizationDataModule(**settings)
+
+
+def tiny_trainer(root: Path, max_steps: int, **overrides: Any) -> L.Trainer:
+    """CPU trainer with no logger; checkpoints every 3 steps if `checkpoint` is left on."""
+    callbacks = overrides.pop("callbacks", [])
+    if overrides.pop("checkpoint", False):
+        callbacks.append(
+            ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=3, save_top_k=-1)
+        )
+    settings: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": max_steps,
+        "logger": False,
+        "enable_checkpointing": bool(callbacks),
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 0,
+        "default_root_dir": str(root),
+        "callbacks": callbacks,
+    }
+    settings.update(overrides)
+    return L.Trainer(**settings)
+
+
+def optimizer_with_lr(lr: float) -> Any:
+    """An optimizer callable with a large learning rate so a few steps visibly move weights."""
+    return lambda params: torch.optim.AdamW(params, lr=lr)
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every tensor in the module's state dict."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def trainable_state(module: PersonalizationModule) -> dict[str, torch.Tensor]:
+    keys = module.trainable_state_keys()
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if k in keys}

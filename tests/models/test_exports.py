@@ -1,0 +1,227 @@
+"""Exports round-trip through diffusers' own loaders and sample what `module.generate` samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers.models.attention_processor import (
+    CustomDiffusionAttnProcessor,
+    CustomDiffusionAttnProcessor2_0,
+)
+from safetensors.torch import load_file
+
+from models import ConceptSpec, CustomDiffusion, TextualInversion
+from models.base import PersonalizationModule
+
+PROMPT = "a photo of a <v1> toy"
+STEPS, GUIDANCE = 3, 6.0
+CD_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
+CUSTOM_PROCESSORS = (CustomDiffusionAttnProcessor, CustomDiffusionAttnProcessor2_0)
+
+
+# ----- helpers --------------------------------------------------------------------------------
+def _randomise(module: PersonalizationModule, seed: int) -> None:
+    """Give the trained weights seeded random values, so an export is far from the base model."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.unet.named_parameters():
+            if "_custom_diffusion" in name:
+                param.add_(0.2 * torch.randn(param.shape, generator=generator))
+        vectors = module.concept_tokens.embedding.vectors
+        vectors.copy_(torch.randn(vectors.shape, generator=generator))
+
+
+def _fresh_pipe(path: Path) -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sample(pipe: StableDiffusionPipeline, prompt: str = PROMPT) -> torch.Tensor:
+    return pipe(
+        prompt,
+        generator=torch.Generator().manual_seed(0),
+        num_inference_steps=STEPS,
+        guidance_scale=GUIDANCE,
+        height=32,
+        width=32,
+        output_type="pt",
+    ).images
+
+
+def _module_sample(module: PersonalizationModule, prompt: str = PROMPT) -> torch.Tensor:
+    return module.generate([prompt], seed=0, num_inference_steps=STEPS, guidance_scale=GUIDANCE)
+
+
+def _token_rows(pipe: StableDiffusionPipeline, tokens: list[str]) -> torch.Tensor:
+    ids = pipe.tokenizer.convert_tokens_to_ids(tokens)
+    assert pipe.tokenizer.unk_token_id not in ids, tokens
+    return pipe.text_encoder.get_input_embeddings().weight[ids].detach()
+
+
+def _custom_processors(pipe: StableDiffusionPipeline) -> dict[str, torch.nn.Module]:
+    return {
+        name: proc
+        for name, proc in pipe.unet.attn_processors.items()
+        if isinstance(proc, CUSTOM_PROCESSORS) and proc.train_kv
+    }
+
+
+def _load_custom_diffusion(pipe: StableDiffusionPipeline, folder: Path) -> None:
+    """diffusers' documented call, then (where it left the UNet as it was) its own parser.
+
+    diffusers 0.42's ``load_attn_procs`` reads and parses the file but installs the processors
+    only when given its private ``_pipeline`` argument, and then needs an entry for every
+    attention layer; the same parsed processors are installed here on the cross-attention layers.
+    """
+    pipe.unet.load_attn_procs(folder, weight_name=CD_WEIGHTS)
+    if not _custom_processors(pipe):
+        parsed = pipe.unet._process_custom_diffusion(load_file(folder / CD_WEIGHTS))
+        pipe.unet.set_attn_processor({**pipe.unet.attn_processors, **parsed})
+
+
+def _assert_matches_and_differs(
+    module_images: torch.Tensor, loaded: torch.Tensor, plain: torch.Tensor
+) -> None:
+    assert module_images.shape == loaded.shape == (1, 3, 32, 32)
+    difference = (module_images - loaded).abs().max().item()
+    assert torch.allclose(module_images, loaded, atol=1e-4, rtol=0), difference
+    assert (module_images - plain).abs().max().item() > 1e-2
+
+
+# ----- fixtures --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plain_images(tiny_sd_path: Path) -> torch.Tensor:
+    """The base pipeline on the same prompt and seed, nothing loaded."""
+    return _sample(_fresh_pipe(tiny_sd_path))
+
+
+@pytest.fixture(scope="module")
+def ti(tmp_path_factory: pytest.TempPathFactory) -> tuple[TextualInversion, Path, list[Path]]:
+    module = TextualInversion(concepts=[ConceptSpec("<v1>", "toy")], num_vectors=2)
+    _randomise(module, seed=1)
+    folder = tmp_path_factory.mktemp("ti-export")
+    return module, folder, module.export(folder)
+
+
+@pytest.fixture(scope="module")
+def cd(tmp_path_factory: pytest.TempPathFactory) -> tuple[CustomDiffusion, Path, list[Path]]:
+    module = CustomDiffusion(concepts=[ConceptSpec("<v1>", "toy")])
+    _randomise(module, seed=2)
+    folder = tmp_path_factory.mktemp("cd-export")
+    return module, folder, module.export(folder)
+
+
+# ----- Textual Inversion ---------------------------------------------------------------------
+def test_ti_export_file(ti: tuple[TextualInversion, Path, list[Path]]) -> None:
+    module, folder, written = ti
+    assert written == [folder / "learned_embeds.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["learned_embeds.safetensors"]
+    saved = load_file(written[0])
+    assert list(saved) == ["<v1>"]
+    assert saved["<v1>"].shape == (2, 32)
+    assert saved["<v1>"].dtype == torch.float32
+    assert torch.equal(saved["<v1>"], module.concept_tokens.vectors_of(0).detach())
+
+
+def test_ti_loads_in_diffusers_and_samples_the_same(
+    ti: tuple[TextualInversion, Path, list[Path]], tiny_sd_path: Path, plain_images: torch.Tensor
+) -> None:
+    module, folder, _ = ti
+    pipe = _fresh_pipe(tiny_sd_path)
+    pipe.load_textual_inversion(folder / "learned_embeds.safetensors")
+    exported = module.concept_tokens.vectors_of(0).detach()
+    assert torch.equal(_token_rows(pipe, ["<v1>", "<v1>_1"]), exported)
+    assert pipe.maybe_convert_prompt(PROMPT, pipe.tokenizer) == module.concept_tokens.expand(PROMPT)
+    _assert_matches_and_differs(_module_sample(module), _sample(pipe), plain_images)
+
+
+def test_ti_two_concepts_export_one_file_each(
+    tmp_path: Path, tiny_sd_path: Path, plain_images: torch.Tensor
+) -> None:
+    module = TextualInversion(
+        concepts=[ConceptSpec("<v1>", "toy"), ConceptSpec("<v2>", "dog")], num_vectors=2
+    )
+    _randomise(module, seed=3)
+    written = module.export(tmp_path)
+    names = ["learned_embeds-0.safetensors", "learned_embeds-1.safetensors"]
+    assert written == [tmp_path / n for n in names]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    pipe = _fresh_pipe(tiny_sd_path)
+    for index, (path, token) in enumerate(zip(written, ["<v1>", "<v2>"])):
+        assert list(load_file(path)) == [token]
+        pipe.load_textual_inversion(path)
+        exported = module.concept_tokens.vectors_of(index).detach()
+        assert torch.equal(_token_rows(pipe, [token, f"{token}_1"]), exported)
+    prompt = "a <v1> toy next to a <v2> dog"
+    _assert_matches_and_differs(
+        _module_sample(module, prompt), _sample(pipe, prompt), _sample(_fresh_pipe(tiny_sd_path), prompt)
+    )
+
+
+# ----- Custom Diffusion ----------------------------------------------------------------------
+def test_cd_export_files(cd: tuple[CustomDiffusion, Path, list[Path]]) -> None:
+    module, folder, written = cd
+    assert written == [folder / CD_WEIGHTS, folder / "<v1>.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([CD_WEIGHTS, "<v1>.safetensors"])
+    weights = load_file(folder / CD_WEIGHTS)
+    cross = [n for n in module.unet.attn_processors if n.endswith("attn2.processor")]
+    assert cross
+    expected_keys = {
+        f"{layer}.{kind}_custom_diffusion.weight" for layer in cross for kind in ("to_k", "to_v")
+    }
+    assert set(weights) == expected_keys
+    processors = module.unet.attn_processors
+    for key, tensor in weights.items():
+        layer, param = key.split(".processor.")
+        assert torch.equal(tensor, processors[f"{layer}.processor"].state_dict()[param])
+    tokens = load_file(folder / "<v1>.safetensors")
+    assert list(tokens) == ["<v1>"]
+    assert torch.equal(tokens["<v1>"], module.concept_tokens.vectors_of(0).detach())
+
+
+def test_cd_loads_in_diffusers_and_samples_the_same(
+    cd: tuple[CustomDiffusion, Path, list[Path]], tiny_sd_path: Path, plain_images: torch.Tensor
+) -> None:
+    module, folder, _ = cd
+    pipe = _fresh_pipe(tiny_sd_path)
+    _load_custom_diffusion(pipe, folder)
+    pipe.load_textual_inversion(folder / "<v1>.safetensors")
+
+    loaded = _custom_processors(pipe)
+    ours = module.unet.attn_processors
+    assert sorted(loaded) == sorted(n for n in ours if n.endswith("attn2.processor"))
+    for name, processor in loaded.items():
+        for key, tensor in processor.state_dict().items():
+            assert torch.equal(tensor, ours[name].state_dict()[key]), (name, key)
+    assert torch.equal(_token_rows(pipe, ["<v1>"]), module.concept_tokens.vectors_of(0).detach())
+    _assert_matches_and_differs(_module_sample(module), _sample(pipe), plain_images)
+
+
+def test_cd_kv_weights_matter(
+    cd: tuple[CustomDiffusion, Path, list[Path]], tiny_sd_path: Path
+) -> None:
+    """With the token alone (no K/V), diffusers must sample something else than the module."""
+    module, folder, _ = cd
+    pipe = _fresh_pipe(tiny_sd_path)
+    pipe.load_textual_inversion(folder / "<v1>.safetensors")
+    assert (_module_sample(module) - _sample(pipe)).abs().max().item() > 1e-2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="The export holds no entries for the weightless self-attention processors, so "
+    "diffusers' load_attn_procs(..., _pipeline=pipe) cannot set a processor for every layer",
+)
+def test_cd_export_installs_through_load_attn_procs_with_pipeline(
+    cd: tuple[CustomDiffusion, Path, list[Path]], tiny_sd_path: Path
+) -> None:
+    _, folder, _ = cd
+    pipe = _fresh_pipe(tiny_sd_path)
+    pipe.unet.load_attn_procs(folder, weight_name=CD_WEIGHTS, _pipeline=pipe)
+    assert _custom_processors(pipe)

@@ -1,0 +1,160 @@
+"""Training on the tiny pipeline: what changes, what stays, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import (
+    optimizer_with_lr,
+    snapshot,
+    tiny_datamodule,
+    tiny_trainer,
+    trainable_state,
+)
+
+from models import CustomDiffusion, TextualInversion
+from models.base import PersonalizationModule
+
+BASELINES = {
+    "textual_inversion": (TextualInversion, {"num_vectors": 2}, {}),
+    "custom_diffusion": (CustomDiffusion, {}, {"rescale_augmentation": True}),
+}
+
+
+def build(name: str, **overrides: object) -> tuple[PersonalizationModule, object]:
+    cls, model_args, data_args = BASELINES[name]
+    datamodule = tiny_datamodule(**data_args)
+    settings = {"concepts": datamodule.concepts, "optimizer": optimizer_with_lr(1e-2)}
+    settings.update(model_args)
+    settings.update(overrides)
+    return cls(**settings), datamodule
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_only_the_intended_parameters_change(name: str, tmp_path: Path) -> None:
+    module, datamodule = build(name)
+    trained = module.trainable_state_keys()
+    expected_trained = {"text_encoder.embeddings.token_embedding.vectors"}
+    if name == "custom_diffusion":
+        kv = {k for k in module.state_dict() if "attn2.processor.to_" in k}
+        assert kv and all("_custom_diffusion" in k for k in kv)
+        expected_trained |= kv
+    assert trained == expected_trained
+    before = snapshot(module)
+    tiny_trainer(tmp_path, max_steps=4).fit(module, datamodule=datamodule)
+    after = module.state_dict()
+    assert set(after) == set(before)
+    for key, value in before.items():
+        if key in trained:
+            assert not torch.equal(after[key], value), f"{key} should have trained"
+        else:
+            assert torch.equal(after[key], value), f"frozen {key} changed"
+    # Every pre-existing embedding row is bitwise the same (the matrix was never resized).
+    base = module.text_encoder.get_input_embeddings().base.weight
+    new_rows = module.concept_tokens.embedding.vectors.shape[0]
+    assert new_rows == (2 if name == "textual_inversion" else 1)
+    assert base.shape[0] == len(module.tokenizer) - new_rows
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(name: str, tmp_path: Path) -> None:
+    straight, datamodule = build(name)
+    tiny_trainer(tmp_path / "a", max_steps=6).fit(straight, datamodule=datamodule)
+
+    first, datamodule = build(name)
+    tiny_trainer(tmp_path / "b", max_steps=3, checkpoint=True).fit(first, datamodule=datamodule)
+    checkpoint = tmp_path / "b" / "ckpt" / "epoch=0-step=3.ckpt"
+    assert checkpoint.exists()  # 3 of the epoch's 8 batches: a mid-epoch stop
+
+    resumed, datamodule = build(name)
+    trainer = tiny_trainer(tmp_path / "c", max_steps=6)
+    trainer.fit(resumed, datamodule=datamodule, ckpt_path=checkpoint)
+    assert trainer.global_step == 6
+    expected, actual = trainable_state(straight), trainable_state(resumed)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), f"{key} differs after resume"
+    # ... and differs from the state at the checkpoint, so the comparison has teeth.
+    at_checkpoint = trainable_state(first)
+    assert any(not torch.equal(at_checkpoint[k], actual[k]) for k in actual)
+
+
+def test_checkpoint_holds_only_trained_weights_and_loads_weights_only(tmp_path: Path) -> None:
+    module, datamodule = build("custom_diffusion")
+    tiny_trainer(tmp_path, max_steps=3, checkpoint=True).fit(module, datamodule=datamodule)
+    checkpoint = torch.load(tmp_path / "ckpt" / "epoch=0-step=3.ckpt", weights_only=True)
+    assert set(checkpoint["state_dict"]) == module.trainable_state_keys()
+    assert checkpoint["optimizer_states"] and "loops" in checkpoint
+    size = (tmp_path / "ckpt" / "epoch=0-step=3.ckpt").stat().st_size
+    full = sum(v.numel() * v.element_size() for v in module.state_dict().values())
+    assert size < full / 4
+
+
+def test_checkpoint_of_another_baseline_is_a_clear_error(tmp_path: Path) -> None:
+    module, datamodule = build("textual_inversion")
+    tiny_trainer(tmp_path, max_steps=3, checkpoint=True).fit(module, datamodule=datamodule)
+    other, datamodule = build("custom_diffusion")
+    with pytest.raises(KeyError, match="lacks .* trained weights"):
+        tiny_trainer(tmp_path / "x", max_steps=4).fit(
+            other, datamodule=datamodule, ckpt_path=tmp_path / "ckpt" / "epoch=0-step=3.ckpt"
+        )
+
+
+def test_trained_weights_stay_fp32_under_bf16_mixed(tmp_path: Path) -> None:
+    module, datamodule = build("custom_diffusion")
+    tiny_trainer(tmp_path, max_steps=2, precision="bf16-mixed").fit(module, datamodule=datamodule)
+    dtypes = {p.dtype for p in module.parameters() if p.requires_grad}
+    assert dtypes == {torch.float32}
+    assert torch.isfinite(module.concept_tokens.embedding.vectors).all()
+
+
+def test_frozen_components_stay_in_eval_mode_during_fit(tmp_path: Path) -> None:
+    module, datamodule = build("textual_inversion")
+    module.train()
+    assert not module.unet.training and not module.vae.training
+    assert not module.text_encoder.training
+
+
+def test_learning_rate_groups_and_scaling(tmp_path: Path) -> None:
+    module, datamodule = build(
+        "custom_diffusion", learning_rates={"tokens": 0.5}, scale_lr=True
+    )
+    trainer = tiny_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, datamodule=datamodule)
+    groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
+    assert set(groups) == {"tokens", "kv"}
+    assert groups["tokens"]["lr"] == pytest.approx(0.5 * 2)  # batch 2 x 1 x 1 process
+    assert groups["kv"]["lr"] == pytest.approx(1e-2 * 2)
+    bad, datamodule = build("textual_inversion", learning_rates={"kv": 1e-3})
+    with pytest.raises(ValueError, match="groups are \\['tokens'\\]"):
+        tiny_trainer(tmp_path / "bad", max_steps=1).fit(bad, datamodule=datamodule)
+
+
+def test_denoising_loss_matches_a_masked_mean_computed_by_hand() -> None:
+    module, _ = build("textual_inversion")
+    pred = torch.randn(2, 4, 3, 3)
+    target = torch.randn(2, 4, 3, 3)
+    mask = torch.zeros(2, 1, 3, 3)
+    mask[0, :, :2, :2] = 1
+    mask[1] = 1
+    record = type("Record", (), {"model_pred": pred, "target": target, "loss_mask": mask})
+    expected = torch.stack(
+        [((pred[0, :, :2, :2] - target[0, :, :2, :2]) ** 2).mean(), ((pred[1] - target[1]) ** 2).mean()]
+    ).mean()
+    assert torch.allclose(module.denoising_loss(record), expected)
+
+
+def test_latent_cache_is_used_for_deterministic_images() -> None:
+    module, datamodule = build("textual_inversion")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert all(batch["cache_key"])
+    generator = module.step_generator(0)
+    first = module.encode_latents(batch["pixel_values"], batch["cache_key"], generator)
+    assert set(module._latent_cache) == set(batch["cache_key"])
+    # The cached distribution is used: garbage pixels give the same latents for the same keys.
+    again = module.encode_latents(
+        torch.zeros_like(batch["pixel_values"]), batch["cache_key"], module.step_generator(0)
+    )
+    assert torch.equal(first, again)
