@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -36,7 +37,13 @@ def load_rgb_image(file: Path) -> Image.Image:
         raise ValueError(
             f"Cannot read image {str(file)!r} ({error}); remove or replace that file."
         ) from error
-    if oriented.mode in ("RGBA", "LA", "P"):
+    if oriented.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: convert("RGB") would clip everything above 255 to white.
+        values = np.asarray(oriented, dtype=np.float64)
+        full_scale = 65535.0 if values.max() <= 65535 else float(values.max())
+        scaled = values.clip(min=0) * 255.0 / full_scale
+        oriented = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if oriented.mode in ("RGBA", "LA", "PA", "P") or "transparency" in oriented.info:
         # Transparent pixels become white rather than whatever colour they happen to hold.
         rgba = oriented.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))

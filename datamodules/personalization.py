@@ -27,7 +27,7 @@ class ConceptData:
     """One concept: its token, class word, photos (None = the synthetic toy), initializer."""
 
     token: str = "<v1>"
-    class_word: str = SYNTHETIC_CLASS_WORD
+    class_word: str = SYNTHETIC_CLASS_WORD  # required with photos; "toy" is the synthetic one
     instance_data_dir: str | None = None
     initializer_word: str | None = None
 
@@ -132,6 +132,12 @@ class PersonalizationDataModule(L.LightningDataModule):
             class_word = SYNTHETIC_CLASS_WORD
         first = ConceptData(concept_token, class_word, instance_data_dir, initializer_word)
         self.concept_data = [first, *(additional_concepts or [])]
+        for extra in additional_concepts or []:
+            if extra.instance_data_dir is not None and extra.class_word == SYNTHETIC_CLASS_WORD:
+                raise ValueError(
+                    f"Concept {extra.token!r} has photos ({extra.instance_data_dir}) but no "
+                    "class_word; give it one, e.g. {token: '<v2>', class_word: dog, ...}."
+                )
         tokens = [c.token for c in self.concept_data]
         if len(set(tokens)) != len(tokens):
             raise ValueError(f"Concept tokens must differ from each other, got {tokens}.")
@@ -198,8 +204,11 @@ class PersonalizationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> ResumableDataLoader:
-        # On resume the restored loop has already consumed `ready` batches of this epoch.
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready if self.trainer else 0
+        # On resume the restored loop has already consumed `ready` batches of this epoch; on an
+        # ordinary (re)load that counter may still hold the previous epoch's, so it is ignored.
+        done = 0
+        if self.trainer is not None and self.trainer.fit_loop.epoch_loop.restarting:
+            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
         return self._loader(self._dataset(augment=True, repeats=self.repeats), True, done)
 
     def val_dataloader(self) -> ResumableDataLoader:

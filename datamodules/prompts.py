@@ -43,9 +43,14 @@ def check_templates(templates: list[str] | tuple[str, ...]) -> list[str]:
     if not templates:
         raise ValueError("prompt_templates is empty; give at least one, e.g. 'a photo of a {}'.")
     for template in templates:
+        message = (
+            f"Prompt template {template!r} must contain the concept placeholder '{{}}' exactly "
+            "once and no other braces (it becomes e.g. '<v1> dog'); write 'a photo of a {}'."
+        )
         if template.count("{}") != 1:
-            raise ValueError(
-                f"Prompt template {template!r} must contain the concept placeholder '{{}}' "
-                "exactly once (it becomes e.g. '<v1> dog'); write it like 'a photo of a {}'."
-            )
+            raise ValueError(message)
+        try:
+            template.format("x")
+        except (IndexError, KeyError, ValueError) as error:
+            raise ValueError(message) from error
     return list(templates)

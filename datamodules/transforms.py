@@ -44,7 +44,7 @@ def random_rescale(
         side = rng.randint(resolution // 3, resolution)
     else:
         side = rng.randint(int(1.2 * resolution), int(1.4 * resolution))
-    side += side % 2
+    side = min(side + side % 2, resolution) if side <= resolution else side + side % 2
     scaled = image.resize((side, side), Image.Resampling.BICUBIC)
     mask = np.zeros((resolution, resolution), dtype=np.float32)
     if side > resolution:

@@ -9,11 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.instance_images import list_image_files, load_image_folder, load_rgb_image
+from datamodules.instance_images import (
+    list_image_files,
+    load_image_folder,
+    load_rgb_image,
+)
 from datamodules.personalization import ConceptData, PersonalizationDataModule
 
 
-def _save(path: Path, mode: str = "RGB", size: tuple[int, int] = (24, 16), **kwargs) -> Path:
+def _save(
+    path: Path, mode: str = "RGB", size: tuple[int, int] = (24, 16), **kwargs
+) -> Path:
     colour = {"RGB": (200, 30, 60), "L": 90, "CMYK": (0, 200, 100, 0)}.get(mode, 0)
     Image.new(mode, size, colour).save(path, **kwargs)
     return path
@@ -103,7 +109,9 @@ def test_bad_additional_concept_folder_fails_at_construction(tmp_path: Path) -> 
     with pytest.raises(FileNotFoundError, match="second_subject"):
         PersonalizationDataModule(
             resolution=32,
-            additional_concepts=[ConceptData("<v2>", "dog", instance_data_dir=str(missing))],
+            additional_concepts=[
+                ConceptData("<v2>", "dog", instance_data_dir=str(missing))
+            ],
         )
 
 
@@ -151,8 +159,16 @@ def _can_save_png(mode: str) -> bool:
 
 @pytest.mark.parametrize(
     "mode,suffix",
-    [("RGBA", ".png"), ("P", ".png"), ("L", ".png"), ("LA", ".png"), ("1", ".png"),
-     ("CMYK", ".jpg"), ("I;16", ".png"), ("I", ".png")],
+    [
+        ("RGBA", ".png"),
+        ("P", ".png"),
+        ("L", ".png"),
+        ("LA", ".png"),
+        ("1", ".png"),
+        ("CMYK", ".jpg"),
+        ("I;16", ".png"),
+        ("I", ".png"),
+    ],
 )
 def test_every_mode_becomes_rgb(tmp_path: Path, mode: str, suffix: str) -> None:
     if suffix == ".png" and not _can_save_png(mode):
@@ -179,11 +195,6 @@ def test_cmyk_colour_is_converted(tmp_path: Path) -> None:
     assert np.abs(rgb.reshape(-1, 3).mean(0) - (0, 255, 255)).max() < 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="source bug: load_rgb_image converts 16-bit 'I;16' with convert('RGB'), which clips "
-    "every value > 255 to white instead of scaling by 1/256",
-)
 def test_sixteen_bit_grayscale_keeps_its_tones(tmp_path: Path) -> None:
     ramp8 = np.tile(np.arange(0, 256, 16, dtype=np.uint16), (4, 1))
     Image.fromarray(ramp8 * 257).save(tmp_path / "ramp16.png")  # 16-bit grayscale PNG

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from helpers import DREAMBENCH
 
-from datamodules.personalization import ConceptData, InstanceDataset, PersonalizationDataModule
+from datamodules.personalization import (
+    ConceptData,
+    InstanceDataset,
+    PersonalizationDataModule,
+)
 from datamodules.prompts import FAR_AWAY_WORDS, SIMPLE_TEMPLATES, ZOOMED_IN_WORDS
 from datamodules.synthetic_concept import draw_synthetic_concept
 from models.concept_tokens import ConceptSpec
@@ -26,11 +28,17 @@ def _dm(**kwargs) -> PersonalizationDataModule:
     return PersonalizationDataModule(**options)
 
 
-def _fake_trainer(ready: int, world_size: int = 1, rank: int = 0) -> SimpleNamespace:
+def _fake_trainer(
+    ready: int, world_size: int = 1, rank: int = 0, restarting: bool = True
+) -> SimpleNamespace:
     current = SimpleNamespace(ready=ready)
-    epoch_loop = SimpleNamespace(batch_progress=SimpleNamespace(current=current))
+    epoch_loop = SimpleNamespace(
+        batch_progress=SimpleNamespace(current=current), restarting=restarting
+    )
     return SimpleNamespace(
-        world_size=world_size, global_rank=rank, fit_loop=SimpleNamespace(epoch_loop=epoch_loop)
+        world_size=world_size,
+        global_rank=rank,
+        fit_loop=SimpleNamespace(epoch_loop=epoch_loop),
     )
 
 
@@ -68,7 +76,7 @@ def test_synthetic_concept_spec(synthetic_dm: PersonalizationDataModule) -> None
     assert len(synthetic_dm.images) == 1 and len(synthetic_dm.images[0]) == 5
 
 
-def test_concept_spec_carries_token_class_and_initializer(tmp_path: Path) -> None:
+def test_concept_spec_carries_token_class_and_initializer() -> None:
     dm = _dm(concept_token="<sks>", class_word="robot", initializer_word="toy")
     assert dm.concepts == [ConceptSpec("<sks>", "robot", "toy")]
     prompts = [dm._dataset(True, 1)[i]["prompts"] for i in range(5)]
@@ -95,7 +103,9 @@ def test_train_batch_contents(synthetic_dm: PersonalizationDataModule) -> None:
     assert len(batch["cache_key"]) == 2 and all(batch["cache_key"])
 
 
-def test_an_epoch_visits_every_image_repeats_times(synthetic_dm: PersonalizationDataModule) -> None:
+def test_an_epoch_visits_every_image_repeats_times(
+    synthetic_dm: PersonalizationDataModule,
+) -> None:
     keys = [k for batch in synthetic_dm.train_dataloader() for k in batch["cache_key"]]
     assert len(keys) == 15
     images = sorted(int(k.split("/")[1]) for k in keys)
@@ -119,7 +129,9 @@ def test_flip_probability_zero_and_one() -> None:
         assert torch.equal(a["pixel_values"].flip(-1), b["pixel_values"])
 
 
-def test_cache_key_identifies_the_pixels(synthetic_dm: PersonalizationDataModule) -> None:
+def test_cache_key_identifies_the_pixels(
+    synthetic_dm: PersonalizationDataModule,
+) -> None:
     # Latent caching relies on it: one key, one exact image.
     dataset = synthetic_dm._dataset(True, 3)
     by_key: dict[str, torch.Tensor] = {}
@@ -133,7 +145,9 @@ def test_cache_key_identifies_the_pixels(synthetic_dm: PersonalizationDataModule
     assert len(by_key) > 5  # flipped and unflipped versions of several images
     values = list(by_key.values())
     for i in range(len(values)):  # different keys, different pixels
-        assert all(not torch.equal(values[i], values[j]) for j in range(i + 1, len(values)))
+        assert all(
+            not torch.equal(values[i], values[j]) for j in range(i + 1, len(values))
+        )
 
 
 def test_cache_key_empty_under_random_crop_and_rescale() -> None:
@@ -149,7 +163,9 @@ def test_val_loader_is_unaugmented_and_ordered() -> None:
     assert keys == [f"0/{i}/0" for i in range(5)]
     prompts = [p for b in batches for p in b["prompts"]]
     assert prompts == [SIMPLE_TEMPLATES[0].format("<v1> toy")] * 5
-    assert all(torch.equal(b["loss_mask"], torch.ones_like(b["loss_mask"])) for b in batches)
+    assert all(
+        torch.equal(b["loss_mask"], torch.ones_like(b["loss_mask"])) for b in batches
+    )
 
 
 # --------------------------------------------------------------------------- determinism
@@ -173,13 +189,21 @@ def test_different_seed_different_order() -> None:
     assert sorted(a) == sorted(b) and a != b
 
 
-def test_different_seed_different_augmentation(synthetic_dm: PersonalizationDataModule) -> None:
+def test_different_seed_different_augmentation(
+    synthetic_dm: PersonalizationDataModule,
+) -> None:
     # Same images, so only the per-sample augmentation seed differs.
     def dataset(seed: int) -> InstanceDataset:
         return InstanceDataset(
-            synthetic_dm.images, synthetic_dm.concept_data, list(SIMPLE_TEMPLATES), 32,
-            random_crop=False, flip_probability=0.5, rescale_augmentation=False,
-            repeats=3, seed=seed,
+            synthetic_dm.images,
+            synthetic_dm.concept_data,
+            list(SIMPLE_TEMPLATES),
+            32,
+            random_crop=False,
+            flip_probability=0.5,
+            rescale_augmentation=False,
+            repeats=3,
+            seed=seed,
         )
 
     a, b = dataset(0), dataset(1)
@@ -187,7 +211,9 @@ def test_different_seed_different_augmentation(synthetic_dm: PersonalizationData
     picks_b = [(b[i]["prompts"], b[i]["cache_key"]) for i in range(15)]
     assert picks_a != picks_b
     # The image behind an index does not depend on the seed, only its augmentation.
-    assert [k.split("/")[1] for _, k in picks_a] == [k.split("/")[1] for _, k in picks_b]
+    assert [k.split("/")[1] for _, k in picks_a] == [
+        k.split("/")[1] for _, k in picks_b
+    ]
 
 
 def test_same_image_in_later_epoch_is_augmented_anew(synthetic_dm) -> None:
@@ -206,7 +232,9 @@ def test_synthetic_images_depend_on_seed_and_concept() -> None:
     # The second concept is the toy drawn with seed + 1 (at least 64 px before resizing).
     expected = draw_synthetic_concept(5, 64, 5)
     assert [im.tobytes() for im in second] == [im.tobytes() for im in expected]
-    assert [im.tobytes() for im in first] == [im.tobytes() for im in draw_synthetic_concept(5, 64, 4)]
+    assert [im.tobytes() for im in first] == [
+        im.tobytes() for im in draw_synthetic_concept(5, 64, 4)
+    ]
 
 
 # --------------------------------------------------------------------------- rescale
@@ -218,7 +246,11 @@ def test_rescale_augmentation_samples() -> None:
     counts = {"far": 0, "zoom": 0, "plain": 0}
     for i in range(60):
         sample = dataset[i]
-        mask, pixels, prompt = sample["loss_mask"], sample["pixel_values"], sample["prompts"]
+        mask, pixels, prompt = (
+            sample["loss_mask"],
+            sample["pixel_values"],
+            sample["prompts"],
+        )
         assert mask.shape == (1, 32, 32) and mask.dtype == torch.float32
         assert set(mask.unique().tolist()) <= {0.0, 1.0}
         assert sample["cache_key"] == ""
@@ -243,7 +275,9 @@ def test_rescale_augmentation_samples() -> None:
             assert 0.6 * 32 <= side <= 32
         outside = pixels[:, mask[0] == 0]
         assert torch.allclose(outside, torch.full_like(outside, GRAY), atol=1e-6)
-        assert not torch.allclose(pixels[:, mask[0] == 1], torch.tensor(GRAY), atol=0.02)
+        assert not torch.allclose(
+            pixels[:, mask[0] == 1], torch.tensor(GRAY), atol=0.02
+        )
     assert all(counts.values()), counts
 
 
@@ -254,10 +288,14 @@ def test_two_concepts_with_dreambench_dog() -> None:
     dog = DREAMBENCH / "dog"
     if not dog.is_dir():
         pytest.skip(f"{dog} is missing")
-    n_dog = len([p for p in dog.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")])
+    n_dog = len(
+        [p for p in dog.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    )
     dm = _dm(
         repeats=2,
-        additional_concepts=[ConceptData(token="<v2>", class_word="dog", instance_data_dir=str(dog))],
+        additional_concepts=[
+            ConceptData(token="<v2>", class_word="dog", instance_data_dir=str(dog))
+        ],
     )
     assert dm.concepts == [ConceptSpec("<v1>", "toy"), ConceptSpec("<v2>", "dog")]
     dataset = dm._dataset(True, 2)
@@ -295,6 +333,15 @@ def test_resumed_loader_skips_consumed_batches() -> None:
     assert all(_same_batch(a, b) for a, b in zip(first_epoch, full[2:]))
     # The next pass over the same loader is a whole epoch again.
     assert len(list(loader)) == len(full)
+
+
+def test_an_ordinary_reload_does_not_skip_batches() -> None:
+    """A per-epoch reload sees the previous epoch's `ready` count but is not a resume."""
+    dm = _dm()
+    dm.trainer = _fake_trainer(ready=5, restarting=False)
+    loader = dm.train_dataloader()
+    assert loader.sampler.skip_samples == 0
+    assert len(list(loader)) == len(loader)
 
 
 def test_no_trainer_equals_ready_zero(synthetic_dm: PersonalizationDataModule) -> None:

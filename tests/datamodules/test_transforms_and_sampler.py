@@ -9,7 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.prompts import FAR_AWAY_WORDS, SIMPLE_TEMPLATES, ZOOMED_IN_WORDS, check_templates
+from datamodules.prompts import (
+    FAR_AWAY_WORDS,
+    SIMPLE_TEMPLATES,
+    ZOOMED_IN_WORDS,
+    check_templates,
+)
 from datamodules.sampler import ResumableSampler
 from datamodules.transforms import random_rescale, resize_and_crop, to_tensor
 
@@ -53,7 +58,9 @@ def test_centre_crop_is_centred_and_uses_no_randomness() -> None:
     state = rng.getstate()
     out = np.asarray(resize_and_crop(image, 24, False, rng), dtype=np.float32)
     assert rng.getstate() == state
-    full = np.asarray(image.resize((72, 24), Image.Resampling.BICUBIC), dtype=np.float32)
+    full = np.asarray(
+        image.resize((72, 24), Image.Resampling.BICUBIC), dtype=np.float32
+    )
     np.testing.assert_array_equal(out, full[:, 24:48])
 
 
@@ -114,7 +121,7 @@ def test_random_rescale_shrunk_and_enlarged_directly() -> None:
     for canvas, mask, prefix in _rescale_many(resolution, 300):
         if prefix in FAR_AWAY_WORDS:
             far += 1
-            side = int(round(np.sqrt(mask.sum())))
+            side = round(np.sqrt(mask.sum()))
             assert side < 0.6 * resolution
             assert mask.sum() == side * side
             assert not mask.all()
@@ -136,13 +143,15 @@ def test_random_rescale_is_deterministic_per_rng() -> None:
 def test_random_rescale_pastes_the_scaled_image_where_the_mask_is() -> None:
     image = _gradient(32, 32)
     for seed in range(50):
-        canvas, mask, prefix = random_rescale(image, 32, random.Random(seed))
+        canvas, mask, _prefix = random_rescale(image, 32, random.Random(seed))
         if mask.all():
             continue
         rows, cols = np.nonzero(mask)
         side = rows.max() - rows.min() + 1
         expected = np.asarray(image.resize((side, side), Image.Resampling.BICUBIC))
-        got = np.asarray(canvas)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        got = np.asarray(canvas)[
+            rows.min() : rows.max() + 1, cols.min() : cols.max() + 1
+        ]
         np.testing.assert_array_equal(got, expected)
         return
     pytest.fail("no shrunk sample among 50 seeds")
@@ -166,7 +175,9 @@ def test_empty_template_list_is_rejected() -> None:
 
 
 def _order(length: int, seed: int, epoch: int, **kwargs) -> list[int]:
-    sampler = ResumableSampler(range(length), num_replicas=1, rank=0, seed=seed, **kwargs)
+    sampler = ResumableSampler(
+        range(length), num_replicas=1, rank=0, seed=seed, **kwargs
+    )
     sampler.set_epoch(epoch)
     return list(sampler)
 
@@ -198,7 +209,9 @@ def test_no_shuffle_keeps_order() -> None:
 @pytest.mark.parametrize("skip", [0, 1, 6, 24, 25])
 def test_skip_samples_yields_the_tail_only_once(skip: int) -> None:
     full = _order(24, seed=4, epoch=2)
-    sampler = ResumableSampler(range(24), num_replicas=1, rank=0, seed=4, skip_samples=skip)
+    sampler = ResumableSampler(
+        range(24), num_replicas=1, rank=0, seed=4, skip_samples=skip
+    )
     sampler.set_epoch(2)
     assert list(sampler) == full[skip:]
     assert list(sampler) == full  # the next pass is a whole epoch again
@@ -207,7 +220,9 @@ def test_skip_samples_yields_the_tail_only_once(skip: int) -> None:
 
 def test_skip_survives_set_epoch_before_the_first_iteration() -> None:
     # Lightning calls set_epoch(restored_epoch) before iterating the resumed loader.
-    sampler = ResumableSampler(range(16), num_replicas=1, rank=0, seed=0, skip_samples=5)
+    sampler = ResumableSampler(
+        range(16), num_replicas=1, rank=0, seed=0, skip_samples=5
+    )
     sampler.set_epoch(3)
     assert list(sampler) == _order(16, seed=0, epoch=3)[5:]
 
@@ -230,5 +245,7 @@ def test_rank_skip_applies_to_its_own_share() -> None:
         sampler = ResumableSampler(range(20), num_replicas=2, rank=rank, seed=2)
         full.append(list(sampler))
     for rank in (0, 1):
-        sampler = ResumableSampler(range(20), num_replicas=2, rank=rank, seed=2, skip_samples=4)
+        sampler = ResumableSampler(
+            range(20), num_replicas=2, rank=rank, seed=2, skip_samples=4
+        )
         assert list(sampler) == full[rank][4:]

@@ -86,7 +86,7 @@ def test_prompt_without_concept_matches_untouched_encoder(
     assert torch.equal(encoded.hidden_states, reference)
 
 
-def test_prompt_with_concept_differs_from_class_word_only_when_vectors_differ(
+def test_fresh_concept_encodes_like_its_initializer_word(
     one_concept: TextualInversion,
 ) -> None:
     # Initialised from "toy", so "<v1>" reads exactly the "toy" row; the encodings of

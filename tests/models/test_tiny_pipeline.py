@@ -112,4 +112,3 @@ def test_load_components_error_names_the_ways_to_load() -> None:
     assert "no/such-model" in message
     assert "tiny-sd" in message
     assert "local folder" in message
-
