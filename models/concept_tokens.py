@@ -99,7 +99,9 @@ class ConceptTokens:
             self.embedding.vectors.copy_(init.float())
         text_encoder.set_input_embeddings(self.embedding)
         self._pattern = re.compile(
-            "|".join(rf"(?<!\S){re.escape(c.token)}(?!\S)" for c in self.concepts)
+            # A token stands alone when no word character or bracket touches it ("<v1>," is
+            # the token; "<v1>_1" and "x<v1>" are not).
+            "|".join(rf"(?<![\w<>]){re.escape(c.token)}(?![\w<>])" for c in self.concepts)
         )
 
     def _check_tokens_are_new(self) -> None:
@@ -107,7 +109,8 @@ class ConceptTokens:
         seen: set[str] = set()
         for concept in self.concepts:
             for name in vector_token_names(concept.token, self.num_vectors):
-                if name in vocab or name in seen:
+                # CLIP's vocabulary holds whole words as "dog</w>": a bare "dog" is taken too.
+                if name in vocab or f"{name}</w>" in vocab or name in seen:
                     raise ValueError(
                         f"Concept token {name!r} already exists in the tokenizer; pick a token "
                         "that is not a word of the vocabulary, e.g. '<v1>' or 'sks-new'."

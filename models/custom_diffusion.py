@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
 from safetensors.torch import save_file
 from torch import nn
@@ -18,6 +19,20 @@ from torch import nn
 from models.base import PersonalizationModule
 
 CUSTOM_DIFFUSION_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
+
+
+def load_custom_diffusion(pipe: StableDiffusionPipeline, folder: str | Path) -> None:
+    """Install an export into a diffusers pipeline: K/V processors and each ``<token>``.
+
+    Calls diffusers' own loaders. ``_pipeline=pipe`` is what diffusers' pipeline-level loaders
+    pass; without it, diffusers 0.42's ``unet.load_attn_procs`` parses the file but never
+    installs the processors.
+    """
+    folder = Path(folder)
+    pipe.unet.load_attn_procs(folder, weight_name=CUSTOM_DIFFUSION_WEIGHTS, _pipeline=pipe)
+    for token_file in sorted(folder.glob("*.safetensors")):
+        if token_file.name != CUSTOM_DIFFUSION_WEIGHTS:
+            pipe.load_textual_inversion(token_file)
 
 
 class CustomDiffusion(PersonalizationModule):
@@ -72,12 +87,17 @@ class CustomDiffusion(PersonalizationModule):
     def export(self, folder: Path) -> list[Path]:
         """``pytorch_custom_diffusion_weights.safetensors`` and one ``<token>.safetensors`` each."""
         folder.mkdir(parents=True, exist_ok=True)
-        # Keys as diffusers' loader reads them: "<layer>.processor.to_k_custom_diffusion.weight".
+        # Keys as diffusers' loader reads them: "<layer>.processor.to_k_custom_diffusion.weight",
+        # and an empty entry per weightless self-attention processor, because the loader sets
+        # one processor per attention layer and reads the weightless ones from those entries.
         weights = {
             name: tensor.detach().float().cpu().contiguous()
             for name, tensor in self.unet.state_dict().items()
             if "_custom_diffusion" in name
         }
+        for name, processor in self.unet.attn_processors.items():
+            if not any(True for _ in processor.parameters()):
+                weights[name] = torch.empty(0)
         save_file(weights, str(folder / CUSTOM_DIFFUSION_WEIGHTS))
         paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
         return [folder / CUSTOM_DIFFUSION_WEIGHTS, *self.export_token_embeddings(paths)]

@@ -14,6 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from train import main
 
+CUSTOM_DIFFUSION_EXPORTS = {"pytorch_custom_diffusion_weights.safetensors", "<v1>.safetensors"}
+
 
 def run_folder(root: Path) -> Path:
     """The single TensorBoard version folder under `root`."""
@@ -48,7 +50,7 @@ def cli_args(config: str, root: Path, steps: int = 3) -> list[str]:
     ("config", "exports"),
     [
         ("textual_inversion", {"learned_embeds.safetensors"}),
-        ("custom_diffusion", {"pytorch_custom_diffusion_weights.safetensors", "<v1>.safetensors"}),
+        ("custom_diffusion", CUSTOM_DIFFUSION_EXPORTS),
     ],
 )
 def test_fit_in_process_with_the_tiny_overlay(
@@ -124,7 +126,7 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     folder = run_folder(tmp_path)
-    assert_complete_run(folder, {"pytorch_custom_diffusion_weights.safetensors", "<v1>.safetensors"})
+    assert_complete_run(folder, CUSTOM_DIFFUSION_EXPORTS)
     events = EventAccumulator(str(folder))
     events.Reload()
     assert [e.step for e in events.Images("samples")][0] == 0  # samples at step 0 too
@@ -145,5 +147,5 @@ def test_quickstart_under_two_process_ddp_writes_one_set_of_exports(tmp_path: Pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in result.stderr + result.stdout
     folder = run_folder(tmp_path)
-    assert_complete_run(folder, {"pytorch_custom_diffusion_weights.safetensors", "<v1>.safetensors"})
+    assert_complete_run(folder, CUSTOM_DIFFUSION_EXPORTS)
     assert len(list(tmp_path.rglob("events.out.tfevents*"))) == 1

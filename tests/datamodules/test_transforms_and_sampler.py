@@ -118,7 +118,7 @@ def test_random_rescale_masks_prefixes_and_fill(resolution: int) -> None:
 def test_random_rescale_shrunk_and_enlarged_directly() -> None:
     resolution = 40
     far = zoom = 0
-    for canvas, mask, prefix in _rescale_many(resolution, 300):
+    for _canvas, mask, prefix in _rescale_many(resolution, 300):
         if prefix in FAR_AWAY_WORDS:
             far += 1
             side = round(np.sqrt(mask.sum()))

@@ -170,11 +170,6 @@ def test_single_vector_expand_is_identity(one_concept: TextualInversion) -> None
     assert one_concept.concept_tokens.expand("a <v1> toy") == "a <v1> toy"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ConceptTokens.expand does not expand a concept token followed by punctuation, "
-    "although the tokenizer still splits '<v1>' off and diffusers' maybe_convert_prompt does",
-)
 def test_expand_before_punctuation(three_vectors: TextualInversion) -> None:
     assert three_vectors.concept_tokens.expand("a <v1>, toy") == "a <v1> <v1>_1 <v1>_2, toy"
 
@@ -204,14 +199,6 @@ def test_initializer_word_overrides_class_word(tiny_sd_path: Path) -> None:
 
 
 # ----- (f) errors ----------------------------------------------------------------------------
-# CLIP's vocabulary holds whole words as "dog</w>", so a check for "dog" alone misses them; the
-# token is then added and hijacks every "dog" in prompts (the class word included).
-WHOLE_WORD_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="ConceptTokens._check_tokens_are_new looks up 'dog' but the vocabulary holds 'dog</w>'",
-)
-
-
 def _make(path: Path, concepts: list[ConceptSpec], num_vectors: int = 1) -> ConceptTokens:
     return ConceptTokens(_fresh_tokenizer(path), _fresh_text_encoder(path), concepts, num_vectors)
 
@@ -221,7 +208,7 @@ def _make(path: Path, concepts: list[ConceptSpec], num_vectors: int = 1) -> Conc
     [
         ([ConceptSpec("q", "toy")], 1, "q"),  # a byte symbol of the vocabulary
         ([ConceptSpec("el", "toy")], 1, "el"),  # a word piece (merge) of the vocabulary
-        pytest.param([ConceptSpec("dog", "dog")], 1, "dog", marks=WHOLE_WORD_BUG),
+        ([ConceptSpec("dog", "dog")], 1, "dog"),  # a whole word: "dog</w>" in CLIP's vocab
         ([ConceptSpec("<v1>", "toy"), ConceptSpec("<v1>", "dog")], 1, "<v1>"),
         ([ConceptSpec("<w>_1", "toy"), ConceptSpec("<w>", "dog")], 2, "<w>_1"),
     ],
@@ -280,7 +267,6 @@ def test_module_errors() -> None:
         TextualInversion(concepts=[ConceptSpec("<v1>", "qzxv")])
 
 
-@WHOLE_WORD_BUG
 def test_module_rejects_a_vocabulary_word_as_concept_token() -> None:
     with pytest.raises(ValueError, match="already exists") as error:
         TextualInversion(concepts=[ConceptSpec("dog", "toy")])

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from models import ConceptSpec, CustomDiffusion, TextualInversion
 from models.base import PersonalizationModule
+from models.custom_diffusion import load_custom_diffusion
 
 PROMPT = "a photo of a <v1> toy"
 STEPS, GUIDANCE = 3, 6.0
@@ -72,16 +73,8 @@ def _custom_processors(pipe: StableDiffusionPipeline) -> dict[str, torch.nn.Modu
 
 
 def _load_custom_diffusion(pipe: StableDiffusionPipeline, folder: Path) -> None:
-    """diffusers' documented call, then (where it left the UNet as it was) its own parser.
-
-    diffusers 0.42's ``load_attn_procs`` reads and parses the file but installs the processors
-    only when given its private ``_pipeline`` argument, and then needs an entry for every
-    attention layer; the same parsed processors are installed here on the cross-attention layers.
-    """
-    pipe.unet.load_attn_procs(folder, weight_name=CD_WEIGHTS)
-    if not _custom_processors(pipe):
-        parsed = pipe.unet._process_custom_diffusion(load_file(folder / CD_WEIGHTS))
-        pipe.unet.set_attn_processor({**pipe.unet.attn_processors, **parsed})
+    """diffusers' own loader, called as its pipeline-level loaders call it (``_pipeline``)."""
+    pipe.unet.load_attn_procs(folder, weight_name=CD_WEIGHTS, _pipeline=pipe)
 
 
 def _assert_matches_and_differs(
@@ -178,9 +171,13 @@ def test_cd_export_files(cd: tuple[CustomDiffusion, Path, list[Path]]) -> None:
     expected_keys = {
         f"{layer}.{kind}_custom_diffusion.weight" for layer in cross for kind in ("to_k", "to_v")
     }
-    assert set(weights) == expected_keys
+    self_attention = {n for n in module.unet.attn_processors if n.endswith("attn1.processor")}
+    assert set(weights) == expected_keys | self_attention
+    assert all(weights[name].numel() == 0 for name in self_attention)  # weightless entries
     processors = module.unet.attn_processors
     for key, tensor in weights.items():
+        if key in self_attention:
+            continue
         layer, param = key.split(".processor.")
         assert torch.equal(tensor, processors[f"{layer}.processor"].state_dict()[param])
     tokens = load_file(folder / "<v1>.safetensors")
@@ -219,12 +216,6 @@ def test_cd_kv_weights_matter(
     assert (cd_images - _sample(pipe)).abs().max().item() > 1e-2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="The export holds no entries for the weightless self-attention processors, so "
-    "diffusers' load_attn_procs(..., _pipeline=pipe) cannot set a processor for every layer",
-)
 def test_cd_export_installs_through_load_attn_procs_with_pipeline(
     cd: tuple[CustomDiffusion, Path, list[Path]], tiny_sd_path: Path
 ) -> None:
@@ -232,3 +223,15 @@ def test_cd_export_installs_through_load_attn_procs_with_pipeline(
     pipe = _fresh_pipe(tiny_sd_path)
     pipe.unet.load_attn_procs(folder, weight_name=CD_WEIGHTS, _pipeline=pipe)
     assert _custom_processors(pipe)
+
+
+def test_project_loader_installs_weights_and_tokens(
+    cd: tuple[CustomDiffusion, Path, list[Path]],
+    cd_images: torch.Tensor,
+    tiny_sd_path: Path,
+) -> None:
+    _, folder, _ = cd
+    pipe = _fresh_pipe(tiny_sd_path)
+    load_custom_diffusion(pipe, folder)
+    loaded = _sample(pipe)
+    assert torch.allclose(cd_images, loaded, atol=1e-4, rtol=0)

@@ -1,0 +1,110 @@
+"""Step time of each baseline on the tiny pipeline: Lightning's loop over a plain reference loop.
+
+    .venv/bin/python scripts/benchmark_steps.py [--steps 30] [--model tiny-sd]
+
+Both loops run in this one process on the same batches (the same module code: compute_losses,
+backward, AdamW), so the ratio isolates what the Lightning loop adds. Prints one line per
+baseline with the trainable parameter count. Not a test: timings are measured, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datamodules.personalization import PersonalizationDataModule  # noqa: E402
+from models import CustomDiffusion, TextualInversion  # noqa: E402
+from models.base import PersonalizationModule  # noqa: E402
+
+BASELINES: dict[str, tuple[type[PersonalizationModule], dict[str, Any]]] = {
+    "textual_inversion": (TextualInversion, {}),
+    "custom_diffusion": (CustomDiffusion, {"rescale_augmentation": True}),
+}
+WARMUP = 3
+
+
+class StepTimer(L.Callback):
+    """Wall time between consecutive training-batch ends."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.ends.append(time.perf_counter())
+
+
+def build(name: str, model: str) -> tuple[PersonalizationModule, PersonalizationDataModule]:
+    cls, data_args = BASELINES[name]
+    data = PersonalizationDataModule(resolution=32, batch_size=2, repeats=50, **data_args)
+    return cls(pretrained_model_name_or_path=model, concepts=data.concepts), data
+
+
+def lightning_step_seconds(name: str, model: str, steps: int) -> float:
+    module, data = build(name, model)
+    timer = StepTimer()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps + WARMUP,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+    trainer.fit(module, datamodule=data)
+    gaps = [b - a for a, b in zip(timer.ends[WARMUP - 1 :], timer.ends[WARMUP:])]
+    return statistics.median(gaps)
+
+
+def reference_step_seconds(name: str, model: str, steps: int) -> float:
+    module, data = build(name, model)
+    module.train()
+    optimizer = module.configure_optimizers()["optimizer"]
+    batches = iter(data.train_dataloader())
+    gaps = []
+    for step in range(steps + WARMUP):
+        start = time.perf_counter()
+        batch = next(batches)
+        loss = module.compute_losses(batch, module.step_generator(step))["total"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= WARMUP:
+            gaps.append(time.perf_counter() - start)
+    return statistics.median(gaps)
+
+
+def trainable_count(name: str, model: str) -> int:
+    module, _ = build(name, model)
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--model", default="tiny-sd")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"{'baseline':<20}{'trainable':>11}{'lightning ms':>14}{'reference ms':>14}{'ratio':>8}")
+    for name in BASELINES:
+        ours = lightning_step_seconds(name, args.model, args.steps)
+        reference = reference_step_seconds(name, args.model, args.steps)
+        count = trainable_count(name, args.model)
+        print(
+            f"{name:<20}{count:>11,}{ours * 1e3:>14.1f}{reference * 1e3:>14.1f}"
+            f"{ours / reference:>8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
