@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from datamodules.extras import SampleExtra, extra_for, known_keys
 from datamodules.instance_images import load_image_folder
 from datamodules.prompts import SIMPLE_TEMPLATES, check_templates
 from datamodules.sampler import ResumableDataLoader, ResumableSampler
@@ -19,6 +20,7 @@ from datamodules.transforms import random_rescale, resize_and_crop, to_tensor
 from models.concept_tokens import ConceptSpec
 
 SYNTHETIC_CLASS_WORD = "toy"
+BASE_BATCH_KEYS = frozenset({"pixel_values", "prompts", "loss_mask", "concept_index", "cache_key"})
 _SYNTHETIC_MIN_SIDE = 64  # the toy is drawn at least this large, then resized
 
 
@@ -50,7 +52,9 @@ class InstanceDataset(Dataset):
         rescale_augmentation: bool,
         repeats: int,
         seed: int,
+        extras: list[SampleExtra] | None = None,
     ) -> None:
+        self.extras = list(extras or [])
         self.items = [(c, i) for c, imgs in enumerate(images) for i in range(len(imgs))]
         self.images, self.concepts, self.templates = images, concepts, templates
         self.resolution, self.random_crop = resolution, random_crop
@@ -75,13 +79,18 @@ class InstanceDataset(Dataset):
             image, mask_array, prefix = random_rescale(image, self.resolution, rng)
             mask = torch.from_numpy(mask_array)[None]
             prompt, cache_key = prefix + prompt, ""
-        return {
+        sample = {
             "pixel_values": to_tensor(image),
             "prompts": prompt,
             "loss_mask": mask,
             "concept_index": concept_index,
             "cache_key": cache_key,
         }
+        # Extras draw from their own stream, so adding one leaves the base sample unchanged.
+        extras_rng = random.Random(f"{self.seed}/{index}/extras")
+        for extra in self.extras:
+            extra.add(sample, concept_index, extras_rng)
+        return sample
 
 
 class PersonalizationDataModule(L.LightningDataModule):
@@ -148,6 +157,7 @@ class PersonalizationDataModule(L.LightningDataModule):
         self.flip_probability, self.rescale_augmentation = flip_probability, rescale_augmentation
         self.repeats, self.batch_size, self.num_workers = repeats, batch_size, num_workers
         self.synthetic_num_images, self.seed = synthetic_num_images, seed
+        self.extras: list[SampleExtra] = []  # built on request(); see datamodules/extras
         # Read every image now: a bad folder fails before any model is loaded.
         self.images = [self._load_images(c, i) for i, c in enumerate(self.concept_data)]
 
@@ -163,12 +173,26 @@ class PersonalizationDataModule(L.LightningDataModule):
         return draw_synthetic_concept(self.synthetic_num_images, side, self.seed + index)
 
     def provided_batch_keys(self) -> set[str]:
-        """Batch keys this configuration builds; regularizers' needs are checked against it."""
-        return {"pixel_values", "prompts", "loss_mask", "concept_index", "cache_key"}
+        """Batch keys built now: the base ones plus those of the extras requested so far."""
+        return set(BASE_BATCH_KEYS).union(*(extra.provides for extra in self.extras))
 
-    def how_to_provide(self, keys: set[str]) -> str:
-        """How a user gets the given batch keys built (none of the extras exist yet)."""
-        return f"{type(self).__name__} has no option that builds {sorted(keys)}."
+    def request(self, keys: set[str] | frozenset[str], who: str) -> None:
+        """Build the extras that provide `keys` (the module calls this from its setup).
+
+        Raises a ValueError naming `who` needs what, and how to get it, when no extra provides
+        a key or the extra lacks a DataModule option.
+        """
+        for key in sorted(set(keys) - self.provided_batch_keys()):
+            extra_class = extra_for(key)
+            if extra_class is None:
+                raise ValueError(
+                    f"{who} needs batch data {key!r}, which {type(self).__name__} cannot build "
+                    f"(it builds {sorted(BASE_BATCH_KEYS | known_keys())})."
+                )
+            try:
+                self.extras.append(extra_class.from_datamodule(self))
+            except ValueError as error:
+                raise ValueError(f"{who} needs batch data {key!r}: {error}") from error
 
     def _dataset(self, augment: bool, repeats: int) -> InstanceDataset:
         return InstanceDataset(
@@ -181,6 +205,7 @@ class PersonalizationDataModule(L.LightningDataModule):
             rescale_augmentation=self.rescale_augmentation and augment,
             repeats=repeats,
             seed=self.seed,
+            extras=self.extras,
         )
 
     def _loader(

@@ -237,22 +237,26 @@ class PersonalizationModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Denoising loss on the instance images with noise fixed by batch index."""
-        losses = self.compute_losses(batch, self.step_generator(batch_idx, salt=1))
-        self.log("val/loss/denoise", losses["parts"]["denoise"], batch_size=len(batch["prompts"]))
+        record = self.denoise(batch, self.step_generator(batch_idx, salt=1))
+        loss = self.denoising_loss(record)
+        self.log("val/loss/denoise", loss, batch_size=len(batch["prompts"]))
 
     # ----- lifecycle --------------------------------------------------------------------------
+    def batch_requirements(self) -> dict[str, frozenset[str]]:
+        """Batch keys each part needs beyond the base ones, by who needs them."""
+        return {
+            f"Regularizer {r.name!r}": frozenset(r.requires)
+            for r in self.regularizers
+            if r.requires
+        }
+
     def setup(self, stage: str) -> None:
+        """Ask the DataModule to build the batch data the regularizers (and baseline) need."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        provided = getattr(datamodule, "provided_batch_keys", None)
-        if provided is None:
+        if datamodule is None or not hasattr(datamodule, "request"):
             return
-        for regularizer in self.regularizers:
-            missing = set(regularizer.requires) - set(provided())
-            if missing:
-                raise ValueError(
-                    f"Regularizer {regularizer.name!r} needs batch data {sorted(missing)} that "
-                    f"the DataModule was not set up to build. {datamodule.how_to_provide(missing)}"
-                )
+        for who, keys in self.batch_requirements().items():
+            datamodule.request(keys, who)
 
     def train(self, mode: bool = True) -> PersonalizationModule:
         """Frozen components stay in eval mode whatever Lightning asks of the module."""
