@@ -12,23 +12,32 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+)
 
 from models.tiny_tokenizer import write_tiny_clip_tokenizer
 
 TINY_MODEL_NAME = "tiny-sd"
+TINY_CLIP_NAME = "tiny-clip"  # a CLIPModel whose text tower is the tiny SD text encoder
 TINY_RESOLUTION = 32  # pixels; the tiny VAE downsamples by 2, so latents are 16x16
 _BUILD_VERSION = "1"  # bump when the architecture below changes, so caches are rebuilt
 
 
-def tiny_cache_dir() -> Path:
-    """Where the tiny pipeline lives: $PERSONALIZE_CACHE or ~/.cache/personalize."""
+def tiny_cache_dir(name: str = TINY_MODEL_NAME) -> Path:
+    """Where a tiny model lives: $PERSONALIZE_CACHE or ~/.cache/personalize."""
     root = os.environ.get("PERSONALIZE_CACHE") or Path.home() / ".cache" / "personalize"
-    return Path(root) / f"{TINY_MODEL_NAME}-v{_BUILD_VERSION}"
+    return Path(root) / f"{name}-v{_BUILD_VERSION}"
 
 
 def _tiny_unet() -> UNet2DConditionModel:
@@ -105,31 +114,79 @@ def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def ensure_tiny_pipeline() -> Path:
-    """Return the cached tiny pipeline folder, building it first if needed.
+def save_tiny_clip(folder: Path) -> Path:
+    """A tiny CLIPModel (text + vision, projections) whose text tower is tiny-sd's encoder.
+
+    SD 1.5's text encoder is CLIP ViT-L/14's text tower, so losses that need CLIP-projected
+    text features (ACCORD's PDLoss) and metrics that compare CLIP text and image features
+    (CLIP-T, CLIP-I) find the same relation here: the tiny projection applies to the tiny
+    encoder's states. Saved with its tokenizer and a (PIL) image processor.
+    """
+    sd_folder = ensure_tiny_pipeline()
+    text_encoder = CLIPTextModel.from_pretrained(sd_folder / "text_encoder")
+    tokenizer = CLIPTokenizer.from_pretrained(sd_folder / "tokenizer")
+    config = CLIPConfig(
+        text_config=text_encoder.config.to_dict(),
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": TINY_RESOLUTION,
+            "patch_size": 8,
+        },
+        projection_dim=32,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        clip = CLIPModel(config)
+    clip.text_model.load_state_dict(text_encoder.state_dict())
+    clip.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessor(
+        size={"shortest_edge": TINY_RESOLUTION},
+        crop_size={"height": TINY_RESOLUTION, "width": TINY_RESOLUTION},
+    ).save_pretrained(folder)
+    return folder
+
+
+def _ensure_built(name: str, build: Callable[[Path], Path], marker: str) -> Path:
+    """Return the cached folder of a tiny model, building it first if needed.
 
     Several DDP ranks may call this at once: each builds into its own temporary folder and
     renames it into place; a rank that loses the race discards its copy.
     """
-    target = tiny_cache_dir()
-    if (target / "model_index.json").exists():
+    target = tiny_cache_dir(name)
+    if (target / marker).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-sd-", dir=target.parent))
-    save_tiny_pipeline(staging)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    build(staging)
     try:
         staging.rename(target)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "model_index.json").exists():
+        if not (target / marker).exists():
             raise
     return target
 
 
+def ensure_tiny_pipeline() -> Path:
+    """The tiny Stable Diffusion folder (diffusers layout), built on first use."""
+    return _ensure_built(TINY_MODEL_NAME, save_tiny_pipeline, "model_index.json")
+
+
+def ensure_tiny_clip() -> Path:
+    """The tiny CLIP folder (transformers layout), built on first use."""
+    return _ensure_built(TINY_CLIP_NAME, save_tiny_clip, "preprocessor_config.json")
+
+
 def resolve_pretrained(name_or_path: str) -> str:
-    """Map ``tiny-sd`` to its cache folder; leave hub ids and local folders as they are."""
+    """Map ``tiny-sd`` / ``tiny-clip`` to their cache folders; leave other names as they are."""
     if name_or_path == TINY_MODEL_NAME:
         return str(ensure_tiny_pipeline())
+    if name_or_path == TINY_CLIP_NAME:
+        return str(ensure_tiny_clip())
     return name_or_path
 
 

@@ -112,3 +112,19 @@ def test_load_components_error_names_the_ways_to_load() -> None:
     assert "no/such-model" in message
     assert "tiny-sd" in message
     assert "local folder" in message
+
+
+def test_tiny_clip_shares_the_tiny_text_encoder(tiny_sd_path: Path) -> None:
+    from PIL import Image
+    from transformers import CLIPModel, CLIPProcessor, CLIPTextModel
+
+    folder = resolve_pretrained("tiny-clip")
+    clip = CLIPModel.from_pretrained(folder)
+    processor = CLIPProcessor.from_pretrained(folder)
+    encoder = CLIPTextModel.from_pretrained(tiny_sd_path / "text_encoder")
+    ids = processor.tokenizer(["a photo of a dog"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(clip.text_model(ids).last_hidden_state, encoder(ids).last_hidden_state)
+    pixels = processor(images=[Image.new("RGB", (50, 40))], return_tensors="pt").pixel_values
+    assert pixels.shape == (1, 3, 32, 32)
+    assert clip.text_projection.out_features == clip.visual_projection.out_features
