@@ -15,7 +15,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, StableDiffusionPipeline
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from safetensors.torch import save_file
 from torch import nn
 
@@ -44,6 +44,7 @@ class PersonalizationModule(L.LightningModule):
         learning_rates: dict[str, float] | None = None,
         scale_lr: bool = False,
         lr_warmup_steps: int = 0,
+        lr_scheduler: LRSchedulerCallable | None = None,
         cache_latents: bool = True,
         noise_offset: float = 0.0,
         seed: int = 0,
@@ -62,7 +63,9 @@ class PersonalizationModule(L.LightningModule):
                 groups left out use the optimizer's own ``lr``.
             scale_lr: multiply every learning rate by batch size x accumulation x world size,
                 as the Textual Inversion and Custom Diffusion recipes do.
-            lr_warmup_steps: linear warm-up, then constant.
+            lr_warmup_steps: linear warm-up, then constant (when no lr_scheduler is given).
+            lr_scheduler: a callable taking the optimizer (``class_path`` in configs, e.g.
+                torch.optim.lr_scheduler.CosineAnnealingLR); stepped every optimizer step.
             cache_latents: encode each deterministic instance image once (the VAE is frozen).
             noise_offset: offset noise strength (0 disables).
             seed: seeds noise and timesteps per step, so a resumed run draws the same ones.
@@ -92,6 +95,7 @@ class PersonalizationModule(L.LightningModule):
         self.learning_rates = dict(learning_rates or {})
         self.scale_lr = scale_lr
         self.lr_warmup_steps = lr_warmup_steps
+        self.lr_scheduler_factory = lr_scheduler
         self.cache_latents = cache_latents
         self.noise_offset = noise_offset
         self.seed = seed
@@ -284,9 +288,12 @@ class PersonalizationModule(L.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] *= factor
         warmup = max(self.lr_warmup_steps, 0)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
+        if self.lr_scheduler_factory is not None:
+            schedule = self.lr_scheduler_factory(optimizer)
+        else:
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+            )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def _lr_scale_factor(self) -> float:

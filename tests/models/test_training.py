@@ -158,3 +158,18 @@ def test_latent_cache_is_used_for_deterministic_images() -> None:
         torch.zeros_like(batch["pixel_values"]), batch["cache_key"], module.step_generator(0)
     )
     assert torch.equal(first, again)
+
+
+def test_lr_schedule_warmup_and_configurable_scheduler(tmp_path: Path) -> None:
+    module, datamodule = build("textual_inversion", lr_warmup_steps=4)
+    trainer = tiny_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-2 * 3 / 4)
+
+    def halve_each_step(optimizer: torch.optim.Optimizer) -> object:
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+    module, datamodule = build("textual_inversion", lr_scheduler=halve_each_step)
+    trainer = tiny_trainer(tmp_path / "step", max_steps=3)
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-2 / 8)
