@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import warnings
 
+import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.export import ExportWeights
-from datamodules.personalization import PersonalizationDataModule
-from models.base import PersonalizationModule
 
 # The frozen Stable Diffusion components are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -32,8 +31,10 @@ class PersonalizationCLI(LightningCLI):
 def main(args: list[str] | None = None, run: bool = True) -> PersonalizationCLI:
     """Build (and by default run) the CLI; tests call this in-process with ``args``."""
     return PersonalizationCLI(
-        PersonalizationModule,
-        PersonalizationDataModule,
+        # Any LightningModule / DataModule class_path: the baselines subclass
+        # PersonalizationModule; the contextualizer's pretraining (diverse context) does not.
+        L.LightningModule,
+        L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,

@@ -1,6 +1,9 @@
-"""Callbacks: sample images, exports (analysis callbacks join here)."""
+"""Callbacks: sample images, exports, and the analysis ones (drift, attention, text)."""
 
+from callbacks.attention_maps import AttentionMaps
 from callbacks.export import ExportWeights
 from callbacks.sample_images import SampleImages
+from callbacks.semantic_drift import SemanticDrift
+from callbacks.text_semantics import TextSemantics
 
-__all__ = ["ExportWeights", "SampleImages"]
+__all__ = ["AttentionMaps", "ExportWeights", "SampleImages", "SemanticDrift", "TextSemantics"]

@@ -35,6 +35,9 @@ class ExportWeights(L.Callback):
     def _export(trainer: L.Trainer, pl_module: L.LightningModule, folder: Path) -> None:
         if not trainer.is_global_zero:
             return
-        if not isinstance(pl_module, PersonalizationModule):
-            raise TypeError("ExportWeights needs a PersonalizationModule.")
+        # Any module with export(folder) (a baseline, or the contextualizer's pretraining).
+        if not isinstance(pl_module, PersonalizationModule) and not callable(
+            getattr(pl_module, "export", None)
+        ):
+            raise TypeError("ExportWeights needs a module with an export(folder) method.")
         pl_module.export(folder)

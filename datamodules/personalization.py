@@ -12,6 +12,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from datamodules.extras import SampleExtra, extra_for, known_keys
+from datamodules.extras.class_images import check_class_options
+from datamodules.generation_prompts import EvalPrompts, GenerationItems, generation_loader
 from datamodules.instance_images import load_image_folder
 from datamodules.prompts import SIMPLE_TEMPLATES, check_templates
 from datamodules.sampler import ResumableDataLoader, ResumableSampler
@@ -88,8 +90,11 @@ class InstanceDataset(Dataset):
         }
         # Extras draw from their own stream, so adding one leaves the base sample unchanged.
         extras_rng = random.Random(f"{self.seed}/{index}/extras")
+        # Which photo this is, for extras keyed by photo (captions); not itself a batch key.
+        sample["image_index"] = image_index
         for extra in self.extras:
             extra.add(sample, concept_index, extras_rng)
+        del sample["image_index"]
         return sample
 
 
@@ -113,6 +118,14 @@ class PersonalizationDataModule(L.LightningDataModule):
         num_workers: int = 0,
         synthetic_num_images: int = 5,
         seed: int = 0,
+        context_prompts_file: str | None = None,
+        context_category: str | None = None,
+        class_data_dir: str | None = None,
+        class_prompt: str | None = None,
+        num_class_images: int = 100,
+        class_generation_steps: int = 50,
+        eval_prompts: EvalPrompts = EvalPrompts(),  # noqa: B008 (frozen)
+        shared_tokens: bool = False,
     ) -> None:
         """
         Args:
@@ -130,6 +143,20 @@ class PersonalizationDataModule(L.LightningDataModule):
             repeats: passes over the images per epoch.
             synthetic_num_images: how many synthetic toy images to draw.
             seed: seeds the shuffle, augmentation and synthetic images.
+            context_prompts_file: context-rich prompts for the MLM loss, one per line with "{}"
+                for the concept phrase; None uses the generated set (datamodules/context_prompts).
+            context_category: ``living`` or ``object`` for the generated set; None decides from
+                each class word (see ``category_of``).
+            class_data_dir: prior preservation's class images (missing ones are generated there
+                by the base model before training); used only when the model asks for them.
+            class_prompt: the class images' prompt, e.g. "a photo of a dog".
+            num_class_images: how many class images to use (and to generate if missing).
+            class_generation_steps: sampling steps per generated class image (DDIM, cfg 7.5).
+            eval_prompts: what ``test`` / ``predict`` generate (DreamBench's prompts by
+                default, picked by the class word; see datamodules/generation_prompts).
+            shared_tokens: let concepts share a token, as several subjects of one placeholder
+                (VisualEncoder learns one image-to-token mapping across subjects); the model
+                is given each distinct token once.
         """
         super().__init__()
         if class_word is None:
@@ -148,8 +175,11 @@ class PersonalizationDataModule(L.LightningDataModule):
                     "class_word; give it one, e.g. {token: '<v2>', class_word: dog, ...}."
                 )
         tokens = [c.token for c in self.concept_data]
-        if len(set(tokens)) != len(tokens):
-            raise ValueError(f"Concept tokens must differ from each other, got {tokens}.")
+        if len(set(tokens)) != len(tokens) and not shared_tokens:
+            raise ValueError(
+                f"Concept tokens must differ from each other, got {tokens} (set shared_tokens: "
+                "true for several subjects of one token)."
+            )
         self.templates = check_templates(prompt_templates or SIMPLE_TEMPLATES)
         if resolution < 8 or batch_size < 1 or repeats < 1:
             raise ValueError("resolution >= 8, batch_size >= 1 and repeats >= 1 are required.")
@@ -158,13 +188,24 @@ class PersonalizationDataModule(L.LightningDataModule):
         self.repeats, self.batch_size, self.num_workers = repeats, batch_size, num_workers
         self.synthetic_num_images, self.seed = synthetic_num_images, seed
         self.extras: list[SampleExtra] = []  # built on request(); see datamodules/extras
+        # Context-rich prompts (the MLM loss): a file with one "{}" prompt per line, or the
+        # generated set of a category (None: living / object from each class word).
+        self.context_prompts_file, self.context_category = context_prompts_file, context_category
+        check_class_options(class_data_dir, class_prompt, num_class_images, class_generation_steps)
+        self.class_data_dir, self.class_prompt = class_data_dir, class_prompt
+        self.num_class_images = num_class_images
+        self.class_generation_steps = class_generation_steps
         # Read every image now: a bad folder fails before any model is loaded.
         self.images = [self._load_images(c, i) for i, c in enumerate(self.concept_data)]
+        # The test/predict prompts; a bad prompt file fails here, before any model is built.
+        self.eval_prompts = eval_prompts
+        self.eval_prompt_set, self.eval_templates = self.eval_prompts.templates(class_word)
 
     @property
     def concepts(self) -> list[ConceptSpec]:
         """What the model needs to know of the concepts (linked to model.init_args.concepts)."""
-        return [c.spec for c in self.concept_data]
+        first_of_token = {c.token: c.spec for c in reversed(self.concept_data)}
+        return [first_of_token[t] for t in dict.fromkeys(c.token for c in self.concept_data)]
 
     def _load_images(self, concept: ConceptData, index: int) -> list[Image.Image]:
         if concept.instance_data_dir is not None:
@@ -238,3 +279,16 @@ class PersonalizationDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> ResumableDataLoader:
         return self._loader(self._dataset(augment=False, repeats=1), False, 0)
+
+    def test_dataloader(self) -> Any:
+        """The first concept's evaluation prompts x images, fixed seeds (see eval_prompts)."""
+        items = GenerationItems(self.eval_templates, self.concepts[0], self.eval_prompts)
+        world = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        return generation_loader(items, self.eval_prompts.batch_size, *world)
+
+    def predict_dataloader(self) -> Any:
+        return self.test_dataloader()
+
+    def reference_images(self, concept_index: int = 0) -> list[Image.Image]:
+        """A concept's instance images: what CLIP-I / DINO-I compare the generations with."""
+        return self.images[concept_index]

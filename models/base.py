@@ -20,17 +20,23 @@ from safetensors.torch import save_file
 from torch import nn
 
 from losses.base import Regularizer
+from models.class_images import prepare_class_images
 from models.concept_tokens import ConceptSpec, ConceptTokens
+from models.evaluation import EvaluationMixin, EvaluationSettings
+from models.extra_vectors import extra_vectors_in
 from models.loading import load_components
+from models.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
+from models.schedulers import make_scheduler
 from models.step_record import StepRecord
 from models.text_encoding import TextEncoding
+from models.text_projection import default_clip_for, load_text_projection
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4)
 
 
-class PersonalizationModule(L.LightningModule):
+class PersonalizationModule(EvaluationMixin, L.LightningModule):
     """Shared training step of all baselines; see the module docstring."""
 
     def __init__(
@@ -47,9 +53,11 @@ class PersonalizationModule(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         cache_latents: bool = True,
         noise_offset: float = 0.0,
+        prior_loss_weight: float = 0.0,
         seed: int = 0,
         revision: str | None = None,
         variant: str | None = None,
+        evaluation: EvaluationSettings = EvaluationSettings(),  # noqa: B008 (never mutated)
     ) -> None:
         """
         Args:
@@ -68,7 +76,12 @@ class PersonalizationModule(L.LightningModule):
                 torch.optim.lr_scheduler.CosineAnnealingLR); stepped every optimizer step.
             cache_latents: encode each deterministic instance image once (the VAE is frozen).
             noise_offset: offset noise strength (0 disables).
+            prior_loss_weight: DreamBooth's prior preservation (0 disables): class images go
+                through the same UNet call and their denoising loss is added with this weight;
+                the DataModule then needs class_data_dir and class_prompt.
             seed: seeds noise and timesteps per step, so a resumed run draws the same ones.
+            evaluation: how ``test`` / ``predict`` generate and what ``test`` scores
+                (models/evaluation.py; test_step and predict_step come from its mixin).
         """
         super().__init__()
         if not concepts:
@@ -77,6 +90,7 @@ class PersonalizationModule(L.LightningModule):
                 "concept_token / class_word); in code pass concepts=[ConceptSpec('<v1>', 'dog')]."
             )
         components = load_components(pretrained_model_name_or_path, revision, variant)
+        self.pretrained_model_name_or_path = pretrained_model_name_or_path
         self.tokenizer = components.tokenizer
         self.noise_scheduler = components.noise_scheduler
         self.text_encoder = components.text_encoder
@@ -98,7 +112,11 @@ class PersonalizationModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.cache_latents = cache_latents
         self.noise_offset = noise_offset
+        if prior_loss_weight < 0:
+            raise ValueError(f"prior_loss_weight must be >= 0 (0 off), got {prior_loss_weight}.")
+        self.prior_loss_weight = prior_loss_weight
         self.seed = seed
+        self.evaluation = evaluation
         self.strict_loading = False  # checkpoints hold only what trains
         self._latent_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -119,15 +137,32 @@ class PersonalizationModule(L.LightningModule):
     # ----- documented methods regularizers may call ------------------------------------------
     def encode_text(self, prompts: list[str]) -> TextEncoding:
         """Encode prompts with the concept tokens injected (gradients reach trained vectors)."""
+        return self.encode_token_ids(self.tokenize(prompts))
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """Padded token ids (B, max_length) on the module's device, concept tokens expanded."""
         expanded = [self.concept_tokens.expand(p) for p in prompts]
-        input_ids = self.tokenizer(
+        return self.tokenizer(
             expanded,
             padding="max_length",
             max_length=self.tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
         ).input_ids.to(self.device)
-        hidden = self.text_encoder(input_ids).last_hidden_state
+
+    def encode_token_ids(
+        self, input_ids: torch.Tensor, extra_vectors: torch.Tensor | None = None
+    ) -> TextEncoding:
+        """The text path of `encode_text` from token ids (MLM masks tokens, not words).
+
+        ``extra_vectors`` (n, D): for this call, the ids ``len(self.tokenizer) + k`` embed as
+        row k (MLM's frozen ``[MASK]`` vector), swapped into the lookup like concept tokens.
+        """
+        if extra_vectors is None:
+            hidden = self.text_encoder(input_ids).last_hidden_state
+        else:
+            with extra_vectors_in(self.text_encoder, len(self.tokenizer), extra_vectors):
+                hidden = self.text_encoder(input_ids).last_hidden_state
         return TextEncoding(hidden_states=hidden, input_ids=input_ids)
 
     def predict_noise(
@@ -135,6 +170,21 @@ class PersonalizationModule(L.LightningModule):
     ) -> torch.Tensor:
         """One UNet call; returns the prediction in the scheduler's parameterisation."""
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=encoder_states).sample
+
+    def text_projection(self, clip_model: str | None = None) -> nn.Linear:
+        """CLIP's frozen text projection for this text encoder's pooled features (PDLoss, SPL).
+
+        ``clip_model`` None picks the CLIP whose text tower the text encoder is (tiny-clip for
+        tiny-sd, openai/clip-vit-large-patch14 otherwise). Loaded once per module and shared
+        by the losses that ask; kept out of the state dict (it never trains).
+        """
+        name = clip_model or default_clip_for(self.pretrained_model_name_or_path)
+        cache = self.__dict__.setdefault("_text_projections", {})
+        if name not in cache:
+            cache[name] = load_text_projection(name, self.text_encoder.config.hidden_size)
+        if cache[name].weight.device != self.device:  # not a state-dict member: move by hand
+            cache[name].to(self.device)
+        return cache[name]
 
     def export_token_embeddings(self, path_for_concept: dict[str, Path]) -> list[Path]:
         """Save each concept's vectors as ``{token: (num_vectors, dim)}`` safetensors files."""
@@ -179,9 +229,26 @@ class PersonalizationModule(L.LightningModule):
         """A latent cell counts only if its whole pixel footprint is valid (min-pooling)."""
         return -F.adaptive_max_pool2d(-pixel_mask.float(), size)
 
-    def denoise(self, batch: dict[str, Any], generator: torch.Generator) -> StepRecord:
-        """Noise the latents, run the UNet once on the prompts, and record everything."""
+    def denoise(
+        self, batch: dict[str, Any], generator: torch.Generator, with_prior: bool = True
+    ) -> StepRecord:
+        """Noise the latents, run the UNet once on the prompts, and record everything.
+
+        With prior preservation on (and ``with_prior``), the class samples join the same call.
+        """
         latents = self.encode_latents(batch["pixel_values"], batch.get("cache_key"), generator)
+        num_instances, prompts = latents.shape[0], list(batch["prompts"])
+        if with_prior and self.prior_loss_weight > 0:  # class samples join the same UNet call
+            if "class_pixel_values" not in batch:
+                raise KeyError(
+                    "prior_loss_weight > 0 but the batch has no class images; the DataModule "
+                    "builds them when the module's setup requests them (fit with a datamodule)."
+                )
+            class_latents = self.encode_latents(
+                batch["class_pixel_values"], batch.get("class_cache_key"), generator
+            )
+            latents = torch.cat([latents, class_latents])
+            prompts += list(batch["class_prompts"])
         device = latents.device
         noise = torch.randn(latents.shape, generator=generator, device=device)
         if self.noise_offset:
@@ -194,14 +261,16 @@ class PersonalizationModule(L.LightningModule):
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        text = self.encode_text(batch["prompts"])
-        model_pred = self.predict_noise(noisy_latents, timesteps, text.hidden_states)
+        text = self.encode_text(prompts)
+        model_pred = self.predict_noise(noisy_latents, timesteps, text.conditioning)
         pixel_mask = batch.get("loss_mask")
         if pixel_mask is None:
             loss_mask = torch.ones_like(latents[:, :1])
         else:
             loss_mask = self.latent_loss_mask(pixel_mask, latents.shape[-2:])
-        return StepRecord(
+        if loss_mask.shape[0] < latents.shape[0]:  # class images carry no mask: all valid
+            loss_mask = torch.cat([loss_mask, torch.ones_like(latents[num_instances:, :1])])
+        record = StepRecord(
             latents=latents,
             noisy_latents=noisy_latents,
             timesteps=timesteps,
@@ -213,6 +282,7 @@ class PersonalizationModule(L.LightningModule):
             loss_mask=loss_mask,
             batch=batch,
         )
+        return split_prior(record, num_instances) if len(latents) > num_instances else record
 
     def denoising_loss(self, record: StepRecord) -> torch.Tensor:
         """Mean squared error over the valid (mask = 1) latent elements of each sample."""
@@ -226,6 +296,9 @@ class PersonalizationModule(L.LightningModule):
         record = self.denoise(batch, generator)
         parts = {"denoise": self.denoising_loss(record)}
         total = parts["denoise"]
+        if record.prior is not None:
+            parts["prior"] = self.denoising_loss(record.prior)
+            total = total + self.prior_loss_weight * parts["prior"]
         for regularizer in self.regularizers:
             parts[regularizer.name] = regularizer(record, self)
             total = total + regularizer.weight * parts[regularizer.name]
@@ -241,25 +314,40 @@ class PersonalizationModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Denoising loss on the instance images with noise fixed by batch index."""
-        record = self.denoise(batch, self.step_generator(batch_idx, salt=1))
+        record = self.denoise(batch, self.step_generator(batch_idx, salt=1), with_prior=False)
         loss = self.denoising_loss(record)
         self.log("val/loss/denoise", loss, batch_size=len(batch["prompts"]))
 
     # ----- lifecycle --------------------------------------------------------------------------
     def batch_requirements(self) -> dict[str, frozenset[str]]:
         """Batch keys each part needs beyond the base ones, by who needs them."""
-        return {
+        needs = {
             f"Regularizer {r.name!r}": frozenset(r.requires)
             for r in self.regularizers
             if r.requires
         }
+        if self.prior_loss_weight > 0:
+            needs[PRIOR_REQUESTER] = PRIOR_BATCH_KEYS
+        return needs
 
     def setup(self, stage: str) -> None:
         """Ask the DataModule to build the batch data the regularizers (and baseline) need."""
+        for regularizer in self.regularizers:
+            # Optional hook: a regularizer that loads helpers (e.g. the text projection) or
+            # checks the model does it here, so bad settings fail before the first step.
+            prepare = getattr(regularizer, "prepare", None)
+            if callable(prepare):
+                prepare(self)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         if datamodule is None or not hasattr(datamodule, "request"):
             return
-        for who, keys in self.batch_requirements().items():
+        requirements = self.batch_requirements()
+        if stage != "fit":  # only training steps run the class half
+            requirements.pop(PRIOR_REQUESTER, None)
+        if any("class_pixel_values" in keys for keys in requirements.values()):
+            # Missing class images are generated by this (still untrained) model first.
+            prepare_class_images(self, datamodule)
+        for who, keys in requirements.items():
             datamodule.request(keys, who)
 
     def train(self, mode: bool = True) -> PersonalizationModule:
@@ -341,13 +429,24 @@ class PersonalizationModule(L.LightningModule):
         guidance_scale: float = 6.0,
         resolution: int | None = None,
         negative_prompt: str = "",
+        seeds: list[int] | None = None,
+        scheduler: str | None = None,
     ) -> torch.Tensor:
-        """Images in [0, 1], shape (B, 3, H, W); image i uses seed + i."""
+        """Images in [0, 1], shape (B, 3, H, W); image i uses seed + i (or seeds[i]).
+
+        ``scheduler`` names a sampler of models/schedulers.py (None: the pipeline's DDIM).
+        """
         size = resolution or self.unet.config.sample_size * self.vae_scale_factor
-        positive = self.encode_text(prompts).hidden_states
-        negative = self.encode_text([negative_prompt] * len(prompts)).hidden_states
-        generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-        images = self.pipeline()(
+        positive = self.encode_text(prompts).conditioning
+        negative = self.encode_text([negative_prompt] * len(prompts)).conditioning
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one each.")
+        seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        pipe = self.pipeline()
+        if scheduler is not None:
+            pipe.scheduler = make_scheduler(scheduler, self.noise_scheduler.config)
+        images = pipe(
             prompt_embeds=positive,
             negative_prompt_embeds=negative,
             num_inference_steps=num_inference_steps,

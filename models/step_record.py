@@ -23,3 +23,6 @@ class StepRecord:
     input_ids: torch.Tensor
     loss_mask: torch.Tensor
     batch: dict[str, Any]
+    # Prior preservation: the class half of the same UNet call (None when it is off);
+    # the fields above stay the instance half, which is what regularizers see.
+    prior: StepRecord | None = None

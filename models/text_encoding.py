@@ -13,10 +13,19 @@ class TextEncoding:
 
     hidden_states: (B, L, D), what the UNet cross-attends to; input_ids: (B, L), so that a loss
     can find the concept token, the class word or the end-of-text position.
+    layer_states: set by baselines whose UNet layers each read their own text states (XTI/P+):
+    (B, n_layers * L, D), the layers' states packed along the sequence; ``hidden_states`` is then
+    one documented layer's. Give ``conditioning`` (not ``hidden_states``) to ``predict_noise``.
     """
 
     hidden_states: torch.Tensor
     input_ids: torch.Tensor
+    layer_states: torch.Tensor | None = None
+
+    @property
+    def conditioning(self) -> torch.Tensor:
+        """What the UNet should be given for these prompts (per-layer states when there are)."""
+        return self.hidden_states if self.layer_states is None else self.layer_states
 
     def eos_positions(self, eos_token_id: int) -> torch.Tensor:
         """Index of the first end-of-text token in each prompt, shape (B,)."""

@@ -21,13 +21,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.personalization import PersonalizationDataModule  # noqa: E402
-from models import CustomDiffusion, TextualInversion  # noqa: E402
+from datamodules.personalization import ConceptData, PersonalizationDataModule  # noqa: E402
+from models import (  # noqa: E402
+    XTI,
+    CustomDiffusion,
+    DreamBooth,
+    LoRA,
+    TextualInversion,
+    VisualEncoder,
+)
 from models.base import PersonalizationModule  # noqa: E402
 
 BASELINES: dict[str, tuple[type[PersonalizationModule], dict[str, Any]]] = {
     "textual_inversion": (TextualInversion, {}),
     "custom_diffusion": (CustomDiffusion, {"rescale_augmentation": True}),
+    "dreambooth": (DreamBooth, {}),  # no prior preservation: it needs a class folder
+    "lora": (LoRA, {}),
+    "xti": (XTI, {}),
+    # Three synthetic subjects (other seeds) share the token: VisualEncoder trains across them.
+    "visual_encoder": (
+        VisualEncoder,
+        {"shared_tokens": True, "additional_concepts": [ConceptData("<v1>")] * 2},
+    ),
 }
 WARMUP = 3
 
@@ -45,7 +60,10 @@ class StepTimer(L.Callback):
 def build(name: str, model: str) -> tuple[PersonalizationModule, PersonalizationDataModule]:
     cls, data_args = BASELINES[name]
     data = PersonalizationDataModule(resolution=32, batch_size=2, repeats=50, **data_args)
-    return cls(pretrained_model_name_or_path=model, concepts=data.concepts), data
+    module = cls(pretrained_model_name_or_path=model, concepts=data.concepts)
+    for who, keys in module.batch_requirements().items():  # as the module's setup() asks
+        data.request(keys, who)
+    return module, data
 
 
 def lightning_step_seconds(name: str, model: str, steps: int) -> float:

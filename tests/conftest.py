@@ -7,11 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from helpers import DREAMBENCH, REPO_ROOT  # noqa: F401  (re-exported for tests)
+
+# One intra-op thread unless asked otherwise: on two busy cores, threads that wait on each other
+# cost far more than they give (a tiny UNet call: 0.05 s on one thread, 1-3 s on two under load).
+torch.set_num_threads(int(os.environ.get("PERSONALIZE_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -59,3 +59,22 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def trainable_state(module: PersonalizationModule) -> dict[str, torch.Tensor]:
     keys = module.trainable_state_keys()
     return {k: v.detach().clone() for k, v in module.state_dict().items() if k in keys}
+
+
+CLASS_PROMPT = "a photo of a toy"
+
+
+def write_class_folder(folder: Path, count: int = 3, size: tuple[int, int] = (48, 40)) -> Path:
+    """Prior preservation's class images without generating them: solid colours with a white
+    left edge (so crops, flips and which image was chosen are visible), ``img-<i>.png``."""
+    import numpy as np
+    from PIL import Image
+
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        array = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+        array[:] = colours[index % len(colours)]
+        array[:, : size[0] // 4] = 255
+        Image.fromarray(array).save(folder / f"img-{index}.png")
+    return folder

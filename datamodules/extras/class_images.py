@@ -1,0 +1,126 @@
+"""Class images for prior preservation: one per sample, with the class prompt.
+
+Built when prior preservation (or a regularizer) asks for ``class_pixel_values`` /
+``class_prompts``. By then the module's setup has generated any missing images
+(models/class_images.py), so a short folder here means the DataModule was used without that
+setup. Each sample draws its class image from its own rng and gets the instance images'
+resolution, crop and flip handling (no random rescale: class images have no loss mask).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from PIL import Image
+
+from datamodules.extras import SampleExtra
+from datamodules.instance_images import IMAGE_SUFFIXES, load_rgb_image
+from datamodules.transforms import resize_and_crop, to_tensor
+
+if TYPE_CHECKING:
+    from datamodules.personalization import PersonalizationDataModule
+
+
+def check_class_options(
+    class_data_dir: str | None,
+    class_prompt: str | None,
+    num_class_images: int,
+    generation_steps: int = 1,
+) -> None:
+    """DataModule-time checks, so a bad combination fails before any model is loaded."""
+    if num_class_images < 1:
+        raise ValueError(f"num_class_images must be >= 1, got {num_class_images}.")
+    if generation_steps < 1:
+        raise ValueError(f"class_generation_steps must be >= 1, got {generation_steps}.")
+    if class_data_dir is not None and not (class_prompt or "").strip():
+        raise ValueError(
+            f"class_data_dir / num_class_images ({num_class_images}) need class_prompt, the "
+            "prompt the class images are trained with and generated from: set "
+            "data.init_args.class_prompt, e.g. 'a photo of a dog'."
+        )
+    if class_data_dir is not None and Path(class_data_dir).is_file():
+        raise ValueError(f"class_data_dir {class_data_dir!r} is a file; give a folder.")
+
+
+def list_class_images(folder: str | Path) -> list[Path]:
+    """Image files of the class folder by name ([] when it does not exist yet)."""
+    path = Path(folder)
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _shorter_side_to(image: Image.Image, resolution: int) -> Image.Image:
+    """Keep class images at the training size only: ``resize_and_crop`` then skips resizing."""
+    width, height = image.size
+    scale = resolution / min(width, height)
+    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+class ClassImages(SampleExtra):
+    """Provides ``class_pixel_values`` (3, H, W), ``class_prompts`` and ``class_cache_key``."""
+
+    provides: ClassVar[frozenset[str]] = frozenset(
+        {"class_pixel_values", "class_prompts", "class_cache_key"}
+    )
+
+    def __init__(
+        self,
+        images: list[Image.Image],
+        prompt: str,
+        resolution: int,
+        random_crop: bool = False,
+        flip_probability: float = 0.0,
+    ) -> None:
+        if not images:
+            raise ValueError("ClassImages needs at least one image.")
+        self.images, self.prompt, self.resolution = images, prompt, resolution
+        self.random_crop, self.flip_probability = random_crop, flip_probability
+
+    @classmethod
+    def from_datamodule(cls, datamodule: PersonalizationDataModule) -> ClassImages:
+        folder = getattr(datamodule, "class_data_dir", None)
+        prompt = getattr(datamodule, "class_prompt", None)
+        wanted = int(getattr(datamodule, "num_class_images", 100))
+        if folder is None:
+            raise ValueError(
+                "set data.init_args.class_data_dir to a folder for the class images (missing "
+                "ones are generated there before training), e.g. class_images/dog."
+            )
+        check_class_options(folder, prompt, wanted)
+        if not Path(folder).is_dir():
+            raise ValueError(
+                f"class folder {folder!r} does not exist; the module generates it in its setup "
+                "(train through the Trainer), or point class_data_dir at a folder of images."
+            )
+        files = list_class_images(folder)
+        if len(files) < wanted:
+            raise ValueError(
+                f"class folder {folder!r} holds {len(files)} images, num_class_images is "
+                f"{wanted}; the module generates missing ones in its setup (train through the "
+                "Trainer), or add images, or lower num_class_images."
+            )
+        resolution = int(datamodule.resolution)
+        # The images used are read now (an unreadable one is named), before training.
+        images = [_shorter_side_to(load_rgb_image(f), resolution) for f in files[:wanted]]
+        return cls(
+            images,
+            str(prompt),
+            resolution,
+            random_crop=bool(datamodule.random_crop),
+            flip_probability=float(datamodule.flip_probability),
+        )
+
+    def add(self, sample: dict[str, Any], concept_index: int, rng: random.Random) -> None:
+        index = rng.randrange(len(self.images))
+        image = resize_and_crop(self.images[index], self.resolution, self.random_crop, rng)
+        flipped = rng.random() < self.flip_probability
+        if flipped:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        sample["class_pixel_values"] = to_tensor(image)
+        sample["class_prompts"] = self.prompt
+        # Deterministic crops are encoded once and cached, as instance images are.
+        sample["class_cache_key"] = "" if self.random_crop else f"class/{index}/{int(flipped)}"

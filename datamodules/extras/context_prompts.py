@@ -1,0 +1,60 @@
+"""Batch extra ``context_prompts``: one context-rich prompt per sample, with its concept phrase.
+
+Built when a regularizer requires the key (the MLM loss). Each concept draws from its own pool:
+the DataModule's ``context_prompts_file`` if set (every line, with "{}" for the concept
+phrase), else the generated set of the concept's category (living / object from its class
+word, or the DataModule's ``context_category``) minus the held-out share.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from datamodules.context_prompts import (
+    category_of,
+    check_category,
+    generate_context_templates,
+    read_prompt_file,
+    split_held_out,
+)
+from datamodules.extras import SampleExtra
+
+if TYPE_CHECKING:
+    from datamodules.personalization import PersonalizationDataModule
+
+POOL_SIZE = 10_000  # the paper's order of magnitude per category
+
+
+@lru_cache(maxsize=8)
+def training_templates(category: str, seed: int) -> tuple[str, ...]:
+    """The generated templates of a category that are not held out."""
+    return tuple(split_held_out(generate_context_templates(category, POOL_SIZE, seed))[0])
+
+
+class ContextPrompts(SampleExtra):
+    """Adds ``context_prompts``: a rich prompt holding the sample's concept phrase."""
+
+    provides: ClassVar[frozenset[str]] = frozenset({"context_prompts"})
+
+    def __init__(self, pools: list[tuple[str, ...]], phrases: list[str]) -> None:
+        self.pools, self.phrases = pools, phrases
+
+    @classmethod
+    def from_datamodule(cls, datamodule: PersonalizationDataModule) -> ContextPrompts:
+        concepts = datamodule.concepts
+        file = getattr(datamodule, "context_prompts_file", None)
+        if file is not None:
+            pools = [tuple(read_prompt_file(file))] * len(concepts)
+        else:
+            forced = getattr(datamodule, "context_category", None)
+            categories = [
+                check_category(forced) if forced else category_of(c.class_word) for c in concepts
+            ]
+            pools = [training_templates(category, datamodule.seed) for category in categories]
+        return cls(pools, [c.phrase for c in concepts])
+
+    def add(self, sample: dict[str, Any], concept_index: int, rng: random.Random) -> None:
+        template = rng.choice(self.pools[concept_index])
+        sample["context_prompts"] = template.format(self.phrases[concept_index])

@@ -1,0 +1,112 @@
+"""ACCORD's Denoising Decouple Loss (DDLoss), ``dd``: Eqs. (8) and (11) of the paper.
+
+    L_dd = mean over the batch of  w_t | ||e(cp,cg) - e(cp)||^2 + ||e(cp,cg) - sg e(cg)||^2
+                                         - ||e(cp,cg) - sg e(empty)||^2 |
+    w_t  = (t / T) beta_t / (2 alpha_t (1 - alphabar_{t-1})),   w_0 = 0
+
+e(c) = eps_theta(x_t, c, t) on the step's own noisy latents and timesteps (the paper's x_t
+stand-in for x_theta,t); (cp, cg) is the full caption, cp the concept phrase, cg the caption
+without it, empty the empty prompt; sg = stop-gradient, as in the paper (following SuDe) so the
+model's prior for cg and the unconditional branch is not damaged. The weight is the paper's
+linear t/T times 1/(2 sigma_t^2) written in epsilon space (see ``losses/epsilon_space.py``),
+which is also where t = 0 is guarded. ``stop_concept_gradient`` stops the cp pass too.
+
+Cost: the extra conditions run as two batched UNet calls, one with gradient (full and cp) and
+one without (cg and empty; cp too when stopped). When the full caption is the step's own prompt
+(the template fallback), the denoising pass already computed e(cp, cg) with its gradient, and
+it is reused instead of run again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from losses.base import Regularizer
+from losses.epsilon_space import (
+    Reduction,
+    check_epsilon_prediction,
+    posterior_weight,
+    squared_distance,
+)
+from losses.prompt_cache import FrozenPromptCache
+from models.step_record import StepRecord
+
+if TYPE_CHECKING:
+    from models.base import PersonalizationModule
+
+
+def run_conditions(
+    module: PersonalizationModule, record: StepRecord, states: torch.Tensor
+) -> list[torch.Tensor]:
+    """One UNet call on the step's x_t and t for k stacked conditions; k predictions back."""
+    count = states.shape[0] // record.noisy_latents.shape[0]
+    latents = record.noisy_latents.repeat(count, 1, 1, 1)
+    timesteps = record.timesteps.repeat(count)
+    return list(module.predict_noise(latents, timesteps, states).chunk(count))
+
+
+class DenoisingDecoupleLoss(Regularizer):
+    """Weighted |sum of the three squared distances| between conditional noise predictions."""
+
+    name = "dd"
+    requires = frozenset({"caption_full", "caption_concept", "caption_general"})
+
+    def __init__(
+        self,
+        weight: float = 0.2,
+        stop_concept_gradient: bool = False,
+        reduction: Reduction = "sum",
+    ) -> None:
+        """
+        Args:
+            weight: ACCORD uses 0.1 to 0.3 (Appendix A.4).
+            stop_concept_gradient: also stop the gradient of the cp pass (the paper stops cg
+                and empty only).
+            reduction: ``sum`` over latent elements (the Gaussian log density the derivation
+                uses) or ``mean`` (a per-element scale, independent of the latent size).
+        """
+        super().__init__(weight)
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"DDLoss reduction must be 'sum' or 'mean', got {reduction!r}.")
+        self.stop_concept_gradient = stop_concept_gradient
+        self.reduction: Reduction = reduction
+        self.cache = FrozenPromptCache()
+
+    def prepare(self, module: PersonalizationModule) -> None:
+        check_epsilon_prediction(module.noise_scheduler, "DDLoss")
+
+    def predictions(
+        self, record: StepRecord, module: PersonalizationModule
+    ) -> tuple[torch.Tensor, ...]:
+        """e(cp, cg), e(cp), e(cg), e(empty), each (B, C, h, w)."""
+        batch = record.batch
+        full, concept = list(batch["caption_full"]), list(batch["caption_concept"])
+        general, empty = list(batch["caption_general"]), [""] * len(full)
+        reuse_full = full == list(batch["prompts"])
+        with_grad = ([] if reuse_full else full) + ([] if self.stop_concept_gradient else concept)
+        outputs: list[torch.Tensor] = []
+        if with_grad:
+            states = module.encode_text(with_grad).conditioning
+            outputs += run_conditions(module, record, states)
+        with torch.no_grad():
+            states = self.cache.encode(module, general + empty).conditioning
+            if self.stop_concept_gradient:
+                states = torch.cat([module.encode_text(concept).conditioning, states])
+            stopped = run_conditions(module, record, states)
+        if reuse_full:
+            outputs.insert(0, record.model_pred)
+        return (*outputs, *stopped)
+
+    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
+        e_full, e_concept, e_general, e_empty = self.predictions(record, module)
+        distance = (
+            squared_distance(e_full, e_concept, self.reduction)
+            + squared_distance(e_full, e_general, self.reduction)
+            - squared_distance(e_full, e_empty, self.reduction)
+        )
+        steps = module.noise_scheduler.config.num_train_timesteps
+        weight = record.timesteps.float() / steps
+        weight = weight * posterior_weight(module.noise_scheduler, record.timesteps)
+        return (weight * distance.abs()).mean()

@@ -1,0 +1,195 @@
+"""The diverse-context paper's masked language modelling loss, ``mlm`` (Sec. 4.1-4.2, Eq. 5).
+
+    L_mlm = mean over masked positions m of  -log softmax(psi(Gamma(P_masked)))[m, y_m]
+
+Each step takes the batch's context-rich prompts (``context_prompts``: "a photo of a <v1> dog
+wearing a red scarf, at sunset"), masks each of their tokens with probability rho = 15% -- never
+the concept token(s), never the class word, never start/end-of-text or padding -- replacing it
+by the frozen ``[MASK]`` vector, encodes them through the module's personalized text path
+(`PersonalizationModule.encode_token_ids`: concept vectors injected, the text encoder as the
+baseline has it), and scores the frozen contextualizer psi's prediction of the original tokens
+at the masked positions only. Gradients reach what the baseline trains through the text path
+(the concept tokens; the text encoder for DreamBooth). psi (parameters with requires_grad off)
+and ``[MASK]`` (a non-persistent buffer) are frozen: no gradient, not in the optimizer, not in
+checkpoints, psi always in eval mode. A batch in which nothing was masked adds exactly 0.
+Cost per step: one text-encoder and psi pass over the batch's rich prompts, padding trimmed.
+
+psi and ``[MASK]`` come from the pretraining run (``configs/diverse_context/contextualizer.yaml``),
+read from its default place for the module's base model unless ``contextualizer_dir`` is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from losses.base import Regularizer
+from models.contextualizer import Contextualizer, padding_after_eos
+from models.contextualizer_store import (
+    check_compatible,
+    default_contextualizer_dir,
+    load_contextualizer,
+    pretraining_command,
+)
+from models.mlm_masking import (
+    apply_mask,
+    draw_mask,
+    masked_cross_entropy,
+    occurrences,
+    prompt_positions,
+    trim_padding,
+)
+from models.step_record import StepRecord
+
+if TYPE_CHECKING:
+    from models.base import PersonalizationModule
+
+MASK_SALT = 5  # step_generator salt of the masking draws (0: training noise, 1: validation)
+
+
+def protected_positions(module: PersonalizationModule, input_ids: torch.Tensor) -> torch.Tensor:
+    """True at every concept token (any id past the base vocabulary, and each concept token's
+    own ids in case a baseline reuses a word) and every occurrence of a concept's class word:
+    MLM never masks those."""
+    protected = input_ids >= module.text_encoder.config.vocab_size
+    for concept in module.concepts:
+        for text in (concept.token, concept.class_word):
+            ids = module.tokenizer(text, add_special_tokens=False).input_ids
+            protected |= occurrences(input_ids, ids)
+    return protected
+
+
+class MaskedLanguageModelingLoss(Regularizer):
+    """Cross-entropy of the frozen contextualizer at masked tokens of context-rich prompts."""
+
+    name = "mlm"
+    requires = frozenset({"context_prompts"})
+
+    def __init__(
+        self,
+        weight: float = 1.0e-4,
+        mask_probability: float = 0.15,
+        contextualizer_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            weight: lambda of L_diff + lambda L_mlm (the paper: TI 1e-5..5e-4 in its Table 3;
+                see configs/diverse_context for each baseline's).
+            mask_probability: rho, the chance each eligible token is masked (paper: 15%).
+            contextualizer_dir: folder with contextualizer.safetensors + .json; None reads the
+                pretraining run's default place for the module's base model.
+        """
+        super().__init__(weight)
+        if not 0.0 <= mask_probability <= 1.0:
+            raise ValueError(f"mask_probability must be in [0, 1], got {mask_probability}.")
+        self.mask_probability = mask_probability
+        self.contextualizer_dir = contextualizer_dir
+        self.contextualizer: Contextualizer | None = None
+        self.register_buffer("mask_vector", torch.empty(0), persistent=False)
+        self._loaded_from: Path | None = None
+
+    # ----- loading (from the module's setup, before the first step) ---------------------------
+    def prepare(self, module: PersonalizationModule) -> None:
+        """Load psi and ``[MASK]`` frozen; a missing export names the command that makes it."""
+        name = module.pretrained_model_name_or_path
+        folder = Path(self.contextualizer_dir or default_contextualizer_dir(name))
+        if self._loaded_from == folder:
+            return
+        try:
+            contextualizer, mask_vector, info = load_contextualizer(folder)
+        except FileNotFoundError as error:
+            how = (
+                f"run `{pretraining_command(name)}` first (it exports there)"
+                if self.contextualizer_dir is None
+                else "point contextualizer_dir at a pretraining run's export folder"
+            )
+            raise FileNotFoundError(
+                f"The mlm loss needs a pretrained contextualizer for {name!r}, but {folder} has "
+                f"none: {how}."
+            ) from error
+        check_compatible(info, module.tokenizer, module.text_encoder, folder)
+        contextualizer.requires_grad_(False)
+        self.contextualizer = contextualizer.eval().to(module.device)
+        self.mask_vector = mask_vector.to(module.device).reshape(1, -1)
+        self._loaded_from = folder
+
+    def train(self, mode: bool = True) -> MaskedLanguageModelingLoss:
+        """psi stays in eval mode (no dropout): it is a fixed scorer, not a trained part."""
+        super().train(mode)
+        if self.contextualizer is not None:
+            self.contextualizer.eval()
+        return self
+
+    # ----- the loss ---------------------------------------------------------------------------
+    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
+        prompts = list(record.batch["context_prompts"])
+        generator = module.step_generator(module.global_step, salt=MASK_SALT)
+        return self.loss(module, prompts, generator)
+
+    def mask_positions(
+        self,
+        module: PersonalizationModule,
+        input_ids: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Where to mask: each prompt token with probability rho, except protected ones."""
+        eos = module.tokenizer.eos_token_id
+        eligible = prompt_positions(input_ids, eos) & ~protected_positions(module, input_ids)
+        return draw_mask(eligible, self.mask_probability, generator)
+
+    def predictions(
+        self,
+        module: PersonalizationModule,
+        prompts: list[str],
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(psi's logits or None if nothing was masked, original ids, masked positions)."""
+        if self.contextualizer is None:
+            raise RuntimeError(
+                "The mlm loss has no contextualizer yet: the module's setup calls "
+                "prepare(module); outside a Trainer call it yourself."
+            )
+        eos = module.tokenizer.eos_token_id
+        input_ids = trim_padding(module.tokenize(prompts), eos)
+        masked = self.mask_positions(module, input_ids, generator)
+        if not bool(masked.any()):
+            return None, input_ids, masked
+        masked_ids = apply_mask(input_ids, masked, len(module.tokenizer))
+        hidden = module.encode_token_ids(masked_ids, extra_vectors=self.mask_vector)
+        logits = self.contextualizer(
+            hidden.hidden_states, padding_mask=padding_after_eos(masked_ids, eos)
+        )
+        return logits, input_ids, masked
+
+    def loss(
+        self,
+        module: PersonalizationModule,
+        prompts: list[str],
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """L_mlm of ``prompts`` with masks drawn from ``generator``; 0 if nothing is masked."""
+        logits, input_ids, masked = self.predictions(module, prompts, generator)
+        if logits is None:
+            return torch.zeros((), device=input_ids.device)
+        return masked_cross_entropy(logits, input_ids, masked)
+
+    @torch.no_grad()
+    def evaluate(
+        self, module: PersonalizationModule, prompts: list[str], seed: int = 0, batch_size: int = 32
+    ) -> float:
+        """Mean cross-entropy per masked token over ``prompts`` (e.g. held-out ones), with
+        masks fixed by ``seed``: the same draws for every model compared."""
+        generator = torch.Generator(device=module.device).manual_seed(seed)
+        total, count = 0.0, 0
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            logits, input_ids, masked = self.predictions(module, chunk, generator)
+            if logits is not None:
+                n = int(masked.sum())
+                total += float(masked_cross_entropy(logits, input_ids, masked)) * n
+                count += n
+        if count == 0:
+            raise ValueError("No token of these prompts could be masked; give longer prompts.")
+        return total / count

@@ -1,0 +1,105 @@
+"""ClassDiffusion's Semantic Preservation Loss (SPL), ``spl``.
+
+    L_spl = mean over the batch of  1 - cos(E_tp, E_cp)
+
+E_tp: the pooled text feature of the training prompt ("a photo of a <v1> dog"), E_cp: that of
+the same prompt without the concept token ("a photo of a dog", the ``superclass_prompts`` batch
+key). Each sample carries one concept, so the mean over the batch is the mean over concepts and
+samples (the paper's Eq. 10 sums; a mean keeps weight 1 meaning the same at any batch size).
+
+Pooling (DESIGN.md): the paper pools at the end-of-text token, as CLIP does (``pool: eos``, the
+default); the official code pools at the highest token id, which in the concept prompt is the
+new token (``pool: concept``) and in the superclass prompt is end-of-text. ``project`` applies
+CLIP's text projection to both (off in the paper and the official code).
+
+The concept side reuses the step record's encoding of the prompts (no second text-encoder
+pass), so gradients reach whatever produced it: the concept tokens, and the text encoder if it
+trains. The superclass side is a constant target (no gradient, cached while the encoder is
+frozen): the loss pulls the concept towards its class, not the class towards the concept.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+
+from losses.base import Regularizer
+from losses.prompt_cache import FrozenPromptCache
+from models.step_record import StepRecord
+from models.text_encoding import TextEncoding
+from models.text_projection import project as apply_projection
+
+if TYPE_CHECKING:
+    from models.base import PersonalizationModule
+
+Pool = Literal["eos", "concept"]
+
+
+def concept_token_positions(module: PersonalizationModule, record: StepRecord) -> torch.Tensor:
+    """Position of the first concept token (a concept's first vector) in each prompt."""
+    token_ids = module.tokenizer.convert_tokens_to_ids([c.token for c in module.concepts])
+    wanted = torch.as_tensor(token_ids, device=record.input_ids.device)
+    hits = torch.isin(record.input_ids, wanted)
+    found = hits.any(dim=1)
+    if not bool(found.all()):
+        missing = [p for p, hit in zip(record.batch["prompts"], found.tolist()) if not hit]
+        raise ValueError(
+            f"SPL with pool='concept' found no concept token in prompts {missing}; the token "
+            "may have been cut off by the tokenizer's length limit. Shorten the prompt or use "
+            "pool: eos."
+        )
+    return hits.int().argmax(dim=1)
+
+
+class SemanticPreservationLoss(Regularizer):
+    """1 - cos between the concept prompt's and the superclass prompt's pooled features."""
+
+    name = "spl"
+    requires = frozenset({"superclass_prompts"})
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        pool: Pool = "eos",
+        project: bool = False,
+        clip_model: str | None = None,
+    ) -> None:
+        """
+        Args:
+            weight: lambda of L = L_recon + lambda L_spl (the paper uses 1).
+            pool: ``eos`` (the paper) or ``concept`` (the official code's effective choice).
+            project: apply CLIP's text projection to both features before the cosine.
+            clip_model: where the projection comes from (None: the CLIP matching the model).
+        """
+        super().__init__(weight)
+        if pool not in ("eos", "concept"):
+            raise ValueError(f"SPL pool must be 'eos' or 'concept', got {pool!r}.")
+        self.pool = pool
+        self.project = project
+        self.clip_model = clip_model
+        self.cache = FrozenPromptCache()
+
+    def prepare(self, module: PersonalizationModule) -> None:
+        """Load the projection before training, so a bad ``clip_model`` fails at start."""
+        if self.project:
+            module.text_projection(self.clip_model)
+
+    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
+        eos = module.tokenizer.eos_token_id
+        concept = TextEncoding(record.encoder_hidden_states, record.input_ids)
+        if self.pool == "eos":
+            positions = concept.eos_positions(eos)
+        else:
+            positions = concept_token_positions(module, record)
+        rows = torch.arange(positions.shape[0], device=positions.device)
+        concept_features = concept.hidden_states[rows, positions]
+        superclass_features = self.cache.encode(module, record.batch["superclass_prompts"])
+        superclass_features = superclass_features.pooled(eos)
+        if self.project:
+            projection = module.text_projection(self.clip_model)
+            concept_features = apply_projection(projection, concept_features)
+            superclass_features = apply_projection(projection, superclass_features)
+        cosine = F.cosine_similarity(concept_features.float(), superclass_features.float(), dim=-1)
+        return (1.0 - cosine).mean()

@@ -1,0 +1,108 @@
+"""DreamBooth (Ruiz et al. 2023): the whole UNet trains, the text encoder optionally.
+
+Prior preservation (the paper's class-specific prior loss) is the base module's
+``prior_loss_weight``; the configs turn it on. The concept token is the paper's identifier: it
+does not train by default (``train_tokens: false``), as in the paper, where a rare token's fixed
+embedding is bound to the subject by fine-tuning the model (ACCORD, too, treats DreamBooth as not
+training the target's representation). Initialise it from a rare word (``initializer_word: sks``)
+rather than the class word, or "<v1> dog" starts as "dog dog" and the instance and prior losses
+pull one condition two ways. The export is a full pipeline folder that diffusers loads as is.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from torch import nn
+from transformers import CLIPTextModel
+
+from models.base import PersonalizationModule
+
+
+class DreamBooth(PersonalizationModule):
+    """Fine-tunes the UNet (and, if asked, the text encoder) on the subject's photos."""
+
+    def __init__(
+        self,
+        train_text_encoder: bool = False,
+        gradient_checkpointing: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            train_text_encoder: also fine-tune the text encoder (its own ``text_encoder``
+                learning-rate group; diffusers' recipe uses a smaller one). Its 49408-row
+                token matrix stays frozen; the concept rows follow ``train_tokens``.
+            gradient_checkpointing: recompute activations in the backward pass (UNet, and the
+                text encoder when it trains): less memory for one more forward pass.
+        """
+        kwargs.setdefault("train_tokens", False)
+        if kwargs.get("num_vectors", 1) != 1:
+            raise ValueError(
+                "DreamBooth uses one identifier token per concept (num_vectors: 1): its export "
+                "is a plain pipeline, which would not expand a multi-vector token in prompts."
+            )
+        super().__init__(**kwargs)
+        self.train_text_encoder = train_text_encoder
+        self.unet.requires_grad_(True)
+        if train_text_encoder:
+            self.text_encoder.requires_grad_(True)
+            embedding = self.concept_tokens.embedding
+            embedding.base.weight.requires_grad_(False)
+            embedding.vectors.requires_grad_(bool(kwargs["train_tokens"]))
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if train_text_encoder:  # transformers 5 renamed it; older releases have the old name
+                encoder = self.text_encoder
+                enable = getattr(encoder, "activation_checkpointing_enable", None)
+                (enable or encoder.gradient_checkpointing_enable)()
+        # Lightning does not call train() when fitting starts: put the trained parts in train mode.
+        self.train(self.training)
+
+    def trained_components(self) -> tuple[nn.Module, ...]:
+        return (self.unet, self.text_encoder) if self.train_text_encoder else (self.unet,)
+
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups = super().trainable_groups()
+        groups["unet"] = [p for p in self.unet.parameters() if p.requires_grad]
+        if self.train_text_encoder:
+            vectors = self.concept_tokens.embedding.vectors
+            groups["text_encoder"] = [
+                p for p in self.text_encoder.parameters() if p.requires_grad and p is not vectors
+            ]
+        return groups
+
+    def standalone_text_encoder(self) -> CLIPTextModel:
+        """A plain copy of the text encoder whose embedding matrix holds the concept rows.
+
+        The live one reads new ids through `ConceptEmbedding`, which a saved model must not
+        contain: diffusers would neither know the wrapper nor size the matrix to the tokenizer.
+        """
+        embedding = self.concept_tokens.embedding
+        plain = copy.deepcopy(self.text_encoder)
+        base = embedding.base.weight.detach()
+        rows = embedding.vectors.detach().to(base.dtype)
+        merged = nn.Embedding.from_pretrained(torch.cat([base, rows]), freeze=False)
+        plain.set_input_embeddings(merged)
+        plain.config.vocab_size = merged.num_embeddings
+        return plain
+
+    def export(self, folder: Path) -> list[Path]:
+        """A full pipeline folder (``save_pretrained``) with the DDIM sampler ``generate`` uses."""
+        folder.mkdir(parents=True, exist_ok=True)
+        pipe = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.standalone_text_encoder(),
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.save_pretrained(folder, safe_serialization=True)
+        return sorted(p for p in folder.rglob("*") if p.is_file())

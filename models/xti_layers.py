@@ -1,0 +1,201 @@
+"""The mechanics of XTI / P+ (Voynov et al. 2023): one text condition per cross-attention layer.
+
+Each concept token owns one embedding row per UNet cross-attention layer. Rather than a second
+lookup table, layer l's copy of a token is simply another tokenizer id: the rows are laid out
+layer-major after the token's own id (``id + l * K`` for a block of K token ids), so encoding a
+prompt for layer l is remapping its ids and running the ordinary text encoder. All layers'
+prompts go through the text encoder in one batched call; the results are packed along the
+sequence axis, (B, n_layers * L, D), a shape that survives everything a pipeline does to
+encoder states (classifier-free-guidance concatenation, repeats per prompt). A thin processor
+per cross-attention layer cuts out its own L positions and hands them to the usual attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+_STAGES = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+LAYER_SUFFIX = "@xti-layer"  # tokenizer entries that reserve the ids of layer copies
+
+
+def cross_attention_layers(unet: UNet2DConditionModel) -> list[str]:
+    """Processor names of the UNet's cross-attention layers, in forward (input->output) order.
+
+    P+ numbers the layers from the UNet's input to its output, so down blocks come first, then
+    the middle block, then the up blocks (diffusers lists up before mid).
+    """
+
+    def order(name: str) -> tuple[int, list[int]]:
+        parts = name.split(".")
+        return _STAGES.get(parts[0], len(_STAGES)), [int(p) for p in parts if p.isdigit()]
+
+    return sorted((n for n in unet.attn_processors if n.endswith("attn2.processor")), key=order)
+
+
+def default_text_layer(layer_names: list[str]) -> int:
+    """The middle block's layer (coarse, semantic in P+'s analysis), else the middle index."""
+    for index, name in enumerate(layer_names):
+        if name.startswith("mid_block"):
+            return index
+    return len(layer_names) // 2
+
+
+def check_layers(saved: list[str], current: list[str], source: str) -> None:
+    """Saved per-layer embeddings fit only a UNet with the same cross-attention layers."""
+    if saved == current:
+        return
+    if len(saved) != len(current):
+        raise ValueError(
+            f"XTI embeddings {source} hold {len(saved)} per-layer vectors, but this UNet has "
+            f"{len(current)} cross-attention layers. XTI embeddings load only into the UNet "
+            "architecture they were learned on (e.g. 16 layers for SD 1.x); use the same "
+            "pretrained_model_name_or_path, or start without them."
+        )
+    raise ValueError(
+        f"XTI embeddings {source} were learned on cross-attention layers {saved[:2]}..., but "
+        f"this UNet's are {current[:2]}...; the architectures differ."
+    )
+
+
+def reserve_layer_tokens(tokenizer: CLIPTokenizer, names: list[str], num_layers: int) -> None:
+    """Add tokenizer entries for layers 1.. of the just-added ``names`` (ids must follow them).
+
+    The entries are never typed in prompts; they keep the ids of layer copies from being handed
+    out again (to a textual-inversion token loaded later, say).
+    """
+    first = tokenizer.convert_tokens_to_ids(names[0])
+    if tokenizer.convert_tokens_to_ids(names) != list(range(first, first + len(names))):
+        raise ValueError(f"XTI tokens {names} did not get consecutive tokenizer ids.")
+    layer_names = [f"{n}{LAYER_SUFFIX}{layer}" for layer in range(1, num_layers) for n in names]
+    tokenizer.add_tokens(layer_names)
+    expected = list(range(first + len(names), first + len(names) * num_layers))
+    if tokenizer.convert_tokens_to_ids(layer_names) != expected:
+        raise ValueError(
+            f"Could not reserve consecutive ids for the per-layer copies of {names}; were some "
+            "of these tokens added to the tokenizer before?"
+        )
+
+
+@dataclass
+class LayerTokenBlocks:
+    """Blocks of token ids with per-layer copies: (first id, K); layer l reads id + l * K."""
+
+    blocks: list[tuple[int, int]] = field(default_factory=list)
+
+    def _in_blocks(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
+        return [(input_ids >= first) & (input_ids < first + k) for first, k in self.blocks]
+
+    def holds_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) whether each prompt contains a per-layer token."""
+        hits = torch.zeros_like(input_ids, dtype=torch.bool)
+        for inside in self._in_blocks(input_ids):
+            hits |= inside
+        return hits.any(dim=-1)
+
+    def for_layer(self, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
+        """The ids with each per-layer token replaced by its layer-``layer`` copy."""
+        remapped = input_ids
+        for (_, k), inside in zip(self.blocks, self._in_blocks(input_ids)):
+            remapped = torch.where(inside, remapped + layer * k, remapped)
+        return remapped
+
+
+def tokenize(tokenizer: CLIPTokenizer, prompts: list[str], device: torch.device) -> torch.Tensor:
+    """Prompt ids padded to the tokenizer's length, as Stable Diffusion pipelines do."""
+    return tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+
+
+def encode_per_layer(
+    text_encoder: CLIPTextModel,
+    input_ids: torch.Tensor,
+    blocks: LayerTokenBlocks,
+    num_layers: int,
+) -> torch.Tensor:
+    """Text states of each layer, (num_layers, B, L, D), in one text-encoder call.
+
+    Prompts without per-layer tokens read the same states in every layer, so they are encoded
+    once; the others once per layer (layer 0's copy is the token's own id).
+    """
+    holds = blocks.holds_tokens(input_ids)
+    if num_layers == 1 or not bool(holds.any()):
+        shared = text_encoder(input_ids).last_hidden_state
+        return shared.unsqueeze(0).expand(num_layers, *shared.shape)
+    rows = input_ids[holds]
+    copies = [blocks.for_layer(rows, layer) for layer in range(1, num_layers)]
+    states = text_encoder(torch.cat([input_ids, *copies])).last_hidden_state
+    batch = input_ids.shape[0]
+    shared, per_layer = states[:batch], states[batch:].split(rows.shape[0])
+    where = holds.nonzero(as_tuple=True)
+    layers = [shared] + [shared.index_put(where, chunk) for chunk in per_layer]
+    return torch.stack(layers)
+
+
+def pack(layer_states: torch.Tensor) -> torch.Tensor:
+    """(n_layers, B, L, D) -> (B, n_layers * L, D): layer l owns positions [l*L, (l+1)*L)."""
+    num_layers, batch, length, dim = layer_states.shape
+    return layer_states.permute(1, 0, 2, 3).reshape(batch, num_layers * length, dim)
+
+
+class XTIAttnProcessor:
+    """Gives one cross-attention layer its own slice of packed per-layer states.
+
+    States of a single prompt length (no per-layer tokens, e.g. a class prompt or an empty
+    negative prompt) reach every layer unchanged. The attention itself is ``inner``'s.
+    """
+
+    def __init__(self, layer: int, num_layers: int, text_length: int, inner: Any) -> None:
+        self.layer, self.num_layers, self.text_length = layer, num_layers, text_length
+        self.inner = inner
+
+    def select(self, states: torch.Tensor) -> torch.Tensor:
+        length = states.shape[1]
+        if length == self.num_layers * self.text_length:
+            start = self.layer * self.text_length
+            return states[:, start : start + self.text_length]
+        if length == self.text_length:
+            return states
+        raise ValueError(
+            f"XTI layer {self.layer} got encoder states of length {length}; expected "
+            f"{self.text_length} (one prompt) or {self.num_layers} x {self.text_length} (packed "
+            "per-layer states from encode_text(...).conditioning or xti_prompt_embeds)."
+        )
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None:
+            encoder_hidden_states = self.select(encoder_hidden_states)
+        return self.inner(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+        )
+
+
+def install_processors(
+    unet: UNet2DConditionModel, layer_names: list[str], text_length: int
+) -> None:
+    """Wrap each cross-attention layer's processor (once) in an `XTIAttnProcessor`."""
+    processors = dict(unet.attn_processors)
+    for index, name in enumerate(layer_names):
+        inner = processors[name]
+        if isinstance(inner, XTIAttnProcessor):
+            inner = inner.inner
+        processors[name] = XTIAttnProcessor(index, len(layer_names), text_length, inner)
+    unet.set_attn_processor(processors)

@@ -1,0 +1,58 @@
+"""Checks every baseline must pass: only its own weights train, and a resume is exact."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from helpers import snapshot, tiny_trainer, trainable_state
+
+from datamodules.personalization import PersonalizationDataModule
+from models.base import PersonalizationModule
+
+Build = Callable[[], tuple[PersonalizationModule, PersonalizationDataModule]]
+
+
+def assert_only_trainable_changed(
+    module: PersonalizationModule, datamodule: PersonalizationDataModule, root: Path, steps: int = 3
+) -> dict[str, torch.Tensor]:
+    """Fit a few steps: every trainable tensor moved, every other one is bitwise the same.
+
+    Returns the state before training, for baseline-specific checks.
+    """
+    trained = module.trainable_state_keys()
+    before = snapshot(module)
+    tiny_trainer(root, max_steps=steps).fit(module, datamodule=datamodule)
+    after = module.state_dict()
+    assert set(after) == set(before)
+    for key, value in before.items():
+        if key in trained:
+            assert not torch.equal(after[key], value), f"{key} should have trained"
+        else:
+            assert torch.equal(after[key], value), f"frozen {key} changed"
+    return before
+
+
+def assert_resume_is_exact(build: Build, root: Path) -> None:
+    """6 straight steps == 3 steps, a mid-epoch checkpoint, and 3 more from it."""
+    straight, datamodule = build()
+    tiny_trainer(root / "a", max_steps=6).fit(straight, datamodule=datamodule)
+
+    first, datamodule = build()
+    tiny_trainer(root / "b", max_steps=3, checkpoint=True).fit(first, datamodule=datamodule)
+    checkpoint = root / "b" / "ckpt" / "epoch=0-step=3.ckpt"
+    assert checkpoint.exists()
+    stored = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert set(stored) == first.trainable_state_keys()  # only what trains is saved
+
+    resumed, datamodule = build()
+    trainer = tiny_trainer(root / "c", max_steps=6)
+    trainer.fit(resumed, datamodule=datamodule, ckpt_path=checkpoint)
+    assert trainer.global_step == 6
+    expected, actual = trainable_state(straight), trainable_state(resumed)
+    assert expected.keys() == actual.keys() and expected
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), f"{key} differs after resume"
+    at_checkpoint = trainable_state(first)
+    assert any(not torch.equal(at_checkpoint[k], actual[k]) for k in actual)
