@@ -14,9 +14,16 @@ from train import main
 ANALYSIS = {"callbacks.SemanticDrift", "callbacks.AttentionMaps", "callbacks.TextSemantics"}
 
 
-@pytest.mark.parametrize("config", ["quickstart", "custom_diffusion", "textual_inversion"])
+EXPERIMENT_CONFIGS = sorted(
+    str(p.relative_to(REPO_ROOT / "configs"))
+    for p in (REPO_ROOT / "configs").rglob("*.yaml")
+    if p.name not in {"tiny.yaml", "contextualizer.yaml"}
+)
+
+
+@pytest.mark.parametrize("config", EXPERIMENT_CONFIGS)
 def test_config_enables_the_analysis_callbacks(config: str) -> None:
-    settings = yaml.safe_load((REPO_ROOT / "configs" / f"{config}.yaml").read_text())
+    settings = yaml.safe_load((REPO_ROOT / "configs" / config).read_text())
     paths = {c["class_path"] for c in settings["trainer"]["callbacks"]}
     assert paths >= ANALYSIS
 
