@@ -24,7 +24,7 @@ from datamodules.context_prompts import (
     split_held_out,
 )
 from datamodules.personalization import PersonalizationDataModule
-from datamodules.sampler import ResumableDataLoader, ResumableSampler
+from datamodules.sampler import ResumableDataLoader, batches_done, resumable_loader
 from models.concept_tokens import ConceptSpec
 from models.shared_options import accepts_options_of
 
@@ -106,25 +106,18 @@ class ContextCorpusDataModule(L.LightningDataModule):
         return []
 
     def _loader(self, items: list[tuple[str, tuple[str, ...]]], shuffle: bool, skip: int) -> Any:
-        trainer = self.trainer
-        dataset = CorpusDataset(items, self.seed)
-        sampler = ResumableSampler(
-            dataset,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
+        return resumable_loader(
+            CorpusDataset(items, self.seed),
+            self.trainer,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
             seed=self.seed,
             shuffle=shuffle,
-            skip_samples=skip * self.batch_size,
-        )
-        return ResumableDataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers
+            skip_batches=skip,
         )
 
     def train_dataloader(self) -> ResumableDataLoader:
-        done = 0  # batches of this epoch a resumed loop has already consumed
-        if self.trainer is not None and self.trainer.fit_loop.epoch_loop.restarting:
-            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return self._loader(self.train_items, True, done)
+        return self._loader(self.train_items, True, batches_done(self.trainer))
 
     def val_dataloader(self) -> Any:
         return self._loader(self.val_items, False, 0) if self.val_items else []

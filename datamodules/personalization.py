@@ -16,7 +16,7 @@ from datamodules.extras.class_images import check_class_options
 from datamodules.generation_prompts import EvalPrompts, GenerationItems, generation_loader
 from datamodules.instance_images import load_image_folder
 from datamodules.prompts import SIMPLE_TEMPLATES, check_templates
-from datamodules.sampler import ResumableDataLoader, ResumableSampler
+from datamodules.sampler import ResumableDataLoader, batches_done, resumable_loader
 from datamodules.synthetic_concept import draw_synthetic_concept
 from datamodules.transforms import random_rescale, resize_and_crop, to_tensor
 from models.concept_tokens import ConceptSpec
@@ -252,29 +252,18 @@ class PersonalizationDataModule(L.LightningDataModule):
     def _loader(
         self, dataset: InstanceDataset, shuffle: bool, skip_batches: int
     ) -> ResumableDataLoader:
-        trainer = self.trainer
-        sampler = ResumableSampler(
+        return resumable_loader(
             dataset,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
+            self.trainer,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
             seed=self.seed,
             shuffle=shuffle,
-            skip_samples=skip_batches * self.batch_size,
-        )
-        return ResumableDataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=False,
+            skip_batches=skip_batches,
         )
 
     def train_dataloader(self) -> ResumableDataLoader:
-        # On resume the restored loop has already consumed `ready` batches of this epoch; on an
-        # ordinary (re)load that counter may still hold the previous epoch's, so it is ignored.
-        done = 0
-        if self.trainer is not None and self.trainer.fit_loop.epoch_loop.restarting:
-            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        done = batches_done(self.trainer)
         return self._loader(self._dataset(augment=True, repeats=self.repeats), True, done)
 
     def val_dataloader(self) -> ResumableDataLoader:

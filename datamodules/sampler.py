@@ -9,6 +9,7 @@ calls its ``set_epoch``), skips the batches the restored loop already consumed, 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sized
+from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler
@@ -53,3 +54,41 @@ class ResumableDataLoader(DataLoader):
                 f"Resuming with different data ({state} in the checkpoint, {current} now): "
                 "the run continues, but not with the samples an uninterrupted run would draw."
             )
+
+
+def resumable_loader(
+    dataset: Sized,
+    trainer: Any,
+    *,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    shuffle: bool,
+    skip_batches: int,
+) -> ResumableDataLoader:
+    """A resumable loader over this rank's share, so every datamodule shards and resumes alike."""
+    sampler = ResumableSampler(
+        dataset,
+        num_replicas=trainer.world_size if trainer else 1,
+        rank=trainer.global_rank if trainer else 0,
+        seed=seed,
+        shuffle=shuffle,
+        skip_samples=skip_batches * batch_size,
+    )
+    return ResumableDataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=False,
+    )
+
+
+def batches_done(trainer: Any) -> int:
+    """Batches of this epoch a resumed fit loop has already consumed (0 unless restarting).
+
+    On an ordinary (re)load the counter may still hold the previous epoch's, so it is ignored.
+    """
+    if trainer is not None and trainer.fit_loop.epoch_loop.restarting:
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready  # type: ignore[no-any-return]
+    return 0

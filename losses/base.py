@@ -31,5 +31,11 @@ class Regularizer(nn.Module):
         super().__init__()
         self.weight = weight
 
+    def prepare(self, module: PersonalizationModule) -> None:
+        """Called once from the module's setup before training (the default needs nothing).
+
+        Load what the loss needs here, so a bad option fails at start rather than mid-run.
+        """
+
     def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement forward().")

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from transformers import (
     BertTokenizer,
     Blip2Config,
@@ -37,7 +36,7 @@ from transformers import (
 
 from datamodules.prompt_sets import DREAMBENCH_CLASS_WORDS, DREAMBENCH_LIVE, DREAMBENCH_OBJECT
 from metrics.vgg_features import VGGFeatures
-from models.tiny_pipeline import _ensure_built, resolve_pretrained
+from models.tiny_pipeline import ensure_built, resolve_pretrained, seeded, tiny_vision_config
 
 TINY_IMAGE = 32  # BLIP / BLIP-2 input side; DINO keeps its real 224 input (cheap at width 32)
 TINY_DETECTOR_IMAGE = 64  # Grounding-DINO and SAM input side
@@ -56,12 +55,6 @@ def _tiny_bert_tokenizer(folder: Path) -> BertTokenizer:
     return BertTokenizer.from_pretrained(folder, do_lower_case=True)
 
 
-def _seeded(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return build()
-
-
 def save_tiny_dino(folder: Path) -> Path:
     """ViT-S/16's layout (patch 16, 224 input, CLS token) at width 32; no pooler, as DINO."""
     config = ViTConfig(
@@ -72,19 +65,8 @@ def save_tiny_dino(folder: Path) -> Path:
         image_size=224,
         patch_size=16,
     )
-    _seeded(lambda: ViTModel(config, add_pooling_layer=False), 2).save_pretrained(folder)
+    seeded(lambda: ViTModel(config, add_pooling_layer=False), 2).save_pretrained(folder)
     return folder
-
-
-def _tiny_vision(image_size: int) -> dict[str, int]:
-    return {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": image_size,
-        "patch_size": 8,
-    }
 
 
 def save_tiny_blip(folder: Path) -> Path:
@@ -103,11 +85,11 @@ def save_tiny_blip(folder: Path) -> Path:
             "bos_token_id": tokenizer.cls_token_id,
             "sep_token_id": tokenizer.sep_token_id,
         },
-        vision_config=_tiny_vision(TINY_IMAGE),
+        vision_config=tiny_vision_config(TINY_IMAGE),
         projection_dim=16,
         image_text_hidden_size=16,
     )
-    _seeded(lambda: BlipForImageTextRetrieval(config), 3).save_pretrained(folder)
+    seeded(lambda: BlipForImageTextRetrieval(config), 3).save_pretrained(folder)
     image_processor = BlipImageProcessor(size={"height": TINY_IMAGE, "width": TINY_IMAGE})
     BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
@@ -117,7 +99,7 @@ def save_tiny_blip2(folder: Path) -> Path:
     """BLIP-2 image-text retrieval: tiny ViT, a 2-layer Q-Former with 4 queries and text input."""
     tokenizer = _tiny_bert_tokenizer(folder)
     config = Blip2Config(
-        vision_config=_tiny_vision(TINY_IMAGE),
+        vision_config=tiny_vision_config(TINY_IMAGE),
         qformer_config={
             "vocab_size": len(tokenizer),
             "hidden_size": 32,
@@ -133,7 +115,7 @@ def save_tiny_blip2(folder: Path) -> Path:
         num_query_tokens=4,
         image_text_hidden_size=16,
     )
-    _seeded(lambda: Blip2ForImageTextRetrieval(config), 4).save_pretrained(folder)
+    seeded(lambda: Blip2ForImageTextRetrieval(config), 4).save_pretrained(folder)
     image_processor = BlipImageProcessor(size={"height": TINY_IMAGE, "width": TINY_IMAGE})
     Blip2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
@@ -177,7 +159,7 @@ def save_tiny_grounding_dino(folder: Path) -> Path:
         use_timm_backbone=False,
         use_pretrained_backbone=False,
     )
-    _seeded(lambda: GroundingDinoForObjectDetection(config), 5).save_pretrained(folder)
+    seeded(lambda: GroundingDinoForObjectDetection(config), 5).save_pretrained(folder)
     side = TINY_DETECTOR_IMAGE
     image_processor = GroundingDinoImageProcessor(
         size={"shortest_edge": side, "longest_edge": side}
@@ -219,7 +201,7 @@ def save_tiny_sam(folder: Path) -> Path:
             "iou_head_hidden_dim": 16,
         },
     )
-    _seeded(lambda: SamModel(config), 6).save_pretrained(folder)
+    seeded(lambda: SamModel(config), 6).save_pretrained(folder)
     image_processor = SamImageProcessor(
         size={"longest_edge": side}, pad_size={"height": side, "width": side}
     )
@@ -229,7 +211,7 @@ def save_tiny_sam(folder: Path) -> Path:
 
 def save_tiny_vgg(folder: Path) -> Path:
     """Our VGG-19 feature net (see `metrics.vgg_features`) with 8..32 channels."""
-    _seeded(lambda: VGGFeatures(widths=(8, 16, 32, 32, 32)), 7).save_pretrained(folder)
+    seeded(lambda: VGGFeatures(widths=(8, 16, 32, 32, 32)), 7).save_pretrained(folder)
     return folder
 
 
@@ -248,5 +230,5 @@ def resolve_eval_model(name_or_path: str) -> str:
     """Map a ``tiny-*`` name to its cache folder (building it once); leave others as given."""
     if name_or_path in TINY_EVAL_MODELS:
         build, marker = TINY_EVAL_MODELS[name_or_path]
-        return str(_ensure_built(name_or_path, build, marker))
+        return str(ensure_built(name_or_path, build, marker))
     return resolve_pretrained(name_or_path)

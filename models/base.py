@@ -333,11 +333,9 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
     def setup(self, stage: str) -> None:
         """Ask the DataModule to build the batch data the regularizers (and baseline) need."""
         for regularizer in self.regularizers:
-            # Optional hook: a regularizer that loads helpers (e.g. the text projection) or
-            # checks the model does it here, so bad settings fail before the first step.
-            prepare = getattr(regularizer, "prepare", None)
-            if callable(prepare):
-                prepare(self)
+            # A regularizer that loads helpers (e.g. the text projection) or checks the model
+            # does it here, so bad settings fail before the first step.
+            regularizer.prepare(self)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         if datamodule is None or not hasattr(datamodule, "request"):
             return
@@ -407,9 +405,15 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
     # ----- generation -------------------------------------------------------------------------
     def pipeline(self) -> StableDiffusionPipeline:
         """A diffusers pipeline over this module's live components (DDIM sampling)."""
-        pipe = StableDiffusionPipeline(
+        pipe = self.ddim_pipeline(self.text_encoder)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def ddim_pipeline(self, text_encoder: nn.Module) -> StableDiffusionPipeline:
+        """This module's components with `text_encoder` and DDIM, so sampling and export agree."""
+        return StableDiffusionPipeline(
             vae=self.vae,
-            text_encoder=self.text_encoder,
+            text_encoder=text_encoder,
             tokenizer=self.tokenizer,
             unet=self.unet,
             scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
@@ -417,8 +421,6 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
             feature_extractor=None,
             requires_safety_checker=False,
         )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
 
     @torch.no_grad()
     def generate(

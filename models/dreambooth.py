@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
 from torch import nn
 from transformers import CLIPTextModel
 
@@ -94,15 +93,6 @@ class DreamBooth(PersonalizationModule):
     def export(self, folder: Path) -> list[Path]:
         """A full pipeline folder (``save_pretrained``) with the DDIM sampler ``generate`` uses."""
         folder.mkdir(parents=True, exist_ok=True)
-        pipe = StableDiffusionPipeline(
-            vae=self.vae,
-            text_encoder=self.standalone_text_encoder(),
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = self.ddim_pipeline(self.standalone_text_encoder())
         pipe.save_pretrained(folder, safe_serialization=True)
         return sorted(p for p in folder.rglob("*") if p.is_file())

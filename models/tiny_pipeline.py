@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -33,11 +34,32 @@ TINY_CLIP_NAME = "tiny-clip"  # a CLIPModel whose text tower is the tiny SD text
 TINY_RESOLUTION = 32  # pixels; the tiny VAE downsamples by 2, so latents are 16x16
 _BUILD_VERSION = "1"  # bump when the architecture below changes, so caches are rebuilt
 
+T = TypeVar("T")
+
 
 def tiny_cache_dir(name: str = TINY_MODEL_NAME) -> Path:
     """Where a tiny model lives: $PERSONALIZE_CACHE or ~/.cache/personalize."""
     root = os.environ.get("PERSONALIZE_CACHE") or Path.home() / ".cache" / "personalize"
     return Path(root) / f"{name}-v{_BUILD_VERSION}"
+
+
+def seeded(build: Callable[[], T], seed: int) -> T:
+    """`build()` under `seed` without touching the global RNG, so tiny weights are reproducible."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build()
+
+
+def tiny_vision_config(image_size: int) -> dict[str, int]:
+    """A 2-layer width-32 ViT tower (patch 8): the vision side all tiny multimodal models share."""
+    return {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": image_size,
+        "patch_size": 8,
+    }
 
 
 def _tiny_unet() -> UNet2DConditionModel:
@@ -103,9 +125,9 @@ def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
     write_tiny_clip_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=77)
     tokenizer.save_pretrained(tokenizer_dir)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        unet, vae, text_encoder = _tiny_unet(), _tiny_vae(), _tiny_text_encoder(tokenizer)
+    unet, vae, text_encoder = seeded(
+        lambda: (_tiny_unet(), _tiny_vae(), _tiny_text_encoder(tokenizer)), seed
+    )
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
     text_encoder.save_pretrained(folder / "text_encoder")
@@ -127,19 +149,10 @@ def save_tiny_clip(folder: Path) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(sd_folder / "tokenizer")
     config = CLIPConfig(
         text_config=text_encoder.config.to_dict(),
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": TINY_RESOLUTION,
-            "patch_size": 8,
-        },
+        vision_config=tiny_vision_config(TINY_RESOLUTION),
         projection_dim=32,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        clip = CLIPModel(config)
+    clip = seeded(lambda: CLIPModel(config), 1)
     clip.text_model.load_state_dict(text_encoder.state_dict())
     clip.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -150,7 +163,7 @@ def save_tiny_clip(folder: Path) -> Path:
     return folder
 
 
-def _ensure_built(name: str, build: Callable[[Path], Path], marker: str) -> Path:
+def ensure_built(name: str, build: Callable[[Path], Path], marker: str) -> Path:
     """Return the cached folder of a tiny model, building it first if needed.
 
     Several DDP ranks may call this at once: each builds into its own temporary folder and
@@ -173,12 +186,12 @@ def _ensure_built(name: str, build: Callable[[Path], Path], marker: str) -> Path
 
 def ensure_tiny_pipeline() -> Path:
     """The tiny Stable Diffusion folder (diffusers layout), built on first use."""
-    return _ensure_built(TINY_MODEL_NAME, save_tiny_pipeline, "model_index.json")
+    return ensure_built(TINY_MODEL_NAME, save_tiny_pipeline, "model_index.json")
 
 
 def ensure_tiny_clip() -> Path:
     """The tiny CLIP folder (transformers layout), built on first use."""
-    return _ensure_built(TINY_CLIP_NAME, save_tiny_clip, "preprocessor_config.json")
+    return ensure_built(TINY_CLIP_NAME, save_tiny_clip, "preprocessor_config.json")
 
 
 def resolve_pretrained(name_or_path: str) -> str:

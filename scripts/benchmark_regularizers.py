@@ -75,9 +75,7 @@ class Variant:
         )
         # What the module's setup does under a Trainer: prepare the losses, request their data.
         for regularizer in self.module.regularizers:
-            prepare = getattr(regularizer, "prepare", None)
-            if callable(prepare):
-                prepare(self.module)
+            regularizer.prepare(self.module)
         for who, keys in self.module.batch_requirements().items():
             data.request(keys, who)
         self.module.train()

@@ -11,6 +11,8 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Subprocesses the tests start (train.py runs, DDP workers) inherit one thread per process too.
+os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("PERSONALIZE_TEST_THREADS", "1"))
 
 from helpers import DREAMBENCH, REPO_ROOT  # noqa: F401  (re-exported for tests)
 
