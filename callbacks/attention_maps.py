@@ -2,16 +2,19 @@
 
 ClassDiffusion Fig. 3b (the class token's activation fades as tuning drifts the concept away from
 its class) and the diverse-context paper's Fig. 5 / Table 1 (an overfit concept's map covers the
-context's). A fixed-seed generation of a few prompts runs under `AttentionCapture`, which
-averages the probabilities over heads, cross-attention layers and denoising steps on a
-``resolution`` x ``resolution`` grid (each layer resized to it). Only the conditional half of the
-classifier-free-guidance batch is read. A word of several tokens (or a multi-vector concept)
+context's). With ``source: generation`` (the default) a fixed-seed generation of a few prompts
+runs under `AttentionCapture`, which averages the probabilities over heads, cross-attention
+layers and denoising steps on a ``resolution`` x ``resolution`` grid (each layer resized to it);
+only the conditional half of the classifier-free-guidance batch is read. With ``source:
+noisy_latent`` the maps come from one conditional UNet call on a fixed noisy latent (the
+concept's first instance image noised with a fixed seed at a mid timestep), much cheaper, and
+the heat maps lie over that instance image. A word of several tokens (or a multi-vector concept)
 gets the sum of its tokens' probabilities, the attention mass it receives.
 
-- ``attn/<token>``: heat maps over the generated images (greyscale), one per prompt (concept
-  token, class word, each context word), coloured on one scale per prompt (from the lowest to
-  the highest value of its tokens' maps); ``attn/grid``: labelled rows of image | concept |
-  class | context.
+- ``attn/<token>``: heat maps over the generated (or instance) images (greyscale), one per
+  prompt (concept token, class word, each context word), coloured on one scale per prompt (from
+  the lowest to the highest value of its tokens' maps); ``attn/grid``: labelled rows of image |
+  concept | class | context.
 - ``attn/class_activation``: mean probability of the class word over the subject region: the
   whole image by default (no segmentation is at hand during training); with
   ``subject_region: concept_attention`` the pixels where the concept's map is above its mean.
@@ -21,11 +24,13 @@ gets the sum of its tokens' probabilities, the attention mass it receives.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 
 from callbacks.analysis import AnalysisCallback
 from callbacks.context_prompts import check_context_prompts
@@ -75,6 +80,8 @@ class AttentionMaps(AnalysisCallback):
         subject_region: Literal["image", "concept_attention"] = "image",
         display_size: int = 128,
         concept_index: int = 0,
+        source: Literal["generation", "noisy_latent"] = "generation",
+        timestep: int | None = None,
     ) -> None:
         """
         Args:
@@ -85,8 +92,20 @@ class AttentionMaps(AnalysisCallback):
             subject_region: where ``attn/class_activation`` averages (see the module docs).
             display_size: heat-map images are enlarged to at least this side for viewing.
             concept_index: which concept of a multi-concept module to follow.
+            source: where the maps come from. ``"generation"``: a fixed-seed generation of
+                ``num_inference_steps`` steps with guidance, maps averaged over its steps, shown
+                over the generated images. ``"noisy_latent"``: ONE conditional UNet call on a
+                fixed noisy latent: the concept's first instance image (the DataModule's
+                ``reference_images``) encoded by the VAE and noised with ``seed`` at
+                ``timestep``, shown over that image; without a DataModule that has images, a
+                ``seed``-ed random latent, shown over the decoded denoised estimate. About
+                ``2 * num_inference_steps`` times cheaper (no guidance, no sampling loop).
+            timestep: the noise level of ``"noisy_latent"`` (None: the middle of the training
+                schedule).
         """
         super().__init__(every_n_steps)
+        if source not in ("generation", "noisy_latent"):
+            raise ValueError(f"source must be 'generation' or 'noisy_latent', got {source!r}.")
         if subject_region not in ("image", "concept_attention"):
             raise ValueError(
                 f"subject_region must be 'image' or 'concept_attention', got {subject_region!r}."
@@ -99,23 +118,35 @@ class AttentionMaps(AnalysisCallback):
         self.subject_region = subject_region
         self.display_size = display_size
         self.concept_index = concept_index
+        self.source = source
+        self.timestep = timestep
+        self._clean_latent: tuple[Any, torch.Tensor, torch.Tensor | None] | None = None
+        self._image_label = "generated"
 
     def token_maps(
-        self, module: PersonalizationModule
+        self, module: PersonalizationModule, trainer: Any = None
     ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
-        """Generate the prompts under capture; images and, per prompt, maps by token name."""
+        """Run the prompts under capture; images and, per prompt, maps by token name."""
         concept = module.concepts[self.concept_index]
         templates = list(self.prompts)
         prompts = [t.format(concept.phrase) for t in templates]
-        with AttentionCapture(module.unet, self.resolution) as capture:
-            images = module.generate(
-                prompts,
-                seed=self.seed,
-                num_inference_steps=self.num_inference_steps,
-                guidance_scale=self.guidance_scale,
-            )
-        maps = capture.maps[-len(prompts) :]  # guidance puts the unconditional rows first
-        ids = module.encode_text(prompts).input_ids.tolist()
+        if self.source == "noisy_latent":
+            encoding = module.encode_text(prompts)
+            with AttentionCapture(module.unet, self.resolution) as capture:
+                images = self._noisy_latent_call(module, trainer, encoding.conditioning)
+            maps = capture.maps  # conditional rows only
+        else:
+            with AttentionCapture(module.unet, self.resolution) as capture:
+                images = module.generate(
+                    prompts,
+                    seed=self.seed,
+                    num_inference_steps=self.num_inference_steps,
+                    guidance_scale=self.guidance_scale,
+                )
+            maps = capture.maps[-len(prompts) :]  # guidance puts the unconditional rows first
+            encoding = module.encode_text(prompts)
+            self._image_label = "generated"
+        ids = encoding.input_ids.tolist()
         concept_ids = concept_token_ids(module, self.concept_index)
         class_ids = word_token_ids(module, concept.class_word)
         per_prompt = []
@@ -136,11 +167,72 @@ class AttentionMaps(AnalysisCallback):
             )
         return images, per_prompt
 
+    def _reference_image(self, trainer: Any, size: int) -> torch.Tensor | None:
+        """The concept's first instance image, (1, 3, size, size) in [0, 1], if there is one."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "reference_images"):
+            return None
+        references = datamodule.reference_images(self.concept_index)
+        if not references:
+            return None
+        image = ImageOps.fit(references[0].convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+    def _clean(self, module: PersonalizationModule, trainer: Any) -> tuple[torch.Tensor, Any]:
+        """(latent, image or None), computed once: the VAE is frozen and the image fixed."""
+        key = (id(module.vae), id(getattr(trainer, "datamodule", None)), module.device)
+        if self._clean_latent is None or self._clean_latent[0] != key:
+            size = module.unet.config.sample_size * module.vae_scale_factor
+            image = self._reference_image(trainer, size)
+            if image is not None:
+                pixels = (2 * image - 1).to(module.device, module.vae.dtype)
+                latent = module.vae.encode(pixels).latent_dist.mean
+                latent = latent * module.vae.config.scaling_factor
+            else:
+                generator = torch.Generator().manual_seed(self.seed)
+                channels, side = module.unet.config.in_channels, module.unet.config.sample_size
+                latent = torch.randn((1, channels, side, side), generator=generator)
+            self._clean_latent = (key, latent.float().cpu(), image)
+        return self._clean_latent[1], self._clean_latent[2]
+
+    def _noisy_latent_call(
+        self, module: PersonalizationModule, trainer: Any, conditioning: torch.Tensor
+    ) -> torch.Tensor:
+        """One conditional UNet call on the fixed noisy latent; the images to overlay."""
+        latent, image = self._clean(module, trainer)
+        scheduler = module.noise_scheduler
+        step = scheduler.config.num_train_timesteps // 2 if self.timestep is None else self.timestep
+        timesteps = torch.tensor([step])
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(self.seed))
+        noisy = latent if image is None else scheduler.add_noise(latent, noise, timesteps)
+        count = conditioning.shape[0]
+        dtype, device = conditioning.dtype, conditioning.device
+        prediction = module.predict_noise(
+            noisy.to(device, dtype).expand(count, -1, -1, -1),
+            timesteps.to(device).expand(count),
+            conditioning,
+        )
+        if image is not None:
+            self._image_label = "instance"
+            return image.expand(count, -1, -1, -1)
+        self._image_label = "estimate"
+        # No instance image: show what the model makes of the latent (its clean estimate).
+        alpha = scheduler.alphas_cumprod[step].to(device, torch.float32)
+        noisy = noisy.to(device, torch.float32)
+        prediction = prediction[:1].float()
+        if scheduler.config.prediction_type == "v_prediction":
+            estimate = alpha.sqrt() * noisy - (1 - alpha).sqrt() * prediction
+        else:
+            estimate = (noisy - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
+        vae = module.vae
+        decoded = vae.decode((estimate / vae.config.scaling_factor).to(vae.dtype)).sample
+        return ((decoded.float() + 1) / 2).clamp(0, 1).cpu().expand(count, -1, -1, -1)
+
     def measure(
         self, trainer: L.Trainer, module: PersonalizationModule, step: int
     ) -> dict[str, float]:
         concept = module.concepts[self.concept_index]
-        images, per_prompt = self.token_maps(module)
+        images, per_prompt = self.token_maps(module, trainer)
         activations, divergences = [], []
         for maps, word in zip(per_prompt, self.prompts.values()):
             concept_map = maps[concept.token]
@@ -180,6 +272,6 @@ class AttentionMaps(AnalysisCallback):
             panels = torch.stack([row[name] for row in overlays if name in row])
             self.log_image(trainer, f"{self.name}/{name}", make_grid(panels), step)
         rows = [
-            [("generated", image), *row.items()] for image, row in zip(plain, overlays)
+            [(self._image_label, image), *row.items()] for image, row in zip(plain, overlays)
         ]
         self.log_image(trainer, f"{self.name}/grid", labelled_grid(rows, prompts), step)

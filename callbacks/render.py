@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import lru_cache
+
 import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib import font_manager
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 
 def figure_to_array(figure: Figure) -> np.ndarray:
@@ -20,6 +25,44 @@ def figure_to_array(figure: Figure) -> np.ndarray:
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+@lru_cache(maxsize=8)
+def _label_font(pixels: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """matplotlib's default sans-serif at a pixel size, for PIL (its bitmap font if absent)."""
+    try:
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), pixels)
+    except OSError:
+        return ImageFont.load_default()
+
+
+def figure_to_array_with_labels(
+    figure: Figure,
+    axes: Axes,
+    points: np.ndarray,
+    labels: Sequence[str],
+    fontsize: float = 6.0,
+    colour: tuple[int, int, int] = (115, 115, 115),
+    offset_points: float = 2.0,
+) -> np.ndarray:
+    """`figure_to_array`, then many small point labels written with PIL.
+
+    Equivalent to ``axes.annotate(label, point, xytext=(2, 2), textcoords="offset points")``
+    for each point, at a fraction of the cost: ~70 matplotlib text artists take ~2/3 of a
+    scatter figure's drawing time. ``points`` are (N, 2) in the axes' data coordinates.
+    """
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    image = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
+    height = image.height
+    scale = figure.dpi / 72.0
+    font = _label_font(max(1, round(fontsize * scale)))
+    offset = offset_points * scale
+    draw = ImageDraw.Draw(image)
+    for (x, y), label in zip(axes.transData.transform(np.asarray(points)), labels):
+        # Display y runs upwards; the text's bottom-left sits offset right of and above the point.
+        draw.text((x + offset, height - y - offset), label, fill=colour, font=font, anchor="ld")
+    return np.asarray(image).copy()
 
 
 def heatmap_overlay(

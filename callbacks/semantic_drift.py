@@ -30,7 +30,7 @@ from sklearn.manifold import TSNE
 
 from callbacks.analysis import AnalysisCallback
 from callbacks.drift_phrases import ADJECTIVES, adjective_phrases, article
-from callbacks.render import figure_to_array
+from callbacks.render import figure_to_array_with_labels
 from models.base import PersonalizationModule
 
 
@@ -60,14 +60,17 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def tsne_plane(
-    features: torch.Tensor, perplexity: float, random_state: int, max_iter: int = 500
+    features: torch.Tensor, perplexity: float, random_state: int, max_iter: int = 400
 ) -> np.ndarray:
     """(N, 2) t-SNE embedding; PCA initialisation and a fixed seed make it repeatable.
-    ~70 points settle well within 500 iterations (sklearn's 1000 doubles the cost)."""
+    For ~70 points the exact gradient is cheaper than Barnes-Hut's approximation and
+    converges further: after 400 iterations its KL divergence is below Barnes-Hut's after
+    500 (sklearn's 1000 doubles the cost)."""
     tsne = TSNE(
         n_components=2,
         perplexity=perplexity,
         init="pca",
+        method="exact",
         random_state=random_state,
         max_iter=max_iter,
     )
@@ -80,19 +83,23 @@ def drift_figure(
     concept_phrase: str,
     class_phrase: str,
     title: str,
+    label_adjectives: bool = True,
 ) -> Figure:
     """Adjective phrases (grey), class phrase, class centre and concept marked.
 
-    Row order of ``plane``: adjectives, concept, class phrase, class centre.
+    Row order of ``plane``: adjectives, concept, class phrase, class centre. Without
+    ``label_adjectives`` the grey points carry no text (`drift_image` writes it faster).
     """
     count = len(adjectives)
-    figure = Figure(figsize=(7, 7), dpi=100)
+    # 540 px: the labels stay readable; a larger canvas only costs drawing and PNG time.
+    figure = Figure(figsize=(6, 6), dpi=90)
     axes = figure.add_subplot()
     adjective_points = plane[:count]
     axes.scatter(*adjective_points.T, s=14, c="0.6", label="adjective + class phrases")
-    for (x, y), adjective in zip(adjective_points, adjectives):
-        axes.annotate(adjective, (x, y), fontsize=6, color="0.45", xytext=(2, 2),
-                      textcoords="offset points")  # fmt: skip
+    if label_adjectives:
+        for (x, y), adjective in zip(adjective_points, adjectives):
+            axes.annotate(adjective, (x, y), fontsize=6, color="0.45", xytext=(2, 2),
+                          textcoords="offset points")  # fmt: skip
     marks = (
         (plane[count], "*", "tab:red", 260, concept_phrase),
         (plane[count + 1], "s", "tab:blue", 90, class_phrase),
@@ -109,6 +116,20 @@ def drift_figure(
     return figure
 
 
+def drift_image(
+    plane: np.ndarray,
+    adjectives: Sequence[str],
+    concept_phrase: str,
+    class_phrase: str,
+    title: str,
+) -> np.ndarray:
+    """`drift_figure` as an (H, W, 3) uint8 array, its ~70 labels written with PIL (the same
+    picture at about a third of the drawing time)."""
+    figure = drift_figure(plane, adjectives, concept_phrase, class_phrase, title, False)
+    points = plane[: len(adjectives)]
+    return figure_to_array_with_labels(figure, figure.axes[0], points, adjectives, fontsize=6)
+
+
 class SemanticDrift(AnalysisCallback):
     """Logs ``drift/rank``, ``drift/cosine`` and the ``drift/tsne`` figure; see module docs."""
 
@@ -121,7 +142,7 @@ class SemanticDrift(AnalysisCallback):
         cosine_template: str = "a photo of a {}",
         perplexity: float = 15.0,
         random_state: int = 0,
-        max_iter: int = 500,
+        max_iter: int = 400,
         concept_index: int = 0,
     ) -> None:
         """
@@ -180,6 +201,6 @@ class SemanticDrift(AnalysisCallback):
             f"centre\ncosine distance to '{self.cosine_template.format(concept.class_word)}': "
             f"{cosine:.4f}"
         )
-        figure = drift_figure(plane, self.adjectives, concept_phrase, class_phrase, title)
-        self.log_image(trainer, f"{self.name}/tsne", figure_to_array(figure), step)
+        image = drift_image(plane, self.adjectives, concept_phrase, class_phrase, title)
+        self.log_image(trainer, f"{self.name}/tsne", image, step)
         return {f"{self.name}/rank": float(rank), f"{self.name}/cosine": cosine}

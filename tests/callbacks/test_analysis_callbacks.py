@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -114,3 +115,17 @@ def test_every_baseline_logs_all_analysis_tags(name: str, tmp_path: Path) -> Non
     drift = callbacks[0].history
     if name != "lora":  # LoRA's tokens and text encoder stay frozen by default
         assert drift[0][1]["drift/cosine"] != drift[1][1]["drift/cosine"]
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_noisy_latent_attention_maps_run_with_every_baseline(name: str, tmp_path: Path) -> None:
+    datamodule = tiny_datamodule()
+    module = BASELINES[name](concepts=datamodule.concepts, optimizer=optimizer_with_lr(5e-2))
+    callback = AttentionMaps(every_n_steps=1, source="noisy_latent")
+    tiny_trainer(tmp_path, max_steps=1, callbacks=[callback]).fit(module, datamodule=datamodule)
+    assert [step for step, _ in callback.history] == [0, 1]
+    for _, metrics in callback.history:
+        assert set(metrics) == {"attn/class_activation", "attn/skl"}
+        assert all(math.isfinite(value) for value in metrics.values())
+    assert callback._image_label == "instance"  # the heat maps lie over the first photo
+    assert {"attn/<v1>", "attn/toy", "attn/beach", "attn/jungle"} <= set(callback.last_images)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageOps
 
 from callbacks.attention_maps import AttentionMaps, region_mean, subject_mask, symmetric_kl
 from models import ConceptSpec, CustomDiffusion
@@ -81,3 +82,75 @@ def test_bad_settings_fail_when_the_callback_is_built() -> None:
         AttentionMaps(subject_region="mask")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not a whole word"):
         AttentionMaps(prompts={"a {} on the beach": "sea"})
+
+
+class _Data:
+    """A DataModule stand-in with one instance image (what PersonalizationDataModule gives)."""
+
+    def __init__(self) -> None:
+        pixels = np.zeros((48, 40, 3), dtype=np.uint8)
+        pixels[8:40, 8:32] = (200, 60, 30)  # a subject on a dark background
+        self.image = Image.fromarray(pixels)
+
+    def reference_images(self, concept_index: int = 0) -> list[Image.Image]:
+        return [self.image]
+
+
+def test_noisy_latent_source_reads_one_conditional_unet_call(
+    custom_diffusion: CustomDiffusion,
+) -> None:
+    callback = AttentionMaps(prompts={"a {} on the beach": "beach"}, source="noisy_latent")
+    trainer = SimpleNamespace(loggers=[], datamodule=_Data())
+    calls = []
+    hook = custom_diffusion.unet.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape))
+    try:
+        with torch.no_grad():
+            measured = callback.measure(trainer, custom_diffusion, step=0)
+    finally:
+        hook.remove()
+    assert len(calls) == 1 and calls[0][0] == 1  # one UNet call, the conditional row only
+    # Independently: the same noisy latent (instance image, seed 0, middle timestep), by hand.
+    prompt = "a <v1> toy on the beach"
+    size = custom_diffusion.unet.config.sample_size * custom_diffusion.vae_scale_factor
+    image = ImageOps.fit(trainer.datamodule.image, (size, size), Image.Resampling.BICUBIC)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    scheduler = custom_diffusion.noise_scheduler
+    step = torch.tensor([scheduler.config.num_train_timesteps // 2])
+    with torch.no_grad():
+        latent = custom_diffusion.vae.encode(2 * pixels - 1).latent_dist.mean
+        latent = latent * custom_diffusion.vae.config.scaling_factor
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+        noisy = scheduler.add_noise(latent, noise, step)
+        encoding = custom_diffusion.encode_text([prompt])
+        with AttentionCapture(custom_diffusion.unet, resolution=16) as capture:
+            custom_diffusion.predict_noise(noisy, step, encoding.conditioning)
+    maps = capture.maps[0].double()
+    assert torch.allclose(maps.sum(dim=0), torch.ones(16, 16, dtype=torch.float64), atol=1e-5)
+    ids = encoding.input_ids[0].tolist()
+    tokenizer = custom_diffusion.tokenizer
+    toy = maps[ids.index(tokenizer.convert_tokens_to_ids("toy</w>"))].numpy()
+    beach = maps[ids.index(tokenizer.convert_tokens_to_ids("beach</w>"))].numpy()
+    concept = maps[ids.index(tokenizer.convert_tokens_to_ids("<v1>"))].numpy()
+    assert measured["attn/class_activation"] == pytest.approx(toy.mean(), rel=1e-5)
+    p, q = concept.ravel() / concept.sum(), beach.ravel() / beach.sum()
+    skl = 0.5 * np.sum(p * np.log(p / q)) + 0.5 * np.sum(q * np.log(q / p))
+    assert measured["attn/skl"] == pytest.approx(skl, rel=1e-4)
+    assert set(callback.last_images) == {"attn/<v1>", "attn/toy", "attn/beach", "attn/grid"}
+    assert callback.last_images["attn/<v1>"].shape == (3, 132, 132)
+    # Measuring again reuses the cached latent and gives the same numbers.
+    with torch.no_grad():
+        assert callback.measure(trainer, custom_diffusion, step=1) == measured
+
+
+def test_noisy_latent_source_without_instance_images(custom_diffusion: CustomDiffusion) -> None:
+    callback = AttentionMaps(prompts={"a {} on the beach": "beach"}, source="noisy_latent")
+    with torch.no_grad():
+        measured = callback.measure(NO_LOGGERS, custom_diffusion, step=0)
+    assert set(measured) == {"attn/class_activation", "attn/skl"}
+    assert all(np.isfinite(value) for value in measured.values())
+    assert callback.last_images["attn/grid"].ndim == 3
+
+
+def test_bad_source_fails_when_the_callback_is_built() -> None:
+    with pytest.raises(ValueError, match="source"):
+        AttentionMaps(source="latent")  # type: ignore[arg-type]

@@ -11,7 +11,14 @@ import torch
 from helpers import optimizer_with_lr, tiny_datamodule, tiny_trainer
 
 from callbacks.drift_phrases import ADJECTIVES, adjective_phrases
-from callbacks.semantic_drift import SemanticDrift, cosine_distance, drift_rank
+from callbacks.render import figure_to_array
+from callbacks.semantic_drift import (
+    SemanticDrift,
+    cosine_distance,
+    drift_figure,
+    drift_image,
+    drift_rank,
+)
 from models import ConceptSpec, CustomDiffusion, TextualInversion
 
 NO_LOGGERS = SimpleNamespace(loggers=[])
@@ -112,3 +119,21 @@ def test_spl_keeps_the_concept_closer_to_its_class(tmp_path: Path) -> None:
         start = drift.history[0][1]["drift/cosine"]
     assert final["plain"] > start  # the plain run drifts ...
     assert final["spl"] < final["plain"]  # ... and SPL holds the concept nearer its class
+
+
+def test_drift_image_writes_the_adjective_labels_where_annotate_would() -> None:
+    rng = np.random.default_rng(0)
+    adjectives = [f"word{i}" for i in range(12)]
+    plane = rng.normal(size=(len(adjectives) + 3, 2))
+    args = (plane, adjectives, "a <v1> dog", "a dog", "title")
+    annotated = figure_to_array(drift_figure(*args))
+    written = drift_image(*args)
+    bare = figure_to_array(drift_figure(*args, label_adjectives=False))
+    assert written.shape == annotated.shape == bare.shape
+    assert written.dtype == np.uint8
+    # The labels are there (ink beyond the bare figure) and sit where matplotlib puts them.
+    added = np.abs(written.astype(int) - bare.astype(int)).sum(-1) > 0
+    annotated_added = np.abs(annotated.astype(int) - bare.astype(int)).sum(-1) > 0
+    assert added.sum() > 0.5 * annotated_added.sum()
+    overlap = (added & annotated_added).sum() / annotated_added.sum()
+    assert overlap > 0.3
