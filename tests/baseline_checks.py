@@ -50,6 +50,14 @@ def assert_resume_is_exact(build: Build, root: Path) -> None:
     trainer = tiny_trainer(root / "c", max_steps=6)
     trainer.fit(resumed, datamodule=datamodule, ckpt_path=checkpoint)
     assert trainer.global_step == 6
+    assert_resumed_matches(straight, first, resumed)
+
+
+def assert_resumed_matches(
+    straight: PersonalizationModule, first: PersonalizationModule, resumed: PersonalizationModule
+) -> None:
+    """The resumed run's trained weights equal the straight run's, bitwise, and differ from the
+    checkpoint's (so the comparison has teeth)."""
     expected, actual = trainable_state(straight), trainable_state(resumed)
     assert expected.keys() == actual.keys() and expected
     for key in expected:

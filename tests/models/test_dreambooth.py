@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from baseline_checks import assert_resumed_matches
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from helpers import (
     CLASS_PROMPT,
@@ -15,7 +16,6 @@ from helpers import (
     snapshot,
     tiny_datamodule,
     tiny_trainer,
-    trainable_state,
     write_class_folder,
 )
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -103,12 +103,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(class_dir: Path, tmp_path: 
     trainer = tiny_trainer(tmp_path / "c", max_steps=4)
     trainer.fit(resumed, datamodule=datamodule, ckpt_path=checkpoint)
     assert trainer.global_step == 4
-    expected, actual = trainable_state(straight), trainable_state(resumed)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), f"{key} differs after resume"
-    at_checkpoint = trainable_state(first)
-    assert any(not torch.equal(at_checkpoint[k], actual[k]) for k in actual)
+    assert_resumed_matches(straight, first, resumed)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(class_dir: Path) -> None:

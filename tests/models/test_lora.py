@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 import torch
+from baseline_checks import assert_resumed_matches
 from diffusers import DDIMScheduler, StableDiffusionPipeline
-from helpers import optimizer_with_lr, snapshot, tiny_datamodule, tiny_trainer, trainable_state
+from helpers import optimizer_with_lr, snapshot, tiny_datamodule, tiny_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
@@ -90,12 +91,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path) -> None:
     trainer = tiny_trainer(tmp_path / "c", max_steps=4)
     trainer.fit(resumed, datamodule=datamodule, ckpt_path=checkpoint)
     assert trainer.global_step == 4
-    expected, actual = trainable_state(straight), trainable_state(resumed)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), f"{key} differs after resume"
-    at_checkpoint = trainable_state(first)
-    assert any(not torch.equal(at_checkpoint[k], actual[k]) for k in actual)
+    assert_resumed_matches(straight, first, resumed)
 
 
 def test_adapters_stay_fp32_under_bf16_mixed(tmp_path: Path) -> None:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from baseline_checks import assert_resumed_matches
 from helpers import (
     optimizer_with_lr,
     snapshot,
     tiny_datamodule,
     tiny_trainer,
-    trainable_state,
 )
 
 from models import CustomDiffusion, TextualInversion
@@ -72,13 +72,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(name: str, tmp_path: Path) 
     trainer = tiny_trainer(tmp_path / "c", max_steps=6)
     trainer.fit(resumed, datamodule=datamodule, ckpt_path=checkpoint)
     assert trainer.global_step == 6
-    expected, actual = trainable_state(straight), trainable_state(resumed)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), f"{key} differs after resume"
-    # ... and differs from the state at the checkpoint, so the comparison has teeth.
-    at_checkpoint = trainable_state(first)
-    assert any(not torch.equal(at_checkpoint[k], actual[k]) for k in actual)
+    assert_resumed_matches(straight, first, resumed)
 
 
 def test_checkpoint_holds_only_trained_weights_and_loads_weights_only(tmp_path: Path) -> None:
