@@ -15,7 +15,7 @@ from datamodules.extras import SampleExtra, extra_for, known_keys
 from datamodules.extras.class_images import check_class_options
 from datamodules.generation_prompts import EvalPrompts, GenerationItems, generation_loader
 from datamodules.instance_images import load_image_folder
-from datamodules.prompts import SIMPLE_TEMPLATES, check_templates
+from datamodules.prompts import FAR_AWAY_WORDS, SIMPLE_TEMPLATES, ZOOMED_IN_WORDS, check_templates
 from datamodules.sampler import ResumableDataLoader, batches_done, resumable_loader
 from datamodules.synthetic_concept import draw_synthetic_concept
 from datamodules.transforms import random_rescale, resize_and_crop, to_tensor
@@ -65,6 +65,15 @@ class InstanceDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items) * self.repeats
+
+    def possible_prompts(self, concept_index: int) -> list[str]:
+        """Every prompt ``__getitem__`` can give a sample of this concept."""
+        prefixes = [""]
+        if self.rescale_augmentation:
+            prefixes += [*FAR_AWAY_WORDS, *ZOOMED_IN_WORDS]
+        phrase = self.concepts[concept_index].spec.phrase
+        templates = [t.format(phrase) for t in self.templates]
+        return list(dict.fromkeys(prefix + t for t in templates for prefix in prefixes))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = random.Random(f"{self.seed}/{index}")
@@ -234,6 +243,30 @@ class PersonalizationDataModule(L.LightningDataModule):
                 self.extras.append(extra_class.from_datamodule(self))
             except ValueError as error:
                 raise ValueError(f"{who} needs batch data {key!r}: {error}") from error
+
+    def possible_values(self, key: str) -> list[str] | None:
+        """Every value training batch key ``key`` can take, when that set is finite and known:
+        the prompts and the keys of enumerable extras (derived from prompt and photo alone);
+        None otherwise (e.g. context-rich prompts, drawn from a large corpus). Losses encode
+        their constant texts from it once before training instead of as they first appear."""
+        dataset = self._dataset(augment=True, repeats=1)
+        if key == "prompts":
+            return list(
+                dict.fromkeys(
+                    p for c in range(len(self.images)) for p in dataset.possible_prompts(c)
+                )
+            )
+        extra = next((e for e in self.extras if key in e.provides), None)
+        if extra is None or not extra.enumerable:
+            return None
+        values: dict[str, None] = {}
+        for concept_index, images in enumerate(self.images):
+            for prompt in dataset.possible_prompts(concept_index):
+                for image_index in range(len(images)):
+                    sample = {"prompts": prompt, "image_index": image_index}
+                    extra.add(sample, concept_index, random.Random(0))
+                    values[sample[key]] = None
+        return list(values)
 
     def _dataset(self, augment: bool, repeats: int) -> InstanceDataset:
         return InstanceDataset(

@@ -2,19 +2,23 @@
 
 A regularizer is an ``nn.Module`` with a ``name`` (its log key, ``train/loss/<name>``), a
 ``weight``, and the batch keys it ``requires``; ``forward(record, module)`` returns an unweighted
-scalar. It reads only the step record and the base module's documented methods
-(``encode_text``, ``predict_noise``, ...), never a baseline's internals, so that a new loss is
-one new file in ``losses/`` plus a config line.
+scalar. Text it must encode every step (with gradient to the concept tokens) it asks for in
+``text_requests``: the module encodes it in the step's own text-encoder call, and ``forward``
+reads it back with ``requested_text``. It reads only the step record and the base module's
+documented methods (``encode_text``, ``predict_noise``, ...), never a baseline's internals, so
+that a new loss is one new file in ``losses/`` plus a config line.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from models.step_record import StepRecord
+from models.text_encoding import TextEncoding
+from models.text_requests import TextRequest, encode_request
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule
@@ -36,6 +40,28 @@ class Regularizer(nn.Module):
 
         Load what the loss needs here, so a bad option fails at start rather than mid-run.
         """
+
+    def prefill(self, module: PersonalizationModule, datamodule: Any) -> None:
+        """Called from the module's setup once the DataModule builds the requested data: encode
+        constant texts up front (``datamodule.possible_values(key)``; default: nothing)."""
+
+    def text_requests(
+        self, batch: dict[str, Any], module: PersonalizationModule
+    ) -> list[TextRequest]:
+        """Token ids to encode in this step's text pass (default: none). Called once per step
+        before the pass; must be deterministic for a given batch, step and cache state."""
+        return []
+
+    def requested_text(
+        self, record: StepRecord, module: PersonalizationModule
+    ) -> list[tuple[TextRequest, TextEncoding]]:
+        """This loss's requests with their encodings: from the step's pass, or, for a record
+        made without them (a hand-built one), asked for and encoded now, one call each."""
+        found = record.requested_text.get(id(self))
+        if found is not None:
+            return found
+        requests = self.text_requests(record.batch, module)
+        return [(request, encode_request(module, request)) for request in requests]
 
     def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement forward().")

@@ -19,7 +19,7 @@ it is reused instead of run again.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,7 +30,7 @@ from losses.epsilon_space import (
     posterior_weight,
     squared_distance,
 )
-from losses.prompt_cache import FrozenPromptCache
+from losses.prompt_cache import FrozenPromptCache, possible_texts
 from models.step_record import StepRecord
 
 if TYPE_CHECKING:
@@ -76,6 +76,10 @@ class DenoisingDecoupleLoss(Regularizer):
 
     def prepare(self, module: PersonalizationModule) -> None:
         check_epsilon_prediction(module.noise_scheduler, "DDLoss")
+
+    def prefill(self, module: PersonalizationModule, datamodule: Any) -> None:
+        """Encode every c_g the DataModule can give and the empty prompt, once."""
+        self.cache.prefill(module, possible_texts(datamodule, ["caption_general"], also=("",)))
 
     def predictions(
         self, record: StepRecord, module: PersonalizationModule

@@ -12,7 +12,8 @@ at the masked positions only. Gradients reach what the baseline trains through t
 (the concept tokens; the text encoder for DreamBooth). psi (parameters with requires_grad off)
 and ``[MASK]`` (a non-persistent buffer) are frozen: no gradient, not in the optimizer, not in
 checkpoints, psi always in eval mode. A batch in which nothing was masked adds exactly 0.
-Cost per step: one text-encoder and psi pass over the batch's rich prompts, padding trimmed.
+Cost per step: the masked prompts join the step's own text-encoder call (a text request), then
+one psi pass, its vocabulary-wide head at the masked positions only.
 
 psi and ``[MASK]`` come from the pretraining run (``configs/diverse_context/contextualizer.yaml``),
 read from its default place for the module's base model unless ``contextualizer_dir`` is given.
@@ -21,7 +22,7 @@ read from its default place for the module's base model unless ``contextualizer_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -42,6 +43,8 @@ from models.mlm_masking import (
     trim_padding,
 )
 from models.step_record import StepRecord
+from models.text_encoding import TextEncoding
+from models.text_requests import TextRequest, encode_request
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule
@@ -49,15 +52,26 @@ if TYPE_CHECKING:
 MASK_SALT = 5  # step_generator salt of the masking draws (0: training noise, 1: validation)
 
 
-def protected_positions(module: PersonalizationModule, input_ids: torch.Tensor) -> torch.Tensor:
+def protected_sequences(module: PersonalizationModule) -> list[list[int]]:
+    """The token ids of each concept token and class word (what MLM must never mask)."""
+    return [
+        module.tokenizer(text, add_special_tokens=False).input_ids
+        for concept in module.concepts
+        for text in (concept.token, concept.class_word)
+    ]
+
+
+def protected_positions(
+    module: PersonalizationModule,
+    input_ids: torch.Tensor,
+    sequences: list[list[int]] | None = None,
+) -> torch.Tensor:
     """True at every concept token (any id past the base vocabulary, and each concept token's
     own ids in case a baseline reuses a word) and every occurrence of a concept's class word:
-    MLM never masks those."""
+    MLM never masks those. ``sequences``: `protected_sequences` computed once beforehand."""
     protected = input_ids >= module.text_encoder.config.vocab_size
-    for concept in module.concepts:
-        for text in (concept.token, concept.class_word):
-            ids = module.tokenizer(text, add_special_tokens=False).input_ids
-            protected |= occurrences(input_ids, ids)
+    for ids in protected_sequences(module) if sequences is None else sequences:
+        protected |= occurrences(input_ids, ids)
     return protected
 
 
@@ -89,6 +103,9 @@ class MaskedLanguageModelingLoss(Regularizer):
         self.contextualizer: Contextualizer | None = None
         self.register_buffer("mask_vector", torch.empty(0), persistent=False)
         self._loaded_from: Path | None = None
+        # Ids never masked, tokenized once per module (tokenizing costs as much as a step's
+        # tiny-model text pass); keyed by the module, whose concepts are fixed.
+        self._protected: tuple[int, list[list[int]]] | None = None
 
     # ----- loading (from the module's setup, before the first step) ---------------------------
     def prepare(self, module: PersonalizationModule) -> None:
@@ -123,10 +140,20 @@ class MaskedLanguageModelingLoss(Regularizer):
         return self
 
     # ----- the loss ---------------------------------------------------------------------------
-    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
-        prompts = list(record.batch["context_prompts"])
+    def text_requests(
+        self, batch: dict[str, Any], module: PersonalizationModule
+    ) -> list[TextRequest]:
+        """The batch's rich prompts, masked (masks drawn from the step's generator), for the
+        step's text pass; none when nothing was masked."""
         generator = module.step_generator(module.global_step, salt=MASK_SALT)
-        return self.loss(module, prompts, generator)
+        request = self.masked_request(module, list(batch["context_prompts"]), generator)
+        return [] if request is None else [request]
+
+    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
+        found = self.requested_text(record, module)
+        if not found:  # nothing masked: exactly 0
+            return torch.zeros((), device=record.model_pred.device)
+        return masked_cross_entropy(*self.scores(module, *found[0]))
 
     def mask_positions(
         self,
@@ -135,9 +162,41 @@ class MaskedLanguageModelingLoss(Regularizer):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Where to mask: each prompt token with probability rho, except protected ones."""
-        eos = module.tokenizer.eos_token_id
-        eligible = prompt_positions(input_ids, eos) & ~protected_positions(module, input_ids)
+        if self._protected is None or self._protected[0] != id(module):
+            self._protected = (id(module), protected_sequences(module))
+        protected = protected_positions(module, input_ids, self._protected[1])
+        eligible = prompt_positions(input_ids, module.tokenizer.eos_token_id) & ~protected
         return draw_mask(eligible, self.mask_probability, generator)
+
+    def masked_request(
+        self,
+        module: PersonalizationModule,
+        prompts: list[str],
+        generator: torch.Generator | None = None,
+    ) -> TextRequest | None:
+        """``prompts`` tokenized (padding cut), masked, with ``[MASK]`` as the extra vector;
+        its note holds (original ids, masked positions). None if nothing was masked."""
+        if self.contextualizer is None:
+            raise RuntimeError(
+                "The mlm loss has no contextualizer yet: the module's setup calls "
+                "prepare(module); outside a Trainer call it yourself."
+            )
+        input_ids = trim_padding(module.tokenize(prompts), module.tokenizer.eos_token_id)
+        masked = self.mask_positions(module, input_ids, generator)
+        if not bool(masked.any()):
+            return None
+        masked_ids = apply_mask(input_ids, masked, len(module.tokenizer))
+        return TextRequest(masked_ids, extra_vectors=self.mask_vector, note=(input_ids, masked))
+
+    def scores(
+        self, module: PersonalizationModule, request: TextRequest, encoding: TextEncoding
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(psi's logits at the masked positions, (N, vocab + 1); original ids; positions)."""
+        assert self.contextualizer is not None  # masked_request checked it
+        input_ids, masked = request.note
+        padding = padding_after_eos(request.input_ids, module.tokenizer.eos_token_id)
+        logits = self.contextualizer(encoding.hidden_states, padding_mask=padding, positions=masked)
+        return logits, input_ids, masked
 
     def predictions(
         self,
@@ -145,23 +204,13 @@ class MaskedLanguageModelingLoss(Regularizer):
         prompts: list[str],
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """(psi's logits or None if nothing was masked, original ids, masked positions)."""
-        if self.contextualizer is None:
-            raise RuntimeError(
-                "The mlm loss has no contextualizer yet: the module's setup calls "
-                "prepare(module); outside a Trainer call it yourself."
-            )
-        eos = module.tokenizer.eos_token_id
-        input_ids = trim_padding(module.tokenize(prompts), eos)
-        masked = self.mask_positions(module, input_ids, generator)
-        if not bool(masked.any()):
-            return None, input_ids, masked
-        masked_ids = apply_mask(input_ids, masked, len(module.tokenizer))
-        hidden = module.encode_token_ids(masked_ids, extra_vectors=self.mask_vector)
-        logits = self.contextualizer(
-            hidden.hidden_states, padding_mask=padding_after_eos(masked_ids, eos)
-        )
-        return logits, input_ids, masked
+        """(psi's logits at the masked positions, (N, vocab + 1), or None if nothing was
+        masked; the original ids; the masked positions), in one text pass of their own."""
+        request = self.masked_request(module, prompts, generator)
+        if request is None:
+            input_ids = trim_padding(module.tokenize(prompts), module.tokenizer.eos_token_id)
+            return None, input_ids, torch.zeros_like(input_ids, dtype=torch.bool)
+        return self.scores(module, request, encode_request(module, request))
 
     def loss(
         self,

@@ -9,46 +9,24 @@ general part c_g (the caption without the concept phrase). Each sample contribut
 caption's c_g, so the batch mean is a sample of the expectation over c_g.
 
 Gradient reaches f_p only (the concept tokens, and a trained text encoder); f_s and f_g are
-targets, encoded without gradient and cached while the text encoder is frozen.
+targets, encoded without gradient and cached while the text encoder is frozen. Both the concept
+phrases and the targets not yet cached are text requests, encoded in the step's own text pass.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from losses.base import Regularizer
-from losses.prompt_cache import FrozenPromptCache
+from losses.prompt_cache import FrozenPromptCache, possible_texts
 from models.base import PersonalizationModule
+from models.mlm_masking import trim_padding
 from models.step_record import StepRecord
-from models.text_encoding import TextEncoding
 from models.text_projection import project
-
-
-def encode_for_pooling(
-    module: PersonalizationModule,
-    prompts: list[str],
-    token_ids: dict[str, torch.Tensor] | None = None,
-) -> TextEncoding:
-    """``encode_text`` for pooled features only, on ids cut after the last end-of-text token.
-
-    CLIP's text transformer is causal, so the end-of-text feature does not depend on the
-    padding after it: a short phrase costs a few positions instead of 77. ``token_ids``
-    memoises each prompt's ids (tokenizing costs as much as a tiny model's text pass). A
-    baseline that overrides ``encode_text`` (XTI's per-layer path) gets its own method, uncut.
-    """
-    if type(module).encode_text is not PersonalizationModule.encode_text:
-        return module.encode_text(prompts)
-    memo = {} if token_ids is None else token_ids
-    new = [p for p in dict.fromkeys(prompts) if p not in memo]
-    if new:
-        for prompt, ids in zip(new, module.tokenize(new)):
-            memo[prompt] = ids
-    input_ids = torch.stack([memo[p] for p in prompts])
-    last = int((input_ids == module.tokenizer.eos_token_id).int().argmax(dim=1).max())
-    return module.encode_token_ids(input_ids[:, : last + 1])
+from models.text_requests import TextRequest
 
 
 class PriorDecoupleLoss(Regularizer):
@@ -86,19 +64,39 @@ class PriorDecoupleLoss(Regularizer):
         """Load the projection before training, so a bad ``clip_model`` fails at start."""
         module.text_projection(self.clip_model)
 
-    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
-        batch = record.batch
-        size = len(batch["caption_concept"])
-        # The concept phrases with gradient, one per sample even when the strings repeat: with
-        # VisualEncoder the token's vectors come from each sample's own photo.
+    def targets(self, batch: dict[str, Any]) -> list[str]:
+        """The texts without concept token: each sample's c_g, then (superclass target) c_s."""
+        texts = list(batch["caption_general"])
+        if self.target == "superclass":
+            texts += list(batch["caption_superclass"])
+        return texts
+
+    def prefill(self, module: PersonalizationModule, datamodule: Any) -> None:
+        """Encode every c_g (and c_s) the DataModule can give, once, before training."""
+        keys = ["caption_general"] + (["caption_superclass"] if self.target == "superclass" else [])
+        self.cache.prefill(module, possible_texts(datamodule, keys))
+
+    def text_requests(
+        self, batch: dict[str, Any], module: PersonalizationModule
+    ) -> list[TextRequest]:
+        """The concept phrases with gradient, one row per sample even when the strings repeat
+        (with VisualEncoder the token's vectors come from each sample's own photo), cut after
+        their end-of-text (only the pooled feature is read); and the targets not yet cached."""
+        phrases = list(batch["caption_concept"])
         if len(self.token_ids) > 1024:  # phrases are few; a bound all the same
             self.token_ids.clear()
-        concept = encode_for_pooling(module, list(batch["caption_concept"]), self.token_ids)
-        # The targets' texts (no concept token): without gradient, cached.
-        targets = list(batch["caption_general"])
-        if self.target == "superclass":
-            targets += list(batch["caption_superclass"])
-        fixed = self.cache.encode(module, targets)
+        new = [p for p in dict.fromkeys(phrases) if p not in self.token_ids]
+        if new:  # tokenizing costs as much as a small model's text pass: memoised
+            self.token_ids.update(zip(new, module.tokenize(new)))
+        ids = torch.stack([self.token_ids[p] for p in phrases])
+        concept = TextRequest(trim_padding(ids, module.tokenizer.eos_token_id))
+        return [concept, *self.cache.requests(module, self.targets(batch))]
+
+    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
+        (_, concept), *targets = self.requested_text(record, module)
+        fresh = targets[0][1] if targets else None
+        fixed = self.cache.encode(module, self.targets(record.batch), fresh)
+        size = concept.hidden_states.shape[0]
         eos = module.tokenizer.eos_token_id
         pooled = torch.cat([concept.pooled(eos).float(), fixed.pooled(eos).float()])
         features = project(module.text_projection(self.clip_model), pooled)

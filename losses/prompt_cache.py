@@ -10,12 +10,13 @@ prompt holds a concept token. Encodings are constants to the losses: always with
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from datamodules.extras.superclass import token_pattern
 from models.text_encoding import TextEncoding
+from models.text_requests import TextRequest
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule
@@ -47,32 +48,103 @@ class FrozenPromptCache:
         # constructor, before any step); their requires_grad flags are read on every call.
         self._parameters: dict[int, list[torch.nn.Parameter]] = {}
 
-    @torch.no_grad()
-    def encode(self, module: PersonalizationModule, prompts: list[str]) -> TextEncoding:
-        """Encodings of ``prompts`` with no gradient, from the cache where valid."""
-        pattern = token_pattern([c.token for c in module.concepts])
+    def _bypassed(self, module: PersonalizationModule, prompts: list[str]) -> bool:
+        """True when these prompts' encodings may change between steps (nothing is kept)."""
         key = id(module.text_encoder)
         if key not in self._parameters:
             self._parameters[key] = list(module.text_encoder.parameters())
-        frozen = text_encoder_frozen(module, self._parameters[key])
-        if not frozen or any(pattern.search(p) for p in prompts):
-            return module.encode_text(list(prompts))
+        if not text_encoder_frozen(module, self._parameters[key]):
+            return True
+        pattern = token_pattern([c.token for c in module.concepts])
+        return any(pattern.search(p) for p in prompts)
+
+    def missing(self, module: PersonalizationModule, prompts: list[str]) -> list[str]:
+        """The distinct prompts ``encode`` would have to encode now, in first-seen order
+        (all of them while the cache is bypassed)."""
+        return self._missing(module, prompts)[0]
+
+    @torch.no_grad()
+    def prefill(
+        self, module: PersonalizationModule, prompts: list[str] | None, chunk: int = 64
+    ) -> None:
+        """Encode ``prompts`` now (the constant texts a DataModule can give; None: unknown),
+        up to ``max_prompts`` of them, so that steps find them cached from the first on."""
+        if not prompts:
+            return
+        new, bypassed = self._missing(module, list(dict.fromkeys(prompts))[: self.max_prompts])
+        if bypassed:
+            return  # these encodings would not stay valid
+        for start in range(0, len(new), chunk):
+            self.encode(module, new[start : start + chunk])
+
+    def requests(self, module: PersonalizationModule, prompts: list[str]) -> list[TextRequest]:
+        """The missing prompts as a text request without gradient (none if all are cached),
+        for a loss to fold into the step's text pass and hand back to ``encode`` as ``fresh``.
+        Only for losses reading ``hidden_states`` (an id request has no per-layer states)."""
+        missing = self.missing(module, prompts)
+        return [TextRequest(module.tokenize(missing), with_grad=False)] if missing else []
+
+    def _missing(self, module: PersonalizationModule, prompts: list[str]) -> tuple[list[str], bool]:
+        """(``missing``, whether the cache is bypassed for these prompts)."""
         if self._entries and next(iter(self._entries.values()))[0].device != module.device:
             self._entries.clear()  # the module moved; cached tensors would be on the old device
-        new = list(dict.fromkeys(p for p in prompts if p not in self._entries))
-        if new:
-            encoded = module.encode_text(new)
-            for i, prompt in enumerate(new):
-                layers = encoded.layer_states
-                self._entries[prompt] = (
-                    encoded.hidden_states[i],
-                    encoded.input_ids[i],
-                    *(() if layers is None else (layers[i],)),
-                )
-        for prompt in prompts:
-            self._entries.move_to_end(prompt)
-        entries = [self._entries[p] for p in prompts]
+        distinct = list(dict.fromkeys(prompts))
+        if self._bypassed(module, distinct):
+            return distinct, True
+        return [p for p in distinct if p not in self._entries], False
+
+    @torch.no_grad()
+    def encode(
+        self, module: PersonalizationModule, prompts: list[str], fresh: TextEncoding | None = None
+    ) -> TextEncoding:
+        """Encodings of ``prompts`` with no gradient, from the cache where valid.
+
+        ``fresh``: the encodings of ``missing(module, prompts)``, in that order, if the caller
+        already has them (e.g. from the step's own text pass); otherwise encoded here.
+        """
+        new, bypassed = self._missing(module, prompts)
+        if new and fresh is None:
+            fresh = module.encode_text(new)
+        found = one_per_prompt(new, fresh) if new else {}
+        if not bypassed:
+            self._entries.update(found)
+            for prompt in prompts:
+                self._entries.move_to_end(prompt)
+            found = self._entries
+        entries = [found[p] for p in prompts]
         stacked = [torch.stack(parts) for parts in zip(*entries)]
         while len(self._entries) > self.max_prompts:
             self._entries.popitem(last=False)
         return TextEncoding(*stacked)
+
+
+def one_per_prompt(
+    prompts: list[str], encoding: TextEncoding | None
+) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Split a batch encoding into detached (hidden_states, input_ids[, layer_states]) rows."""
+    if encoding is None or encoding.hidden_states.shape[0] != len(prompts):
+        rows = None if encoding is None else encoding.hidden_states.shape[0]
+        raise ValueError(f"Expected the encodings of {len(prompts)} missing prompts, got {rows}.")
+    layers = encoding.layer_states
+    return {
+        prompt: (
+            encoding.hidden_states[i].detach(),
+            encoding.input_ids[i],
+            *(() if layers is None else (layers[i].detach(),)),
+        )
+        for i, prompt in enumerate(prompts)
+    }
+
+
+def possible_texts(
+    datamodule: Any, keys: list[str], also: tuple[str, ...] = ()
+) -> list[str] | None:
+    """Every value the batch ``keys`` can take (plus ``also``), or None when any is unknown
+    (a DataModule without ``possible_values``, or a key it cannot list)."""
+    lister = getattr(datamodule, "possible_values", None)
+    if lister is None:
+        return None
+    values = [lister(key) for key in keys]
+    if any(v is None for v in values):
+        return None
+    return [text for listed in values for text in listed] + list(also)

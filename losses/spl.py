@@ -15,21 +15,23 @@ CLIP's text projection to both (off in the paper and the official code).
 The concept side reuses the step record's encoding of the prompts (no second text-encoder
 pass), so gradients reach whatever produced it: the concept tokens, and the text encoder if it
 trains. The superclass side is a constant target (no gradient, cached while the encoder is
-frozen): the loss pulls the concept towards its class, not the class towards the concept.
+frozen; prompts not cached yet join the step's text pass as a text request): the loss pulls
+the concept towards its class, not the class towards the concept.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from losses.base import Regularizer
-from losses.prompt_cache import FrozenPromptCache
+from losses.prompt_cache import FrozenPromptCache, possible_texts
 from models.step_record import StepRecord
 from models.text_encoding import TextEncoding
 from models.text_projection import project as apply_projection
+from models.text_requests import TextRequest
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule
@@ -86,6 +88,16 @@ class SemanticPreservationLoss(Regularizer):
         if self.project:
             module.text_projection(self.clip_model)
 
+    def prefill(self, module: PersonalizationModule, datamodule: Any) -> None:
+        """Encode every superclass prompt the DataModule can give, once, before training."""
+        self.cache.prefill(module, possible_texts(datamodule, ["superclass_prompts"]))
+
+    def text_requests(
+        self, batch: dict[str, Any], module: PersonalizationModule
+    ) -> list[TextRequest]:
+        """The superclass prompts not cached yet, encoded in the step's text pass."""
+        return self.cache.requests(module, list(batch["superclass_prompts"]))
+
     def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
         eos = module.tokenizer.eos_token_id
         concept = TextEncoding(record.encoder_hidden_states, record.input_ids)
@@ -95,8 +107,9 @@ class SemanticPreservationLoss(Regularizer):
             positions = concept_token_positions(module, record)
         rows = torch.arange(positions.shape[0], device=positions.device)
         concept_features = concept.hidden_states[rows, positions]
-        superclass_features = self.cache.encode(module, record.batch["superclass_prompts"])
-        superclass_features = superclass_features.pooled(eos)
+        fresh = [encoding for _, encoding in self.requested_text(record, module)]
+        superclass = list(record.batch["superclass_prompts"])
+        superclass_features = self.cache.encode(module, superclass, *fresh).pooled(eos)
         if self.project:
             projection = module.text_projection(self.clip_model)
             concept_features = apply_projection(projection, concept_features)

@@ -26,7 +26,7 @@ superclass probability) is our choice, ``truncation: null`` turns it off.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,7 +38,7 @@ from losses.epsilon_space import (
     posterior_weight,
     squared_distance,
 )
-from losses.prompt_cache import FrozenPromptCache
+from losses.prompt_cache import FrozenPromptCache, possible_texts
 from models.step_record import StepRecord
 
 if TYPE_CHECKING:
@@ -74,6 +74,10 @@ class SubjectDerivedLoss(Regularizer):
 
     def prepare(self, module: PersonalizationModule) -> None:
         check_epsilon_prediction(module.noise_scheduler, "SuDe")
+
+    def prefill(self, module: PersonalizationModule, datamodule: Any) -> None:
+        """Encode every superclass prompt the DataModule can give and the empty one, once."""
+        self.cache.prefill(module, possible_texts(datamodule, ["superclass_prompts"], also=("",)))
 
     def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
         superclass = list(record.batch["superclass_prompts"])

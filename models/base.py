@@ -30,6 +30,7 @@ from models.schedulers import make_scheduler
 from models.step_record import StepRecord
 from models.text_encoding import TextEncoding
 from models.text_projection import default_clip_for, load_text_projection
+from models.text_requests import TextRequest, encode_request, split_requests, stack_requests
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -165,6 +166,31 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
                 hidden = self.text_encoder(input_ids).last_hidden_state
         return TextEncoding(hidden_states=hidden, input_ids=input_ids)
 
+    def encode_step_text(
+        self, prompts: list[str], requests: list[TextRequest]
+    ) -> tuple[TextEncoding, list[TextEncoding]]:
+        """The step's prompts and the regularizers' text requests, in one text-encoder call.
+
+        Requests without gradient are stacked last (they hold no concept token), so the rows
+        that do keep their batch order. A baseline with its own text path (XTI's per-layer
+        encoder) encodes each request on its own through ``encode_token_ids`` instead.
+        """
+        own_path = (
+            type(self).encode_text is not PersonalizationModule.encode_text
+            or type(self).encode_token_ids is not PersonalizationModule.encode_token_ids
+        )
+        if not requests or own_path:
+            return self.encode_text(prompts), [encode_request(self, r) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: not requests[i].with_grad)
+        ordered = [requests[i] for i in order]
+        main_ids = self.tokenize(prompts)
+        ids, vectors = stack_requests(
+            main_ids, ordered, self.tokenizer.pad_token_id, len(self.tokenizer)
+        )
+        main, parts = split_requests(self.encode_token_ids(ids, vectors), len(prompts), ordered)
+        by_request = dict(zip(order, parts))
+        return main, [by_request[i] for i in range(len(requests))]
+
     def predict_noise(
         self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, encoder_states: torch.Tensor
     ) -> torch.Tensor:
@@ -230,11 +256,17 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
         return -F.adaptive_max_pool2d(-pixel_mask.float(), size)
 
     def denoise(
-        self, batch: dict[str, Any], generator: torch.Generator, with_prior: bool = True
+        self,
+        batch: dict[str, Any],
+        generator: torch.Generator,
+        with_prior: bool = True,
+        text_requests: dict[int, list[TextRequest]] | None = None,
     ) -> StepRecord:
         """Noise the latents, run the UNet once on the prompts, and record everything.
 
         With prior preservation on (and ``with_prior``), the class samples join the same call.
+        ``text_requests`` (by requester id): encoded in the prompts' own text-encoder call and
+        handed back in the record's ``requested_text``.
         """
         latents = self.encode_latents(batch["pixel_values"], batch.get("cache_key"), generator)
         num_instances, prompts = latents.shape[0], list(batch["prompts"])
@@ -261,7 +293,13 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        text = self.encode_text(prompts)
+        requests = text_requests or {}
+        flat = [request for wanted in requests.values() for request in wanted]
+        text, encoded = self.encode_step_text(prompts, flat)
+        requested_text, start = {}, 0
+        for owner, wanted in requests.items():
+            requested_text[owner] = list(zip(wanted, encoded[start : start + len(wanted)]))
+            start += len(wanted)
         model_pred = self.predict_noise(noisy_latents, timesteps, text.conditioning)
         pixel_mask = batch.get("loss_mask")
         if pixel_mask is None:
@@ -281,6 +319,7 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
             input_ids=text.input_ids,
             loss_mask=loss_mask,
             batch=batch,
+            requested_text=requested_text,
         )
         return split_prior(record, num_instances) if len(latents) > num_instances else record
 
@@ -293,7 +332,8 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
 
     def compute_losses(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
         """Unweighted parts by name plus ``total`` = denoise + sum of weight x regularizer."""
-        record = self.denoise(batch, generator)
+        requests = {id(r): r.text_requests(batch, self) for r in self.regularizers}
+        record = self.denoise(batch, generator, text_requests=requests)
         parts = {"denoise": self.denoising_loss(record)}
         total = parts["denoise"]
         if record.prior is not None:
@@ -337,8 +377,12 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
             # does it here, so bad settings fail before the first step.
             regularizer.prepare(self)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        if datamodule is None or not hasattr(datamodule, "request"):
-            return
+        if datamodule is not None and hasattr(datamodule, "request"):
+            self.attach_datamodule(datamodule, stage)
+
+    def attach_datamodule(self, datamodule: Any, stage: str = "fit") -> None:
+        """What setup does with the DataModule: request the batch data the regularizers (and
+        baseline) need (class images first generated where missing)."""
         requirements = self.batch_requirements()
         if stage != "fit":  # only training steps run the class half
             requirements.pop(PRIOR_REQUESTER, None)
@@ -347,6 +391,17 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
             prepare_class_images(self, datamodule)
         for who, keys in requirements.items():
             datamodule.request(keys, who)
+
+    def prefill_regularizers(self, datamodule: Any) -> None:
+        """Let the regularizers encode the constant texts the DataModule can give (once the
+        module sits on its training device, so the encodings are made there)."""
+        for regularizer in self.regularizers:
+            regularizer.prefill(self, datamodule)
+
+    def on_train_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            self.prefill_regularizers(datamodule)
 
     def train(self, mode: bool = True) -> PersonalizationModule:
         """Frozen components stay in eval mode whatever Lightning asks of the module."""

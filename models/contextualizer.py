@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -31,7 +32,7 @@ class ContextualizerConfig:
 
 
 class Contextualizer(nn.Module):
-    """Hidden states (B, L, D) -> logits (B, L, vocab + 1)."""
+    """Hidden states (B, L, D) -> logits (B, L, vocab + 1), or (N, vocab + 1) at N positions."""
 
     def __init__(self, config: ContextualizerConfig) -> None:
         super().__init__()
@@ -50,17 +51,57 @@ class Contextualizer(nn.Module):
             batch_first=True,
             norm_first=False,  # post-LN: x = LN(x + sublayer(x))
         )
-        self.layers = nn.TransformerEncoder(
-            layer, config.num_layers, enable_nested_tensor=False
-        )
+        self.layers = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
         self.head = nn.Linear(config.hidden_size, config.vocab_size + 1)
 
     def forward(
-        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None
+        self,
+        hidden_states: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """padding_mask (B, L): True where a position is padding and must not be attended to."""
-        contextual = self.layers(hidden_states, src_key_padding_mask=padding_mask)
+        """padding_mask (B, L): True where a position is padding and must not be attended to.
+
+        positions (B, L) bool: score only there, returning (N, vocab + 1) in row-major order.
+        The vocabulary-wide head is most of psi's cost, and MLM reads ~15% of the positions.
+        """
+        bias = None
+        if padding_mask is not None:  # additive attention bias: padding keys get -inf
+            bias = torch.zeros(
+                padding_mask.shape, dtype=hidden_states.dtype, device=padding_mask.device
+            )
+            bias = bias.masked_fill(padding_mask, float("-inf"))[:, None, None, :]
+        contextual = hidden_states
+        for layer in self.layers.layers:
+            contextual = post_ln_layer(layer, contextual, bias, self.config.dropout, self.training)
+        if positions is not None:
+            contextual = contextual[positions]
         return self.head(contextual)
+
+
+def post_ln_layer(
+    layer: nn.TransformerEncoderLayer,
+    x: torch.Tensor,
+    attention_bias: torch.Tensor | None,
+    dropout: float,
+    training: bool,
+) -> torch.Tensor:
+    """What ``layer(x, src_key_padding_mask=...)`` computes (post-LN, GELU, batch first), in a
+    few fused calls on the layer's own weights. psi runs on every MLM step with gradient
+    flowing through it, where nn.MultiheadAttention's general path costs twice this in
+    per-call overhead on small widths; the weights (and checkpoints) stay nn's."""
+    batch, length, width = x.shape
+    attention = layer.self_attn
+    heads = attention.num_heads
+    p = dropout if training else 0.0
+    qkv = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)
+    q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_bias, dropout_p=p)
+    mixed = mixed.transpose(1, 2).reshape(batch, length, width)
+    mixed = F.linear(mixed, attention.out_proj.weight, attention.out_proj.bias)
+    x = layer.norm1(x + F.dropout(mixed, p, training))
+    hidden = F.dropout(F.gelu(layer.linear1(x)), p, training)
+    return layer.norm2(x + F.dropout(layer.linear2(hidden), p, training))
 
 
 def padding_after_eos(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:

@@ -161,9 +161,10 @@ class ContextualizerPretraining(L.LightningModule):
         masked = draw_mask(prompt_positions(input_ids, eos), self.mask_probability, generator)
         masked_ids = apply_mask(input_ids, masked, self.vocab_size)
         hidden = self.text_encoder(masked_ids).last_hidden_state
-        logits = self.contextualizer(hidden, padding_mask=padding_after_eos(masked_ids, eos))
+        padding = padding_after_eos(masked_ids, eos)
+        logits = self.contextualizer(hidden, padding_mask=padding, positions=masked)
         loss = masked_cross_entropy(logits, input_ids, masked)
-        correct = (logits[masked].argmax(dim=-1) == input_ids[masked]).float()
+        correct = (logits.argmax(dim=-1) == input_ids[masked]).float()
         accuracy = correct.mean() if correct.numel() else loss.new_zeros(())
         return {"loss": loss, "accuracy": accuracy, "count": masked.sum()}
 

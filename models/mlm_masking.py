@@ -59,7 +59,12 @@ def apply_mask(input_ids: torch.Tensor, masked: torch.Tensor, mask_token_id: int
 def masked_cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor
 ) -> torch.Tensor:
-    """Mean cross-entropy over masked positions (all rows pooled); exactly 0 if none are."""
+    """Mean cross-entropy over masked positions (all rows pooled); exactly 0 if none are.
+
+    ``logits``: (B, L, V) over all positions, or (N, V) already taken at the N masked ones
+    (`Contextualizer` with ``positions=masked``).
+    """
     if not bool(masked.any()):
         return logits.new_zeros((), dtype=torch.float32)
-    return F.cross_entropy(logits[masked].float(), targets[masked])
+    at_masked = logits if logits.dim() == 2 else logits[masked]
+    return F.cross_entropy(at_masked.float(), targets[masked])

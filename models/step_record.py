@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from models.text_encoding import TextEncoding
+    from models.text_requests import TextRequest
 
 
 @dataclass
@@ -26,3 +30,6 @@ class StepRecord:
     # Prior preservation: the class half of the same UNet call (None when it is off);
     # the fields above stay the instance half, which is what regularizers see.
     prior: StepRecord | None = None
+    # Regularizers' text requests with their encodings from the step's text pass, by the
+    # requester's id (see `Regularizer.requested_text`).
+    requested_text: dict[int, list[tuple[TextRequest, TextEncoding]]] = field(default_factory=dict)

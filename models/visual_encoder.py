@@ -173,7 +173,8 @@ class VisualEncoder(PersonalizationModule):
             )
         rows = input_ids.shape[0]
         used = inside.any(dim=-1).nonzero().flatten()
-        if rows % len(vectors) and int(used.max()) >= len(vectors):
+        whole = rows - rows % len(vectors)  # rows after the last whole batch may not use it
+        if int(used.max()) >= max(whole, len(vectors)):
             raise ValueError(
                 f"{rows} prompts for {len(vectors)} subject samples: prompt j reads sample j mod "
                 f"{len(vectors)}, so stack prompts in whole multiples of the batch."

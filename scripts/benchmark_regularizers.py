@@ -73,11 +73,12 @@ class Variant:
         data = PersonalizationDataModule(
             resolution=side, batch_size=batch_size, repeats=10_000, rescale_augmentation=True
         )
-        # What the module's setup does under a Trainer: prepare the losses, request their data.
+        # What the module's setup does under a Trainer: prepare the losses, request their data
+        # and encode the constant texts it can give.
         for regularizer in self.module.regularizers:
             regularizer.prepare(self.module)
-        for who, keys in self.module.batch_requirements().items():
-            data.request(keys, who)
+        self.module.attach_datamodule(data)
+        self.module.prefill_regularizers(data)
         self.module.train()
         self.optimizer = self.module.configure_optimizers()["optimizer"]
         self.batches = iter(data.train_dataloader())

@@ -42,9 +42,9 @@ def sd_betas() -> np.ndarray:
     return np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
 
 
-def token_ids(words: int) -> list[int]:
+def token_ids(words: int, first_word: int = 20) -> list[int]:
     """BOS, ``words`` word ids, EOS, then EOS padding (CLIP pads with end-of-text)."""
-    ids = [BOS] + [20 + i for i in range(words)] + [EOS]
+    ids = [BOS] + [first_word + i for i in range(words)] + [EOS]
     return ids + [EOS] * (LENGTH - len(ids))
 
 
@@ -64,6 +64,8 @@ class FakeModule:
         self.device = torch.device("cpu")
         self.noise_scheduler = sd_scheduler()
         self.texts = texts
+        ids = [tuple(ids) for ids, _ in texts.values()]
+        assert len(set(ids)) == len(ids), "each prompt needs its own ids (encodings look them up)"
         self.scale = scale
         self.projection = None
         if projection is not None:
@@ -74,10 +76,21 @@ class FakeModule:
         self.unet_calls: list[dict[str, Any]] = []
 
     def encode_text(self, prompts: list[str]) -> TextEncoding:
-        self.encoded.append(list(prompts))
-        ids = torch.tensor([self.texts[p][0] for p in prompts])
-        hidden = torch.stack([self.texts[p][1] for p in prompts])
-        return TextEncoding(hidden_states=hidden, input_ids=ids)
+        return self.encode_token_ids(self.tokenize(prompts))
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        return torch.tensor([self.texts[p][0] for p in prompts])
+
+    def encode_token_ids(
+        self, input_ids: torch.Tensor, extra_vectors: torch.Tensor | None = None
+    ) -> TextEncoding:
+        """The given states of the prompt each row's ids begin (prompts' ids are distinct)."""
+        width = input_ids.shape[1]
+        by_ids = {tuple(ids[:width]): prompt for prompt, (ids, _) in self.texts.items()}
+        prompts = [by_ids[tuple(row)] for row in input_ids.tolist()]
+        self.encoded.append(prompts)
+        hidden = torch.stack([self.texts[p][1][:width] for p in prompts])
+        return TextEncoding(hidden_states=hidden, input_ids=input_ids)
 
     def predict_noise(
         self, latents: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor
@@ -96,8 +109,11 @@ def random_texts(
 ) -> dict[str, tuple[list[int], torch.Tensor]]:
     """Each prompt: ids BOS, words, EOS, pads; hidden states random leaves that track grads."""
     return {
-        p: (token_ids(words), torch.randn(LENGTH, WIDTH, generator=generator).requires_grad_())
-        for p in prompts
+        p: (
+            token_ids(words, first_word=20 + i * words),  # distinct ids: encodings look them up
+            torch.randn(LENGTH, WIDTH, generator=generator).requires_grad_(),
+        )
+        for i, p in enumerate(prompts)
     }
 
 

@@ -29,6 +29,10 @@ class SampleExtra:
     """Base class: set ``provides``; override ``from_datamodule`` and ``add``."""
 
     provides: ClassVar[frozenset[str]] = frozenset()
+    # True when ``add`` writes strings that depend only on the sample's prompt, photo index
+    # and concept (not on rng or pixels): the DataModule can then list every value its keys
+    # take (`PersonalizationDataModule.possible_values`), and losses encode them up front.
+    enumerable: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

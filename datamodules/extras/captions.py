@@ -104,6 +104,7 @@ class Captions(SampleExtra):
     provides: ClassVar[frozenset[str]] = frozenset(
         {"caption_full", "caption_concept", "caption_general", "caption_superclass"}
     )
+    enumerable: ClassVar[bool] = True  # strings of the prompt, photo and concept only
 
     def __init__(self, concepts: list[ConceptSpec], captions: list[list[str] | None]) -> None:
         """``captions[c][i]``: the caption template of photo i of concept c (None: fallback)."""

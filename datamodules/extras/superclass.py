@@ -47,6 +47,7 @@ class SuperclassPrompts(SampleExtra):
     """Adds ``superclass_prompts``: the sample's prompt with its concept token removed."""
 
     provides: ClassVar[frozenset[str]] = frozenset({"superclass_prompts"})
+    enumerable: ClassVar[bool] = True  # strings of the prompt, photo and concept only
 
     def __init__(self, concepts: list[ConceptSpec]) -> None:
         self.concepts = list(concepts)

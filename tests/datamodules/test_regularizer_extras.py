@@ -121,3 +121,51 @@ def test_bad_captions_stop_training_before_the_first_step(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match=r"Regularizer 'dd' needs batch data.*no caption for"):
         tiny_trainer(tmp_path, max_steps=2).fit(module, datamodule=datamodule)
     assert torch.equal(module.concept_tokens.embedding.vectors, before)
+
+
+# ----------------------------------------------------------------------- possible values
+
+
+@pytest.mark.parametrize("with_captions", [False, True])
+def test_possible_values_hold_every_value_training_draws(
+    tmp_path: Path, with_captions: bool
+) -> None:
+    """What losses encode up front covers every prompt, superclass prompt and caption part
+    the training batches hold (rescale words, two concepts, a captions file or not)."""
+    photos = None
+    if with_captions:
+        captions = "00.png: a {} on grass\n01.png: a {} next to a red ball\n"
+        photos = str(photo_folder(tmp_path / "photos", ["00.png", "01.png"], captions))
+    datamodule = tiny_datamodule(
+        rescale_augmentation=True,
+        instance_data_dir=photos,
+        class_word="toy",
+        additional_concepts=[ConceptData("<v2>", "toy")],
+        repeats=40,
+    )
+    keys = ["prompts", "superclass_prompts", *sorted(CAPTION_KEYS)]
+    datamodule.request(set(keys), "test")
+    possible = {key: datamodule.possible_values(key) for key in keys}
+    drawn: dict[str, set[str]] = {key: set() for key in keys}
+    for batch in datamodule.train_dataloader():
+        for key in keys:
+            drawn[key] |= set(batch[key])
+    for key in keys:
+        values = possible[key]
+        assert values is not None and len(values) == len(set(values)), key
+        assert drawn[key] <= set(values), (key, sorted(drawn[key] - set(values))[:3])
+    assert len(drawn["prompts"]) > 20  # many drawn, all foreseen
+    if with_captions:
+        assert "a on grass" in possible["caption_general"]
+
+
+def test_possible_values_are_unknown_for_drawn_or_unrequested_keys() -> None:
+    datamodule = tiny_datamodule()
+    assert datamodule.possible_values("superclass_prompts") is None  # not requested
+    datamodule.request({"context_prompts", "superclass_prompts"}, "test")
+    assert datamodule.possible_values("context_prompts") is None  # a corpus, drawn at random
+    prompts = datamodule.possible_values("prompts")
+    assert prompts is not None and "a photo of a <v1> toy" in prompts
+    assert datamodule.possible_values("superclass_prompts") == [
+        p.replace("<v1> ", "") for p in prompts
+    ]

@@ -47,6 +47,40 @@ def test_shape_is_four_post_ln_layers_of_four_heads_and_a_vocab_plus_one_head(
         Contextualizer(ContextualizerConfig(hidden_size=30, vocab_size=10, num_heads=4))
 
 
+def test_forward_is_what_torch_transformer_layers_compute() -> None:
+    """psi's own layer path equals nn.TransformerEncoder's on the same weights (eval mode, and
+    training mode without dropout) at every unpadded position; ``positions`` picks rows of
+    the full logits."""
+    torch.manual_seed(0)
+    psi = Contextualizer(ContextualizerConfig(hidden_size=16, vocab_size=11, dropout=0.0))
+    states = torch.randn(3, 7, 16, requires_grad=True)
+    padding = torch.tensor([[False] * 7, [False] * 4 + [True] * 3, [False] * 2 + [True] * 5])
+    for mode in (False, True):
+        psi.train(mode)
+        expected = psi.head(psi.layers(states, src_key_padding_mask=padding))
+        logits = psi(states, padding_mask=padding)
+        torch.testing.assert_close(logits[~padding], expected[~padding], rtol=1e-5, atol=1e-6)
+    picked = torch.zeros(3, 7, dtype=torch.bool)
+    picked[0, 2] = picked[1, 3] = picked[2, 1] = True
+    at = psi(states, padding_mask=padding, positions=picked)
+    torch.testing.assert_close(at, psi(states, padding_mask=padding)[picked])
+    # Gradients reach the input through the own path as through torch's.
+    (grad,) = torch.autograd.grad(at.sum(), states)
+    expected = psi.head(psi.layers(states, src_key_padding_mask=padding))[picked]
+    (expected_grad,) = torch.autograd.grad(expected.sum(), states)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_acts_in_training_mode_only() -> None:
+    torch.manual_seed(0)
+    psi = Contextualizer(ContextualizerConfig(hidden_size=16, vocab_size=11, dropout=0.5))
+    states = torch.randn(2, 5, 16)
+    psi.eval()
+    assert torch.equal(psi(states), psi(states))
+    psi.train()
+    assert not torch.equal(psi(states), psi(states))
+
+
 def test_trimming_padding_leaves_the_prompt_states_unchanged(
     pretraining: ContextualizerPretraining,
 ) -> None:
