@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import matplotlib
@@ -36,32 +37,39 @@ def _label_font(pixels: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def figure_to_array_with_labels(
-    figure: Figure,
-    axes: Axes,
-    points: np.ndarray,
-    labels: Sequence[str],
-    fontsize: float = 6.0,
-    colour: tuple[int, int, int] = (115, 115, 115),
-    offset_points: float = 2.0,
-) -> np.ndarray:
-    """`figure_to_array`, then many small point labels written with PIL.
+@dataclass(frozen=True)
+class PointLabels:
+    """Texts to write beside points given in an axes' data coordinates, in one style."""
 
-    Equivalent to ``axes.annotate(label, point, xytext=(2, 2), textcoords="offset points")``
-    for each point, at a fraction of the cost: ~70 matplotlib text artists take ~2/3 of a
-    scatter figure's drawing time. ``points`` are (N, 2) in the axes' data coordinates.
+    points: np.ndarray  # (N, 2)
+    texts: Sequence[str]
+    colour: tuple[int, int, int] = (115, 115, 115)
+    fontsize: float = 6.0  # points, as matplotlib's
+
+
+def figure_to_array_with_labels(
+    figure: Figure, axes: Axes, labels: Sequence[PointLabels], offset_points: float = 2.0
+) -> np.ndarray:
+    """`figure_to_array`, then point labels written with PIL.
+
+    Equivalent to ``axes.annotate(text, point, xytext=(2, 2), textcoords="offset points")``
+    for each point, at a fraction of the cost: matplotlib's text artists (~70 labels, a
+    legend) take most of a scatter figure's drawing time.
     """
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     image = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
     height = image.height
     scale = figure.dpi / 72.0
-    font = _label_font(max(1, round(fontsize * scale)))
     offset = offset_points * scale
     draw = ImageDraw.Draw(image)
-    for (x, y), label in zip(axes.transData.transform(np.asarray(points)), labels):
-        # Display y runs upwards; the text's bottom-left sits offset right of and above the point.
-        draw.text((x + offset, height - y - offset), label, fill=colour, font=font, anchor="ld")
+    for group in labels:
+        font = _label_font(max(1, round(group.fontsize * scale)))
+        for (x, y), text in zip(axes.transData.transform(np.asarray(group.points)), group.texts):
+            # Display y runs upwards; the text's bottom-left sits offset right of and above
+            # the point.
+            position = (x + offset, height - y - offset)
+            draw.text(position, text, fill=group.colour, font=font, anchor="ld")
     return np.asarray(image).copy()
 
 

@@ -121,14 +121,14 @@ def test_spl_keeps_the_concept_closer_to_its_class(tmp_path: Path) -> None:
     assert final["spl"] < final["plain"]  # ... and SPL holds the concept nearer its class
 
 
-def test_drift_image_writes_the_adjective_labels_where_annotate_would() -> None:
+def test_drift_image_writes_the_labels_where_annotate_would() -> None:
     rng = np.random.default_rng(0)
     adjectives = [f"word{i}" for i in range(12)]
     plane = rng.normal(size=(len(adjectives) + 3, 2))
     args = (plane, adjectives, "a <v1> dog", "a dog", "title")
     annotated = figure_to_array(drift_figure(*args))
     written = drift_image(*args)
-    bare = figure_to_array(drift_figure(*args, label_adjectives=False))
+    bare = figure_to_array(drift_figure(*args, label_points=False))
     assert written.shape == annotated.shape == bare.shape
     assert written.dtype == np.uint8
     # The labels are there (ink beyond the bare figure) and sit where matplotlib puts them.
