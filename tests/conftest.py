@@ -40,3 +40,15 @@ def tiny_sd_path(tiny_cache: Path) -> Path:
     from models.tiny_pipeline import ensure_tiny_pipeline
 
     return ensure_tiny_pipeline()
+
+
+@pytest.fixture(scope="session")
+def psi_dir(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path) -> Path:
+    """An exported (untrained, seeded) MLM contextualizer for tiny-sd: enough to test the
+    ``mlm`` loss and the text path it shares."""
+    from models.contextualizer_pretraining import ContextualizerPretraining
+
+    folder = tmp_path_factory.mktemp("psi")
+    torch.manual_seed(0)
+    ContextualizerPretraining().export(folder)
+    return folder

@@ -16,7 +16,6 @@ from torch import nn
 from losses.mlm import MaskedLanguageModelingLoss
 from models import TextualInversion
 from models.concept_tokens import ConceptSpec
-from models.contextualizer_pretraining import ContextualizerPretraining
 from models.mlm_masking import masked_cross_entropy
 
 RICH = [
@@ -24,15 +23,6 @@ RICH = [
     "a <v1> toy built from toy bricks floating in water, watercolor painting",
     "my <v1> toy",
 ]
-
-
-@pytest.fixture(scope="module")
-def psi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An exported (untrained, seeded) contextualizer for tiny-sd: enough to test the loss."""
-    folder = tmp_path_factory.mktemp("psi")
-    torch.manual_seed(0)
-    ContextualizerPretraining().export(folder)
-    return folder
 
 
 def build(psi_dir: Path, concepts: list[ConceptSpec] | None = None, **mlm: Any) -> Any:

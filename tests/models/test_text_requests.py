@@ -21,18 +21,9 @@ from losses.spl import SemanticPreservationLoss
 from models import XTI, CustomDiffusion, VisualEncoder
 from models.base import PersonalizationModule
 from models.concept_tokens import ConceptSpec
-from models.contextualizer_pretraining import ContextualizerPretraining
 from models.text_requests import TextRequest, encode_request, stack_requests
 
 PROMPTS = ["a photo of a <v1> toy", "a far away photo of a <v1> toy"]
-
-
-@pytest.fixture(scope="module")
-def psi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("psi")
-    torch.manual_seed(0)
-    ContextualizerPretraining().export(folder)
-    return folder
 
 
 def text_calls(module: PersonalizationModule) -> list[int]:
