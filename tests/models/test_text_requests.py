@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import tiny_datamodule
+from baseline_checks import assert_resume_is_exact
+from helpers import optimizer_with_lr, tiny_datamodule
 
 from losses.base import Regularizer
 from losses.mlm import MaskedLanguageModelingLoss
@@ -135,3 +136,21 @@ def test_xti_encodes_requests_on_its_own_path(psi_dir: Path) -> None:
     losses["total"].backward()
     assert module.concept_tokens.embedding.vectors.grad is not None
     assert all(torch.isfinite(v) for v in losses["parts"].values())
+
+
+def test_resume_with_folded_text_and_prefilled_caches_is_exact(
+    psi_dir: Path, tmp_path: Path
+) -> None:
+    """Caches filled at train start and text folded into the step change nothing a resumed
+    run would redo differently."""
+
+    def build() -> tuple[PersonalizationModule, Any]:
+        datamodule = tiny_datamodule(rescale_augmentation=True)
+        module = CustomDiffusion(
+            concepts=datamodule.concepts,
+            regularizers=requesting_losses(psi_dir),
+            optimizer=optimizer_with_lr(1e-2),
+        )
+        return module, datamodule
+
+    assert_resume_is_exact(build, tmp_path)
