@@ -56,7 +56,9 @@ def figure_to_array_with_labels(
     for each point, at a fraction of the cost: matplotlib's text artists (~70 labels, a
     legend) take most of a scatter figure's drawing time.
     """
-    canvas = FigureCanvasAgg(figure)
+    canvas = (
+        figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
+    )
     canvas.draw()
     image = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
     height = image.height

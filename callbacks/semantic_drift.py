@@ -25,12 +25,11 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 
 from callbacks.analysis import AnalysisCallback
 from callbacks.drift_phrases import ADJECTIVES, adjective_phrases, article
-from callbacks.render import PointLabels, figure_to_array_with_labels
+from callbacks.drift_plot import DriftPlot
 from models.base import PersonalizationModule
 from models.mlm_masking import trim_padding
 
@@ -92,77 +91,6 @@ def tsne_plane(
     return tsne.fit_transform(features.double().cpu().numpy())
 
 
-RED, BLUE, BLACK, GREY = (214, 39, 40), (31, 119, 180), (0, 0, 0), (115, 115, 115)
-
-
-def drift_labels(
-    plane: np.ndarray, adjectives: Sequence[str], concept_phrase: str, class_phrase: str
-) -> list[PointLabels]:
-    """The texts beside the points: each adjective (grey), the concept phrase (red), the
-    class phrase (blue) and the class centre (black). Row order of ``plane``: adjectives,
-    concept, class phrase, class centre."""
-    count = len(adjectives)
-    return [
-        PointLabels(plane[:count], list(adjectives), GREY, 6.0),
-        PointLabels(plane[count : count + 1], [concept_phrase], RED, 8.0),
-        PointLabels(plane[count + 1 : count + 2], [class_phrase], BLUE, 8.0),
-        PointLabels(plane[count + 2 : count + 3], ["class centre"], BLACK, 8.0),
-    ]
-
-
-def drift_figure(
-    plane: np.ndarray,
-    adjectives: Sequence[str],
-    concept_phrase: str,
-    class_phrase: str,
-    title: str,
-    label_points: bool = True,
-) -> Figure:
-    """Adjective phrases (grey), class phrase, class centre and concept marked and labelled.
-
-    Row order of ``plane``: adjectives, concept, class phrase, class centre. Without
-    ``label_points`` the points carry no text (`drift_image` writes it faster). Points are
-    labelled where they lie rather than in a legend, whose layout costs more than the rest
-    of the figure; the title's last line is the key.
-    """
-    count = len(adjectives)
-    # 540 px: the labels stay readable; a larger canvas only costs drawing and PNG time.
-    figure = Figure(figsize=(6, 6), dpi=90)
-    axes = figure.add_subplot()
-    axes.scatter(*plane[:count].T, s=14, c="0.6")
-    marks = ((count, "*", "tab:red", 260), (count + 1, "s", "tab:blue", 90),
-             (count + 2, "X", "black", 140))  # fmt: skip
-    for row, marker, colour, size in marks:
-        axes.scatter(*plane[row : row + 1].T, marker=marker, c=colour, s=size, zorder=3)
-    if label_points:
-        for group in drift_labels(plane, adjectives, concept_phrase, class_phrase):
-            colour = tuple(c / 255 for c in group.colour)
-            for point, text in zip(group.points, group.texts):
-                axes.annotate(text, tuple(point), fontsize=group.fontsize, color=colour,
-                              xytext=(2, 2), textcoords="offset points")  # fmt: skip
-    key = f"grey: 'a <adjective> {class_phrase.split()[-1]}' phrases; X: their mean"
-    axes.set_title(f"{title}\n{key}", fontsize=9)
-    axes.set_xticks([])
-    axes.set_yticks([])
-    axes.margins(x=0.12, y=0.05)  # room for the labels of the outermost points
-    figure.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.02)
-    return figure
-
-
-def drift_image(
-    plane: np.ndarray,
-    adjectives: Sequence[str],
-    concept_phrase: str,
-    class_phrase: str,
-    title: str,
-) -> np.ndarray:
-    """`drift_figure` as an (H, W, 3) uint8 array, its labels written with PIL (the same
-    picture at a fraction of the drawing time)."""
-    figure = drift_figure(plane, adjectives, concept_phrase, class_phrase, title, False)
-    labels = drift_labels(plane, adjectives, concept_phrase, class_phrase)
-    return figure_to_array_with_labels(figure, figure.axes[0], labels)
-
-
 class SemanticDrift(AnalysisCallback):
     """Logs ``drift/rank``, ``drift/cosine`` and the ``drift/tsne`` figure; see module docs."""
 
@@ -208,6 +136,7 @@ class SemanticDrift(AnalysisCallback):
         # The phrases' token ids, tokenized once per module (tokenizing ~75 phrases costs
         # about as much as encoding them on a small model).
         self._token_ids: tuple[tuple[int, tuple[str, ...]], torch.Tensor] | None = None
+        self._plot: DriftPlot | None = None  # built at the first measurement, then redrawn
 
     def measure(
         self, trainer: L.Trainer, module: PersonalizationModule, step: int
@@ -237,6 +166,8 @@ class SemanticDrift(AnalysisCallback):
             f"{cosine:.4f}"
         )
         plane = tsne_plane(plane_input, self.perplexity, self.random_state, self.max_iter)
-        image = drift_image(plane, self.adjectives, concept_phrase, class_phrase, title)
+        if self._plot is None:
+            self._plot = DriftPlot(len(self.adjectives))
+        image = self._plot.image(plane, self.adjectives, concept_phrase, class_phrase, title)
         self.log_image(trainer, f"{self.name}/tsne", image, step)
         return {f"{self.name}/rank": float(rank), f"{self.name}/cosine": cosine}

@@ -11,14 +11,9 @@ import torch
 from helpers import optimizer_with_lr, tiny_datamodule, tiny_trainer
 
 from callbacks.drift_phrases import ADJECTIVES, adjective_phrases
+from callbacks.drift_plot import DriftPlot, drift_figure, drift_image
 from callbacks.render import figure_to_array
-from callbacks.semantic_drift import (
-    SemanticDrift,
-    cosine_distance,
-    drift_figure,
-    drift_image,
-    drift_rank,
-)
+from callbacks.semantic_drift import SemanticDrift, cosine_distance, drift_rank
 from models import ConceptSpec, CustomDiffusion, TextualInversion
 
 NO_LOGGERS = SimpleNamespace(loggers=[])
@@ -137,3 +132,19 @@ def test_drift_image_writes_the_labels_where_annotate_would() -> None:
     assert added.sum() > 0.5 * annotated_added.sum()
     overlap = (added & annotated_added).sum() / annotated_added.sum()
     assert overlap > 0.3
+
+
+def test_a_redrawn_plot_is_the_plot_drawn_afresh() -> None:
+    """The callback redraws one figure; nothing of an earlier measurement (points, limits,
+    title) may show in the next."""
+    rng = np.random.default_rng(1)
+    adjectives = [f"word{i}" for i in range(12)]
+    first = rng.normal(size=(len(adjectives) + 3, 2))
+    second = 5 + 3 * rng.normal(size=first.shape)
+    plot = DriftPlot(len(adjectives))
+    plot.image(first, adjectives, "a <v1> dog", "a dog", "step 0")
+    redrawn = plot.image(second, adjectives, "a <v1> dog", "a dog", "step 8")
+    fresh = drift_image(second, adjectives, "a <v1> dog", "a dog", "step 8")
+    assert np.array_equal(redrawn, fresh)
+    with pytest.raises(ValueError, match="Expected 15 points"):
+        plot.show(first[:-1], "a dog", "step 9")
