@@ -102,13 +102,3 @@ def drift_figure(
                                    xytext=(2, 2), textcoords="offset points")  # fmt: skip
     return plot.figure
 
-
-def drift_image(
-    plane: np.ndarray,
-    adjectives: Sequence[str],
-    concept_phrase: str,
-    class_phrase: str,
-    title: str,
-) -> np.ndarray:
-    """`drift_figure` as an (H, W, 3) uint8 array, its labels written with PIL."""
-    return DriftPlot(len(adjectives)).image(plane, adjectives, concept_phrase, class_phrase, title)

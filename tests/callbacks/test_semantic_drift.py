@@ -11,7 +11,7 @@ import torch
 from helpers import optimizer_with_lr, tiny_datamodule, tiny_trainer
 
 from callbacks.drift_phrases import ADJECTIVES, adjective_phrases
-from callbacks.drift_plot import DriftPlot, drift_figure, drift_image
+from callbacks.drift_plot import DriftPlot, drift_figure
 from callbacks.render import figure_to_array
 from callbacks.semantic_drift import SemanticDrift, cosine_distance, drift_rank
 from models import ConceptSpec, CustomDiffusion, TextualInversion
@@ -122,7 +122,7 @@ def test_drift_image_writes_the_labels_where_annotate_would() -> None:
     plane = rng.normal(size=(len(adjectives) + 3, 2))
     args = (plane, adjectives, "a <v1> dog", "a dog", "title")
     annotated = figure_to_array(drift_figure(*args))
-    written = drift_image(*args)
+    written = DriftPlot(len(adjectives)).image(*args)
     bare = figure_to_array(drift_figure(*args, label_points=False))
     assert written.shape == annotated.shape == bare.shape
     assert written.dtype == np.uint8
@@ -144,7 +144,7 @@ def test_a_redrawn_plot_is_the_plot_drawn_afresh() -> None:
     plot = DriftPlot(len(adjectives))
     plot.image(first, adjectives, "a <v1> dog", "a dog", "step 0")
     redrawn = plot.image(second, adjectives, "a <v1> dog", "a dog", "step 8")
-    fresh = drift_image(second, adjectives, "a <v1> dog", "a dog", "step 8")
+    fresh = DriftPlot(len(adjectives)).image(second, adjectives, "a <v1> dog", "a dog", "step 8")
     assert np.array_equal(redrawn, fresh)
     with pytest.raises(ValueError, match="Expected 15 points"):
         plot.show(first[:-1], "a dog", "step 9")
