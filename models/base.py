@@ -184,9 +184,9 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
         order = sorted(range(len(requests)), key=lambda i: not requests[i].with_grad)
         ordered = [requests[i] for i in order]
         main_ids = self.tokenize(prompts)
-        ids, vectors = stack_requests(
-            main_ids, ordered, self.tokenizer.pad_token_id, len(self.tokenizer)
-        )
+        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.eos_token_id if pad is None else pad  # CLIP pads with end-of-text
+        ids, vectors = stack_requests(main_ids, ordered, pad, len(self.tokenizer))
         main, parts = split_requests(self.encode_token_ids(ids, vectors), len(prompts), ordered)
         by_request = dict(zip(order, parts))
         return main, [by_request[i] for i in range(len(requests))]
