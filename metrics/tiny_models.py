@@ -36,7 +36,13 @@ from transformers import (
 
 from datamodules.prompt_sets import DREAMBENCH_CLASS_WORDS, DREAMBENCH_LIVE, DREAMBENCH_OBJECT
 from metrics.vgg_features import VGGFeatures
-from models.tiny_pipeline import ensure_built, resolve_pretrained, seeded, tiny_vision_config
+from models.tiny_pipeline import (
+    TINY_TRANSFORMER,
+    ensure_built,
+    resolve_pretrained,
+    seeded,
+    tiny_vision_config,
+)
 
 TINY_IMAGE = 32  # BLIP / BLIP-2 input side; DINO keeps its real 224 input (cheap at width 32)
 TINY_DETECTOR_IMAGE = 64  # Grounding-DINO and SAM input side
@@ -58,10 +64,7 @@ def _tiny_bert_tokenizer(folder: Path) -> BertTokenizer:
 def save_tiny_dino(folder: Path) -> Path:
     """ViT-S/16's layout (patch 16, 224 input, CLS token) at width 32; no pooler, as DINO."""
     config = ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
+        **TINY_TRANSFORMER,
         image_size=224,
         patch_size=16,
     )
@@ -75,10 +78,7 @@ def save_tiny_blip(folder: Path) -> Path:
     config = BlipConfig(
         text_config={
             "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
+            **TINY_TRANSFORMER,
             "max_position_embeddings": 64,
             "encoder_hidden_size": 32,
             "pad_token_id": tokenizer.pad_token_id,
@@ -102,10 +102,7 @@ def save_tiny_blip2(folder: Path) -> Path:
         vision_config=tiny_vision_config(TINY_IMAGE),
         qformer_config={
             "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
+            **TINY_TRANSFORMER,
             "encoder_hidden_size": 32,
             "max_position_embeddings": 64,
             "cross_attention_frequency": 1,

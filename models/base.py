@@ -28,7 +28,7 @@ from models.loading import load_components
 from models.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
 from models.schedulers import make_scheduler
 from models.step_record import StepRecord
-from models.text_encoding import TextEncoding
+from models.text_encoding import TextEncoding, tokenize_padded
 from models.text_projection import default_clip_for, load_text_projection
 from models.text_requests import TextRequest, encode_request, split_requests, stack_requests
 
@@ -143,13 +143,7 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Padded token ids (B, max_length) on the module's device, concept tokens expanded."""
         expanded = [self.concept_tokens.expand(p) for p in prompts]
-        return self.tokenizer(
-            expanded,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
+        return tokenize_padded(self.tokenizer, expanded, self.device)
 
     def encode_token_ids(
         self, input_ids: torch.Tensor, extra_vectors: torch.Tensor | None = None

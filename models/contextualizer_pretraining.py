@@ -42,6 +42,7 @@ from models.mlm_masking import (
     trim_padding,
 )
 from models.shared_options import accepts_options_of
+from models.text_encoding import tokenize_padded
 from models.tiny_pipeline import resolve_pretrained
 
 
@@ -149,13 +150,7 @@ class ContextualizerPretraining(L.LightningModule):
 
     def mlm_step(self, prompts: list[str], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Masked cross-entropy and accuracy of one batch; ``count`` = masked tokens."""
-        input_ids = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
+        input_ids = tokenize_padded(self.tokenizer, prompts, self.device)
         eos = self.tokenizer.eos_token_id
         input_ids = trim_padding(input_ids, eos)
         masked = draw_mask(prompt_positions(input_ids, eos), self.mask_probability, generator)

@@ -5,6 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import PreTrainedTokenizerBase
+
+
+def tokenize_padded(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], device: torch.device | str
+) -> torch.Tensor:
+    """Prompt ids padded (and cut) to the tokenizer's length, as Stable Diffusion pipelines do."""
+    return tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
 
 
 @dataclass

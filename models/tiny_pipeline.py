@@ -50,16 +50,18 @@ def seeded(build: Callable[[], T], seed: int) -> T:
         return build()
 
 
+# The transformer shape of every tiny tower (text, vision, Q-Former): width 32, 2 layers.
+TINY_TRANSFORMER: dict[str, int] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
+
+
 def tiny_vision_config(image_size: int) -> dict[str, int]:
     """A 2-layer width-32 ViT tower (patch 8): the vision side all tiny multimodal models share."""
-    return {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": image_size,
-        "patch_size": 8,
-    }
+    return {**TINY_TRANSFORMER, "image_size": image_size, "patch_size": 8}
 
 
 def _tiny_unet() -> UNet2DConditionModel:
@@ -93,10 +95,7 @@ def _tiny_vae() -> AutoencoderKL:
 def _tiny_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **TINY_TRANSFORMER,
         max_position_embeddings=77,
         projection_dim=32,
         bos_token_id=tokenizer.bos_token_id,

@@ -26,7 +26,7 @@ from torch import nn
 
 from models.base import PersonalizationModule
 from models.concept_tokens import vector_token_names
-from models.text_encoding import TextEncoding
+from models.text_encoding import TextEncoding, tokenize_padded
 from models.tiny_pipeline import resolve_pretrained
 from models.xti_layers import (
     LayerTokenBlocks,
@@ -37,7 +37,6 @@ from models.xti_layers import (
     install_processors,
     pack,
     reserve_layer_tokens,
-    tokenize,
 )
 
 XTI_EMBEDS = "xti_embeds.safetensors"
@@ -112,8 +111,7 @@ class XTI(PersonalizationModule):
 
     def encode_text(self, prompts: list[str]) -> TextEncoding:
         """Per-layer states (``layer_states``, packed) and ``text_layer``'s (``hidden_states``)."""
-        expanded = [self.concept_tokens.expand(p) for p in prompts]
-        input_ids = tokenize(self.tokenizer, expanded, self.device)
+        input_ids = self.tokenize(prompts)
         layers = encode_per_layer(self.text_encoder, input_ids, self.blocks, len(self.layer_names))
         return TextEncoding(
             hidden_states=layers[self.text_layer], input_ids=input_ids, layer_states=pack(layers)
@@ -203,7 +201,7 @@ def xti_prompt_embeds(pipe: StableDiffusionPipeline, prompts: list[str]) -> torc
     if blocks is None:
         raise ValueError("No XTI embeddings in this pipeline; call load_xti(pipe, path) first.")
     expanded = pipe.maybe_convert_prompt(list(prompts), pipe.tokenizer)
-    input_ids = tokenize(pipe.tokenizer, expanded, pipe.text_encoder.device)
+    input_ids = tokenize_padded(pipe.tokenizer, expanded, pipe.text_encoder.device)
     with torch.no_grad():
         layers = encode_per_layer(pipe.text_encoder, input_ids, blocks, len(pipe.xti_layers))
     return pack(layers)

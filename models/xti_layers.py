@@ -105,17 +105,6 @@ class LayerTokenBlocks:
         return remapped
 
 
-def tokenize(tokenizer: CLIPTokenizer, prompts: list[str], device: torch.device) -> torch.Tensor:
-    """Prompt ids padded to the tokenizer's length, as Stable Diffusion pipelines do."""
-    return tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(device)
-
-
 def encode_per_layer(
     text_encoder: CLIPTextModel,
     input_ids: torch.Tensor,

@@ -64,3 +64,14 @@ def assert_resumed_matches(
         assert torch.equal(expected[key], actual[key]), f"{key} differs after resume"
     at_checkpoint = trainable_state(first)
     assert any(not torch.equal(at_checkpoint[k], actual[k]) for k in actual)
+
+
+def assert_trained_stay_fp32_under_bf16(
+    module: PersonalizationModule, datamodule: PersonalizationDataModule, root: Path, steps: int = 2
+) -> list[torch.nn.Parameter]:
+    """Fit under bf16-mixed: the trained weights stay fp32 and finite; returns them."""
+    tiny_trainer(root, max_steps=steps, precision="bf16-mixed").fit(module, datamodule=datamodule)
+    trained = [p for p in module.parameters() if p.requires_grad]
+    assert trained and {p.dtype for p in trained} == {torch.float32}
+    assert all(bool(torch.isfinite(p).all()) for p in trained)
+    return trained

@@ -56,6 +56,13 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def parameters_reached(module: torch.nn.Module, loss: torch.Tensor) -> set[str]:
+    """Names of the trainable parameters that get a non-zero gradient from ``loss``."""
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [p for _, p in trainable], allow_unused=True)
+    return {n for (n, _), g in zip(trainable, grads) if g is not None and g.abs().sum() > 0}
+
+
 def trainable_state(module: PersonalizationModule) -> dict[str, torch.Tensor]:
     keys = module.trainable_state_keys()
     return {k: v.detach().clone() for k, v in module.state_dict().items() if k in keys}

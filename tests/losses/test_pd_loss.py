@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_datamodule
+from helpers import parameters_reached, tiny_datamodule
 from regularizer_fakes import WIDTH, FakeModule, random_texts, record_for
 
 from losses.pd_loss import PriorDecoupleLoss
@@ -68,9 +68,7 @@ def test_gradient_reaches_the_concept_token_of_the_tiny_model() -> None:
     batch = next(iter(datamodule.train_dataloader()))
     record = module.denoise(batch, module.step_generator(0))
     loss = PriorDecoupleLoss()(record, module)
-    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, [p for _, p in trainable], allow_unused=True)
-    reached = {n for (n, _), g in zip(trainable, grads) if g is not None and g.abs().sum() > 0}
+    reached = parameters_reached(module, loss)
     assert reached == {"text_encoder.embeddings.token_embedding.vectors"}
 
 

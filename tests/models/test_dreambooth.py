@@ -10,6 +10,7 @@ import pytest
 import torch
 from baseline_checks import assert_resumed_matches
 from diffusers import DDIMScheduler, StableDiffusionPipeline
+from export_sampling import fresh_pipe, module_sample, pipe_sample
 from helpers import (
     CLASS_PROMPT,
     optimizer_with_lr,
@@ -130,14 +131,6 @@ def test_multi_vector_tokens_are_refused() -> None:
 
 
 # ----- export ------------------------------------------------------------------------------
-def _sample(pipe: StableDiffusionPipeline) -> torch.Tensor:
-    pipe.set_progress_bar_config(disable=True)
-    return pipe(
-        PROMPT, generator=torch.Generator().manual_seed(0), num_inference_steps=3,
-        guidance_scale=6.0, height=32, width=32, output_type="pt",
-    ).images  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[DreamBooth, Path, list[Path]]:
     """Trained-looking weights: seeded noise on the UNet and text encoder, a random token."""
@@ -177,9 +170,8 @@ def test_export_loads_in_diffusers_and_samples_what_generate_samples(
     assert isinstance(pipe.scheduler, DDIMScheduler)
     assert isinstance(pipe.text_encoder.get_input_embeddings(), torch.nn.Embedding)
     assert "<v1>" in pipe.tokenizer.tokenize(PROMPT)
-    ours = module.generate([PROMPT], seed=0, num_inference_steps=3, guidance_scale=6.0)
-    loaded = _sample(pipe)
+    ours = module_sample(module)
+    loaded = pipe_sample(pipe)
     assert torch.allclose(ours, loaded, atol=1e-4, rtol=0), (ours - loaded).abs().max()
-    base = StableDiffusionPipeline.from_pretrained(tiny_sd_path, safety_checker=None)
-    base.scheduler = DDIMScheduler.from_config(base.scheduler.config)
-    assert (ours - _sample(base)).abs().max() > 1e-2  # the export carries the training
+    base = pipe_sample(fresh_pipe(tiny_sd_path))
+    assert (ours - base).abs().max() > 1e-2  # the export carries the training

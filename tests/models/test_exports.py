@@ -6,19 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import (
     CustomDiffusionAttnProcessor,
     CustomDiffusionAttnProcessor2_0,
 )
+from export_sampling import PROMPT, fresh_pipe, module_sample, pipe_sample
 from safetensors.torch import load_file
 
 from models import ConceptSpec, CustomDiffusion, TextualInversion
 from models.base import PersonalizationModule
 from models.custom_diffusion import load_custom_diffusion
 
-PROMPT = "a photo of a <v1> toy"
-STEPS, GUIDANCE = 3, 6.0
 CD_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
 CUSTOM_PROCESSORS = (CustomDiffusionAttnProcessor, CustomDiffusionAttnProcessor2_0)
 
@@ -33,29 +32,6 @@ def _randomise(module: PersonalizationModule, seed: int) -> None:
                 param.add_(0.2 * torch.randn(param.shape, generator=generator))
         vectors = module.concept_tokens.embedding.vectors
         vectors.copy_(torch.randn(vectors.shape, generator=generator))
-
-
-def _fresh_pipe(path: Path) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _sample(pipe: StableDiffusionPipeline, prompt: str = PROMPT) -> torch.Tensor:
-    return pipe(
-        prompt,
-        generator=torch.Generator().manual_seed(0),
-        num_inference_steps=STEPS,
-        guidance_scale=GUIDANCE,
-        height=32,
-        width=32,
-        output_type="pt",
-    ).images
-
-
-def _module_sample(module: PersonalizationModule, prompt: str = PROMPT) -> torch.Tensor:
-    return module.generate([prompt], seed=0, num_inference_steps=STEPS, guidance_scale=GUIDANCE)
 
 
 def _token_rows(pipe: StableDiffusionPipeline, tokens: list[str]) -> torch.Tensor:
@@ -90,7 +66,7 @@ def _assert_matches_and_differs(
 @pytest.fixture(scope="module")
 def plain_images(tiny_sd_path: Path) -> torch.Tensor:
     """The base pipeline on the same prompt and seed, nothing loaded."""
-    return _sample(_fresh_pipe(tiny_sd_path))
+    return pipe_sample(fresh_pipe(tiny_sd_path))
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +87,7 @@ def cd(tmp_path_factory: pytest.TempPathFactory) -> tuple[CustomDiffusion, Path,
 
 @pytest.fixture(scope="module")
 def cd_images(cd: tuple[CustomDiffusion, Path, list[Path]]) -> torch.Tensor:
-    return _module_sample(cd[0])
+    return module_sample(cd[0])
 
 
 # ----- Textual Inversion ---------------------------------------------------------------------
@@ -130,12 +106,12 @@ def test_ti_loads_in_diffusers_and_samples_the_same(
     ti: tuple[TextualInversion, Path, list[Path]], tiny_sd_path: Path, plain_images: torch.Tensor
 ) -> None:
     module, folder, _ = ti
-    pipe = _fresh_pipe(tiny_sd_path)
+    pipe = fresh_pipe(tiny_sd_path)
     pipe.load_textual_inversion(folder / "learned_embeds.safetensors")
     exported = module.concept_tokens.vectors_of(0).detach()
     assert torch.equal(_token_rows(pipe, ["<v1>", "<v1>_1"]), exported)
     assert pipe.maybe_convert_prompt(PROMPT, pipe.tokenizer) == module.concept_tokens.expand(PROMPT)
-    _assert_matches_and_differs(_module_sample(module), _sample(pipe), plain_images)
+    _assert_matches_and_differs(module_sample(module), pipe_sample(pipe), plain_images)
 
 
 def test_ti_two_concepts_export_one_file_each(tmp_path: Path, tiny_sd_path: Path) -> None:
@@ -147,7 +123,7 @@ def test_ti_two_concepts_export_one_file_each(tmp_path: Path, tiny_sd_path: Path
     names = ["learned_embeds-0.safetensors", "learned_embeds-1.safetensors"]
     assert written == [tmp_path / n for n in names]
     assert sorted(p.name for p in tmp_path.iterdir()) == names
-    pipe = _fresh_pipe(tiny_sd_path)
+    pipe = fresh_pipe(tiny_sd_path)
     for index, (path, token) in enumerate(zip(written, ["<v1>", "<v2>"])):
         assert list(load_file(path)) == [token]
         pipe.load_textual_inversion(path)
@@ -156,7 +132,7 @@ def test_ti_two_concepts_export_one_file_each(tmp_path: Path, tiny_sd_path: Path
     # The module samples with its random vectors, so a pipeline that failed to load a token
     # (and read "<v2>" as characters) would not match.
     prompt = "a <v1> toy next to a <v2> dog"
-    module_images, loaded = _module_sample(module, prompt), _sample(pipe, prompt)
+    module_images, loaded = module_sample(module, prompt), pipe_sample(pipe, prompt)
     assert torch.allclose(module_images, loaded, atol=1e-4, rtol=0)
 
 
@@ -192,7 +168,7 @@ def test_cd_loads_in_diffusers_and_samples_the_same(
     plain_images: torch.Tensor,
 ) -> None:
     module, folder, _ = cd
-    pipe = _fresh_pipe(tiny_sd_path)
+    pipe = fresh_pipe(tiny_sd_path)
     _load_custom_diffusion(pipe, folder)
     pipe.load_textual_inversion(folder / "<v1>.safetensors")
 
@@ -203,7 +179,7 @@ def test_cd_loads_in_diffusers_and_samples_the_same(
         for key, tensor in processor.state_dict().items():
             assert torch.equal(tensor, ours[name].state_dict()[key]), (name, key)
     assert torch.equal(_token_rows(pipe, ["<v1>"]), module.concept_tokens.vectors_of(0).detach())
-    _assert_matches_and_differs(cd_images, _sample(pipe), plain_images)
+    _assert_matches_and_differs(cd_images, pipe_sample(pipe), plain_images)
 
 
 def test_cd_kv_weights_matter(
@@ -211,16 +187,16 @@ def test_cd_kv_weights_matter(
 ) -> None:
     """With the token alone (no K/V), diffusers must sample something else than the module."""
     _, folder, _ = cd
-    pipe = _fresh_pipe(tiny_sd_path)
+    pipe = fresh_pipe(tiny_sd_path)
     pipe.load_textual_inversion(folder / "<v1>.safetensors")
-    assert (cd_images - _sample(pipe)).abs().max().item() > 1e-2
+    assert (cd_images - pipe_sample(pipe)).abs().max().item() > 1e-2
 
 
 def test_cd_export_installs_through_load_attn_procs_with_pipeline(
     cd: tuple[CustomDiffusion, Path, list[Path]], tiny_sd_path: Path
 ) -> None:
     _, folder, _ = cd
-    pipe = _fresh_pipe(tiny_sd_path)
+    pipe = fresh_pipe(tiny_sd_path)
     pipe.unet.load_attn_procs(folder, weight_name=CD_WEIGHTS, _pipeline=pipe)
     assert _custom_processors(pipe)
 
@@ -231,7 +207,7 @@ def test_project_loader_installs_weights_and_tokens(
     tiny_sd_path: Path,
 ) -> None:
     _, folder, _ = cd
-    pipe = _fresh_pipe(tiny_sd_path)
+    pipe = fresh_pipe(tiny_sd_path)
     load_custom_diffusion(pipe, folder)
-    loaded = _sample(pipe)
+    loaded = pipe_sample(pipe)
     assert torch.allclose(cd_images, loaded, atol=1e-4, rtol=0)

@@ -7,9 +7,13 @@ from typing import Any
 
 import pytest
 import torch
-from baseline_checks import assert_resumed_matches
-from diffusers import DDIMScheduler, StableDiffusionPipeline
-from helpers import optimizer_with_lr, snapshot, tiny_datamodule, tiny_trainer
+from baseline_checks import (
+    assert_only_trainable_changed,
+    assert_resumed_matches,
+    assert_trained_stay_fp32_under_bf16,
+)
+from export_sampling import fresh_pipe, module_sample, pipe_sample
+from helpers import optimizer_with_lr, tiny_datamodule, tiny_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
@@ -61,15 +65,7 @@ def test_only_the_intended_parameters_change(text_and_tokens: bool, tmp_path: Pa
     assert expected and module.trainable_state_keys() == expected
     groups = {"lora", "text_encoder_lora", "tokens"} if text_and_tokens else {"lora"}
     assert set(module.trainable_groups()) == groups
-    before = snapshot(module)
-    tiny_trainer(tmp_path, max_steps=3).fit(module, datamodule=datamodule)
-    after = module.state_dict()
-    assert set(after) == set(before)
-    for key, value in before.items():
-        if key in expected:
-            assert not torch.equal(after[key], value), f"{key} should have trained"
-        else:
-            assert torch.equal(after[key], value), f"frozen {key} changed"
+    assert_only_trainable_changed(module, datamodule, tmp_path, steps=3)
     assert {p.dtype for p in module.parameters() if p.requires_grad} == {torch.float32}
 
 
@@ -96,10 +92,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path) -> None:
 
 def test_adapters_stay_fp32_under_bf16_mixed(tmp_path: Path) -> None:
     module, datamodule = build(train_text_encoder=True)
-    tiny_trainer(tmp_path, max_steps=1, precision="bf16-mixed").fit(module, datamodule=datamodule)
-    trained = [p for p in module.parameters() if p.requires_grad]
-    assert {p.dtype for p in trained} == {torch.float32}
-    assert all(torch.isfinite(p).all() for p in trained)
+    assert_trained_stay_fp32_under_bf16(module, datamodule, tmp_path, steps=1)
 
 
 @pytest.mark.parametrize("rank", [0, -4])
@@ -111,30 +104,10 @@ def test_rank_below_one_is_refused_before_loading_anything(rank: int) -> None:
 
 
 # ----- export ------------------------------------------------------------------------------
-def _fresh_pipe(path: Path) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _sample(pipe: StableDiffusionPipeline) -> torch.Tensor:
-    return pipe(
-        PROMPT, generator=torch.Generator().manual_seed(0), num_inference_steps=3,
-        guidance_scale=6.0, height=32, width=32, output_type="pt",
-    ).images  # fmt: skip
-
-
-def _module_sample(module: LoRA) -> torch.Tensor:
-    return module.generate([PROMPT], seed=0, num_inference_steps=3, guidance_scale=6.0)
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoRA, Path, list[Path]]:
     """Random adapters (B nonzero) with alpha != rank, text-encoder LoRA and a random token."""
-    module = LoRA(
-        concepts=[ConceptSpec("<v1>", "toy")], rank=4, alpha=8.0, train_text_encoder=True
-    )
+    module = LoRA(concepts=[ConceptSpec("<v1>", "toy")], rank=4, alpha=8.0, train_text_encoder=True)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, param in module.named_parameters():
@@ -162,18 +135,18 @@ def test_export_loads_with_load_lora_weights_and_samples_the_same(
     exported: tuple[LoRA, Path, list[Path]], tiny_sd_path: Path
 ) -> None:
     module, folder, _ = exported
-    ours = _module_sample(module)
-    plain = _sample(_fresh_pipe(tiny_sd_path))
-    pipe = _fresh_pipe(tiny_sd_path)
+    ours = module_sample(module)
+    plain = pipe_sample(fresh_pipe(tiny_sd_path))
+    pipe = fresh_pipe(tiny_sd_path)
     pipe.load_lora_weights(folder, weight_name=LORA_WEIGHTS)
     pipe.load_textual_inversion(folder / "<v1>.safetensors")
     assert len(lora_layers(pipe.unet)) == len(lora_layers(module.unet))
     assert len(lora_layers(pipe.text_encoder)) == len(lora_layers(module.text_encoder))
-    loaded = _sample(pipe)
+    loaded = pipe_sample(pipe)
     assert torch.allclose(ours, loaded, atol=1e-4, rtol=0), (ours - loaded).abs().max()
     assert (ours - plain).abs().max() > 1e-2
     # The project's loader makes the same two calls: same adapters, same token row.
-    again = _fresh_pipe(tiny_sd_path)
+    again = fresh_pipe(tiny_sd_path)
     load_lora(again, folder)
     for name, value in pipe.unet.state_dict().items():
         assert torch.equal(again.unet.state_dict()[name], value), name
@@ -185,6 +158,6 @@ def test_export_loads_with_load_lora_weights_and_samples_the_same(
 def test_the_adapters_matter(exported: tuple[LoRA, Path, list[Path]], tiny_sd_path: Path) -> None:
     """With the token alone (no LoRA), diffusers samples something else than the module."""
     module, folder, _ = exported
-    pipe = _fresh_pipe(tiny_sd_path)
+    pipe = fresh_pipe(tiny_sd_path)
     pipe.load_textual_inversion(folder / "<v1>.safetensors")
-    assert (_module_sample(module) - _sample(pipe)).abs().max() > 1e-2
+    assert (module_sample(module) - pipe_sample(pipe)).abs().max() > 1e-2

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from baseline_checks import assert_resumed_matches
+from baseline_checks import (
+    assert_only_trainable_changed,
+    assert_resume_is_exact,
+    assert_trained_stay_fp32_under_bf16,
+)
 from helpers import (
     optimizer_with_lr,
-    snapshot,
     tiny_datamodule,
     tiny_trainer,
 )
@@ -42,15 +45,7 @@ def test_only_the_intended_parameters_change(name: str, tmp_path: Path) -> None:
         assert kv and all("_custom_diffusion" in k for k in kv)
         expected_trained |= kv
     assert trained == expected_trained
-    before = snapshot(module)
-    tiny_trainer(tmp_path, max_steps=4).fit(module, datamodule=datamodule)
-    after = module.state_dict()
-    assert set(after) == set(before)
-    for key, value in before.items():
-        if key in trained:
-            assert not torch.equal(after[key], value), f"{key} should have trained"
-        else:
-            assert torch.equal(after[key], value), f"frozen {key} changed"
+    assert_only_trainable_changed(module, datamodule, tmp_path, steps=4)
     # Every pre-existing embedding row is bitwise the same (the matrix was never resized).
     base = module.text_encoder.get_input_embeddings().base.weight
     new_rows = module.concept_tokens.embedding.vectors.shape[0]
@@ -60,19 +55,7 @@ def test_only_the_intended_parameters_change(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(BASELINES))
 def test_resume_from_a_mid_epoch_checkpoint_is_exact(name: str, tmp_path: Path) -> None:
-    straight, datamodule = build(name)
-    tiny_trainer(tmp_path / "a", max_steps=6).fit(straight, datamodule=datamodule)
-
-    first, datamodule = build(name)
-    tiny_trainer(tmp_path / "b", max_steps=3, checkpoint=True).fit(first, datamodule=datamodule)
-    checkpoint = tmp_path / "b" / "ckpt" / "epoch=0-step=3.ckpt"
-    assert checkpoint.exists()  # 3 of the epoch's 8 batches: a mid-epoch stop
-
-    resumed, datamodule = build(name)
-    trainer = tiny_trainer(tmp_path / "c", max_steps=6)
-    trainer.fit(resumed, datamodule=datamodule, ckpt_path=checkpoint)
-    assert trainer.global_step == 6
-    assert_resumed_matches(straight, first, resumed)
+    assert_resume_is_exact(lambda: build(name), tmp_path)  # step 3 of the epoch's 8 batches
 
 
 def test_checkpoint_holds_only_trained_weights_and_loads_weights_only(tmp_path: Path) -> None:
@@ -98,10 +81,7 @@ def test_checkpoint_of_another_baseline_is_a_clear_error(tmp_path: Path) -> None
 
 def test_trained_weights_stay_fp32_under_bf16_mixed(tmp_path: Path) -> None:
     module, datamodule = build("custom_diffusion")
-    tiny_trainer(tmp_path, max_steps=2, precision="bf16-mixed").fit(module, datamodule=datamodule)
-    dtypes = {p.dtype for p in module.parameters() if p.requires_grad}
-    assert dtypes == {torch.float32}
-    assert torch.isfinite(module.concept_tokens.embedding.vectors).all()
+    assert_trained_stay_fp32_under_bf16(module, datamodule, tmp_path)
 
 
 def test_frozen_components_stay_in_eval_mode_during_fit(tmp_path: Path) -> None:
@@ -112,9 +92,7 @@ def test_frozen_components_stay_in_eval_mode_during_fit(tmp_path: Path) -> None:
 
 
 def test_learning_rate_groups_and_scaling(tmp_path: Path) -> None:
-    module, datamodule = build(
-        "custom_diffusion", learning_rates={"tokens": 0.5}, scale_lr=True
-    )
+    module, datamodule = build("custom_diffusion", learning_rates={"tokens": 0.5}, scale_lr=True)
     trainer = tiny_trainer(tmp_path, max_steps=1)
     trainer.fit(module, datamodule=datamodule)
     groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}

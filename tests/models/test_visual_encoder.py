@@ -8,9 +8,13 @@ from typing import Any
 
 import pytest
 import torch
-from baseline_checks import assert_only_trainable_changed, assert_resume_is_exact
-from diffusers import DDIMScheduler, StableDiffusionPipeline
-from helpers import optimizer_with_lr, snapshot, tiny_datamodule, tiny_trainer
+from baseline_checks import (
+    assert_only_trainable_changed,
+    assert_resume_is_exact,
+    assert_trained_stay_fp32_under_bf16,
+)
+from export_sampling import fresh_pipe, pipe_sample
+from helpers import optimizer_with_lr, snapshot, tiny_datamodule
 from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPModel
@@ -111,16 +115,11 @@ def test_image_features_normalise_like_clip(module: VisualEncoder) -> None:
 
 
 # ----- injection -----------------------------------------------------------------------------
-def _pipe(path: Path) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _pipe_states(path: Path, vectors: torch.Tensor, prompt: str) -> torch.Tensor:
     """Text states from diffusers with ``vectors`` loaded as an ordinary token."""
-    pipe = install_subject(_pipe(path), vectors, "<v1>")
+    pipe = install_subject(fresh_pipe(path), vectors, "<v1>")
     return pipe.encode_prompt(prompt, "cpu", 1, False)[0]
 
 
@@ -185,16 +184,8 @@ def test_new_subject_without_training_and_export_round_trip(
     encoder, token = load_subject_encoder(tmp_path)
     assert token == "<v1>"
     assert torch.allclose(encoder.embed_subject(photos_a), vectors_a, atol=1e-6)
-    pipe = install_subject(_pipe(tiny_sd_path), encoder.embed_subject(photos_a), token)
-    loaded = pipe(
-        PROMPT,
-        generator=torch.Generator().manual_seed(0),
-        num_inference_steps=STEPS,
-        guidance_scale=GUIDANCE,
-        height=32,
-        width=32,
-        output_type="pt",
-    ).images
+    pipe = install_subject(fresh_pipe(tiny_sd_path), encoder.embed_subject(photos_a), token)
+    loaded = pipe_sample(pipe)
     assert torch.allclose(images_a, loaded, atol=1e-4, rtol=0), (images_a - loaded).abs().max()
 
 
@@ -228,8 +219,4 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path) -> None:
 
 
 def test_trained_weights_stay_fp32_under_bf16_mixed(tmp_path: Path) -> None:
-    module, datamodule = _build()
-    tiny_trainer(tmp_path, max_steps=2, precision="bf16-mixed").fit(module, datamodule=datamodule)
-    trained = [p for p in module.parameters() if p.requires_grad]
-    assert trained and {p.dtype for p in trained} == {torch.float32}
-    assert all(bool(torch.isfinite(p).all()) for p in trained)
+    assert_trained_stay_fp32_under_bf16(*_build(), tmp_path)

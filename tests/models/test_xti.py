@@ -8,10 +8,15 @@ from typing import Any
 
 import pytest
 import torch
-from baseline_checks import assert_only_trainable_changed, assert_resume_is_exact
+from baseline_checks import (
+    assert_only_trainable_changed,
+    assert_resume_is_exact,
+    assert_trained_stay_fp32_under_bf16,
+)
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
-from helpers import optimizer_with_lr, tiny_datamodule, tiny_trainer
+from export_sampling import module_sample, pipe_sample
+from helpers import optimizer_with_lr, tiny_datamodule
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -145,22 +150,13 @@ def test_export_file(xti: XTI, exported: Path) -> None:
 
 def _images(pipe: StableDiffusionPipeline, **kwargs: Any) -> torch.Tensor:
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe(
-        generator=torch.Generator().manual_seed(0),
-        num_inference_steps=STEPS,
-        guidance_scale=GUIDANCE,
-        height=32,
-        width=32,
-        output_type="pt",
-        **kwargs,
-    ).images
+    return pipe_sample(pipe, **kwargs)
 
 
 def test_export_generates_what_the_module_generates(
     xti: XTI, exported: Path, tiny_sd_path: Path
 ) -> None:
-    ours = xti.generate([PROMPT], seed=0, num_inference_steps=STEPS, guidance_scale=GUIDANCE)
+    ours = module_sample(xti)
     loaded = _images(xti_pipeline(str(tiny_sd_path), exported), prompt=PROMPT)
     assert torch.allclose(ours, loaded, atol=1e-4, rtol=0), (ours - loaded).abs().max()
     # Any StableDiffusionPipeline works too, given the per-layer prompt embeddings.
@@ -169,7 +165,7 @@ def test_export_generates_what_the_module_generates(
     assert load_xti(pipe, exported) == ["<v1>"]
     embeds = xti_prompt_embeds(pipe, [PROMPT])
     negative = xti_prompt_embeds(pipe, [""])
-    again = _images(pipe, prompt_embeds=embeds, negative_prompt_embeds=negative)
+    again = _images(pipe, prompt=None, prompt_embeds=embeds, negative_prompt_embeds=negative)
     assert torch.allclose(ours, again, atol=1e-4, rtol=0)
     assert (ours - plain).abs().max() > 1e-2  # the per-layer tokens matter
 
@@ -223,11 +219,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path) -> None:
 
 
 def test_trained_weights_stay_fp32_under_bf16_mixed(tmp_path: Path) -> None:
-    module, datamodule = _build()
-    tiny_trainer(tmp_path, max_steps=2, precision="bf16-mixed").fit(module, datamodule=datamodule)
-    trained = [p for p in module.parameters() if p.requires_grad]
-    assert trained and {p.dtype for p in trained} == {torch.float32}
-    assert all(bool(torch.isfinite(p).all()) for p in trained)
+    assert_trained_stay_fp32_under_bf16(*_build(), tmp_path)
 
 
 def test_token_id_path_trains_the_text_layers_copy() -> None:
