@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.dreambench import DREAMBENCH_SUBJECTS
 from datamodules.instance_images import list_image_files
-from datamodules.prompt_sets import DREAMBENCH_SUBJECTS
 
 
 @dataclass(frozen=True)

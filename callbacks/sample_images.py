@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks.image_grid import make_grid
+from core.images import make_grid
 from models.base import PersonalizationModule
 
 DEFAULT_PROMPTS = (

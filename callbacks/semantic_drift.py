@@ -31,7 +31,7 @@ from callbacks.analysis import AnalysisCallback
 from callbacks.drift_phrases import ADJECTIVES, adjective_phrases, article
 from callbacks.drift_plot import DriftPlot
 from models.base import PersonalizationModule
-from models.mlm_masking import trim_padding
+from models.components.text.masking import trim_padding
 
 
 def pooled_features(

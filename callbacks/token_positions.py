@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from core.concept import vector_token_names
 from models.base import PersonalizationModule
-from models.concept_tokens import vector_token_names
 
 
 def concept_token_ids(module: PersonalizationModule, concept_index: int = 0) -> list[int]:

@@ -15,6 +15,8 @@ from typing import Any
 import lightning as L
 from torch.utils.data import Dataset
 
+from core.concept import ConceptSpec
+from core.options import accepts_options_of
 from datamodules import context_words as words
 from datamodules.context_prompts import (
     CATEGORIES,
@@ -25,8 +27,6 @@ from datamodules.context_prompts import (
 )
 from datamodules.personalization import PersonalizationDataModule
 from datamodules.sampler import ResumableDataLoader, batches_done, resumable_loader
-from models.concept_tokens import ConceptSpec
-from models.shared_options import accepts_options_of
 
 SUBJECTS = {"living": words.LIVING_SUBJECTS, "object": words.OBJECT_SUBJECTS}
 

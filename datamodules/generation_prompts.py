@@ -14,8 +14,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from core.concept import ConceptSpec
 from datamodules.prompt_sets import resolve_prompt_set
-from models.concept_tokens import ConceptSpec
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from core.concept import ConceptSpec
+from core.images import resize_and_crop, to_tensor
 from datamodules.extras import SampleExtra, extra_for, known_keys
 from datamodules.extras.class_images import check_class_options
 from datamodules.generation_prompts import EvalPrompts, GenerationItems, generation_loader
@@ -18,8 +20,7 @@ from datamodules.instance_images import load_image_folder
 from datamodules.prompts import FAR_AWAY_WORDS, SIMPLE_TEMPLATES, ZOOMED_IN_WORDS, check_templates
 from datamodules.sampler import ResumableDataLoader, batches_done, resumable_loader
 from datamodules.synthetic_concept import draw_synthetic_concept
-from datamodules.transforms import random_rescale, resize_and_crop, to_tensor
-from models.concept_tokens import ConceptSpec
+from datamodules.transforms import random_rescale
 
 SYNTHETIC_CLASS_WORD = "toy"
 BASE_BATCH_KEYS = frozenset({"pixel_values", "prompts", "loss_mask", "concept_index", "cache_key"})

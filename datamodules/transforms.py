@@ -5,30 +5,9 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import torch
 from PIL import Image
 
 from datamodules.prompts import FAR_AWAY_WORDS, ZOOMED_IN_WORDS
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB image -> float tensor (3, H, W) in [-1, 1], as the VAE expects."""
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
-
-
-def resize_and_crop(
-    image: Image.Image, resolution: int, random_crop: bool, rng: random.Random
-) -> Image.Image:
-    """Resize the shorter side to `resolution`, then crop a square (centre or random)."""
-    width, height = image.size
-    scale = resolution / min(width, height)
-    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-    image = image.resize(size, Image.Resampling.BICUBIC)
-    spare_x, spare_y = size[0] - resolution, size[1] - resolution
-    left = rng.randint(0, spare_x) if random_crop else spare_x // 2
-    top = rng.randint(0, spare_y) if random_crop else spare_y // 2
-    return image.crop((left, top, left + resolution, top + resolution))
 
 
 def random_rescale(

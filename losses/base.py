@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from models.step_record import StepRecord
-from models.text_encoding import TextEncoding
-from models.text_requests import TextRequest, encode_request
+from models.components.step_record import StepRecord
+from models.components.text.encoding import TextEncoding
+from models.components.text.requests import TextRequest, encode_request
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule

@@ -27,14 +27,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from losses.base import Regularizer
-from models.contextualizer import Contextualizer, padding_after_eos
-from models.contextualizer_store import (
+from models.components.contextualizer.network import Contextualizer, padding_after_eos
+from models.components.contextualizer.store import (
     check_compatible,
     default_contextualizer_dir,
     load_contextualizer,
     pretraining_command,
 )
-from models.mlm_masking import (
+from models.components.step_record import StepRecord
+from models.components.text.encoding import TextEncoding
+from models.components.text.masking import (
     apply_mask,
     draw_mask,
     masked_cross_entropy,
@@ -42,9 +44,7 @@ from models.mlm_masking import (
     prompt_positions,
     trim_padding,
 )
-from models.step_record import StepRecord
-from models.text_encoding import TextEncoding
-from models.text_requests import TextRequest, encode_request
+from models.components.text.requests import TextRequest, encode_request
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule

@@ -15,18 +15,20 @@ phrases and the targets not yet cached are text requests, encoded in the step's 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from losses.base import Regularizer
 from losses.prompt_cache import FrozenPromptCache, possible_texts
-from models.base import PersonalizationModule
-from models.mlm_masking import trim_padding
-from models.step_record import StepRecord
-from models.text_projection import project
-from models.text_requests import TextRequest
+from models.components.step_record import StepRecord
+from models.components.text.masking import trim_padding
+from models.components.text.projection import project
+from models.components.text.requests import TextRequest
+
+if TYPE_CHECKING:
+    from models.base import PersonalizationModule
 
 
 class PriorDecoupleLoss(Regularizer):

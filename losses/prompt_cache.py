@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from datamodules.extras.superclass import token_pattern
-from models.text_encoding import TextEncoding
-from models.text_requests import TextRequest
+from core.concept import token_pattern
+from models.components.text.encoding import TextEncoding
+from models.components.text.requests import TextRequest
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 
 from losses.base import Regularizer
 from losses.prompt_cache import FrozenPromptCache, possible_texts
-from models.step_record import StepRecord
-from models.text_encoding import TextEncoding
-from models.text_projection import project as apply_projection
-from models.text_requests import TextRequest
+from models.components.step_record import StepRecord
+from models.components.text.encoding import TextEncoding
+from models.components.text.projection import project as apply_projection
+from models.components.text.requests import TextRequest
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule

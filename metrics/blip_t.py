@@ -20,8 +20,8 @@ from transformers import BatchFeature
 from metrics.base import EvalMetric
 from metrics.clip_model import processor_definition
 from metrics.images import to_pil
-from metrics.loading import load_eval_model
 from metrics.settings import BLIP_BACKENDS, check_choice
+from pretrained.eval_models import load_eval_model
 
 MODEL_CLASSES = {"blip": "BlipForImageTextRetrieval", "blip2": "Blip2ForImageTextRetrieval"}
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from metrics.images import to_uint8
-from metrics.loading import load_eval_model
+from pretrained.eval_models import load_eval_model
 
 if TYPE_CHECKING:
     from transformers import CLIPModel, CLIPProcessor

@@ -14,8 +14,8 @@ from torch import nn
 
 from metrics.base import MeanPairwiseCosine
 from metrics.images import IMAGENET_MEAN, IMAGENET_STD, imagenet_preprocess
-from metrics.loading import load_eval_model
 from metrics.settings import DEFAULT_DINO
+from pretrained.eval_models import load_eval_model
 
 if TYPE_CHECKING:
     from transformers import ViTModel

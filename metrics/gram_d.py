@@ -8,7 +8,7 @@ matrix is G_l = F_l F_l^T and the distance between images a and b is Gatys' styl
 Gram-D is the mean of D over all generated x reference pairs (lower = closer style). Its
 absolute size depends on the VGG weights and input scaling (ImageNet-normalised inputs here),
 so compare values within one table only. No torchvision here: VGG-19 is our own module with
-torchvision's layout (metrics/vgg_features.py), loading torchvision's or timm's weights.
+torchvision's layout (pretrained/vgg.py), loading torchvision's or timm's weights.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from torch import nn
 
 from metrics.base import EvalMetric
 from metrics.images import IMAGENET_MEAN, IMAGENET_STD, imagenet_preprocess
-from metrics.loading import load_eval_model
 from metrics.settings import DEFAULT_VGG
-from metrics.vgg_features import STYLE_LAYERS, VGGFeatures
+from pretrained.eval_models import load_eval_model
+from pretrained.vgg import STYLE_LAYERS, VGGFeatures
 
 
 def _load_vgg(path: str) -> VGGFeatures:

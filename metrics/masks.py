@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from metrics.images import to_pil
-from metrics.loading import load_eval_model
 from metrics.settings import DEFAULT_GROUNDING_DINO, DEFAULT_SAM, check_choice
+from pretrained.eval_models import load_eval_model
 
 
 class MaskSource(nn.Module):

@@ -14,30 +14,35 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, StableDiffusionPipeline
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from safetensors.torch import save_file
 from torch import nn
 
+from core.concept import ConceptSpec
+from generation.class_images import prepare_class_images
+from generation.evaluation import EvaluationMixin, EvaluationSettings
+from generation.sampling import SamplingMixin
 from losses.base import Regularizer
-from models.class_images import prepare_class_images
-from models.concept_tokens import ConceptSpec, ConceptTokens
-from models.evaluation import EvaluationMixin, EvaluationSettings
-from models.extra_vectors import extra_vectors_in
-from models.loading import load_components
-from models.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
-from models.schedulers import make_scheduler
-from models.step_record import StepRecord
-from models.text_encoding import TextEncoding, tokenize_padded
-from models.text_projection import default_clip_for, load_text_projection
-from models.text_requests import TextRequest, encode_request, split_requests, stack_requests
+from models.components.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
+from models.components.step_record import StepRecord
+from models.components.text.concept_tokens import ConceptTokens
+from models.components.text.encoding import TextEncoding, tokenize_padded
+from models.components.text.extra_vectors import extra_vectors_in
+from models.components.text.projection import default_clip_for, load_text_projection
+from models.components.text.requests import (
+    TextRequest,
+    encode_request,
+    split_requests,
+    stack_requests,
+)
+from pretrained.stable_diffusion import load_components
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4)
 
 
-class PersonalizationModule(EvaluationMixin, L.LightningModule):
+class PersonalizationModule(SamplingMixin, EvaluationMixin, L.LightningModule):
     """Shared training step of all baselines; see the module docstring."""
 
     def __init__(
@@ -82,7 +87,7 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
                 the DataModule then needs class_data_dir and class_prompt.
             seed: seeds noise and timesteps per step, so a resumed run draws the same ones.
             evaluation: how ``test`` / ``predict`` generate and what ``test`` scores
-                (models/evaluation.py; test_step and predict_step come from its mixin).
+                (generation/evaluation.py; test_step and predict_step come from its mixin).
         """
         super().__init__()
         if not concepts:
@@ -450,65 +455,3 @@ class PersonalizationModule(EvaluationMixin, L.LightningModule):
                 f"Checkpoint lacks {len(missing)} trained weights of {type(self).__name__} "
                 f"(e.g. {sorted(missing)[:3]}); was it written by another baseline or config?"
             )
-
-    # ----- generation -------------------------------------------------------------------------
-    def pipeline(self) -> StableDiffusionPipeline:
-        """A diffusers pipeline over this module's live components (DDIM sampling)."""
-        pipe = self.ddim_pipeline(self.text_encoder)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def ddim_pipeline(self, text_encoder: nn.Module) -> StableDiffusionPipeline:
-        """This module's components with `text_encoder` and DDIM, so sampling and export agree."""
-        return StableDiffusionPipeline(
-            vae=self.vae,
-            text_encoder=text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompts: list[str],
-        seed: int = 0,
-        num_inference_steps: int = 25,
-        guidance_scale: float = 6.0,
-        resolution: int | None = None,
-        negative_prompt: str = "",
-        seeds: list[int] | None = None,
-        scheduler: str | None = None,
-    ) -> torch.Tensor:
-        """Images in [0, 1], shape (B, 3, H, W); image i uses seed + i (or seeds[i]).
-
-        ``scheduler`` names a sampler of models/schedulers.py (None: the pipeline's DDIM).
-        """
-        size = resolution or self.unet.config.sample_size * self.vae_scale_factor
-        positive = self.encode_text(prompts).conditioning
-        negative = self.encode_text([negative_prompt] * len(prompts)).conditioning
-        if seeds is not None and len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one each.")
-        seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
-        generators = [torch.Generator().manual_seed(s) for s in seeds]
-        pipe = self.pipeline()
-        if scheduler is not None:
-            pipe.scheduler = make_scheduler(scheduler, self.noise_scheduler.config)
-        images = pipe(
-            prompt_embeds=positive,
-            negative_prompt_embeds=negative,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            height=size,
-            width=size,
-            generator=generators,
-            output_type="pt",
-        ).images
-        return images.float().clamp(0, 1)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)

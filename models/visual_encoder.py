@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from models.base import PersonalizationModule
-from models.subject_encoder import (
+from models.components.vision.subject_encoder import (
     SubjectEncoder,
     TokenMapper,
     default_image_encoder,

@@ -2,7 +2,7 @@
 
 Only the per-layer token vectors train (16 layers x num_vectors for SD 1.5). The vectors live
 in the concept-token table (``ConceptTokens``), one block of rows per layer; the mechanics are
-in `models.xti_layers`. ``encode_text`` returns the packed per-layer states as
+in `models.components.attention.xti_layers`. ``encode_text`` returns the packed per-layer states as
 ``layer_states`` (what the UNet is given, via ``TextEncoding.conditioning``) and, as
 ``hidden_states``, the states of one layer, ``text_layer``: by default the middle block's,
 the coarse layer P+ finds to carry the concept's semantics, for losses on the text side.
@@ -24,11 +24,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from core.concept import vector_token_names
 from models.base import PersonalizationModule
-from models.concept_tokens import vector_token_names
-from models.text_encoding import TextEncoding, tokenize_padded
-from models.tiny_pipeline import resolve_pretrained
-from models.xti_layers import (
+from models.components.attention.xti_layers import (
     LayerTokenBlocks,
     check_layers,
     cross_attention_layers,
@@ -38,6 +36,8 @@ from models.xti_layers import (
     pack,
     reserve_layer_tokens,
 )
+from models.components.text.encoding import TextEncoding, tokenize_padded
+from pretrained.tiny_sd import resolve_pretrained
 
 XTI_EMBEDS = "xti_embeds.safetensors"
 

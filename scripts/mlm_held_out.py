@@ -31,7 +31,7 @@ from datamodules.personalization import PersonalizationDataModule  # noqa: E402
 from losses.mlm import MaskedLanguageModelingLoss  # noqa: E402
 from models import CustomDiffusion, TextualInversion  # noqa: E402
 from models.base import PersonalizationModule  # noqa: E402
-from models.contextualizer_pretraining import ContextualizerPretraining  # noqa: E402
+from models.pretraining.contextualizer import ContextualizerPretraining  # noqa: E402
 
 BASELINES: dict[str, tuple[type[PersonalizationModule], float]] = {
     "textual_inversion": (TextualInversion, 2e-2),  # (class, learning rate)

@@ -37,7 +37,7 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def tiny_sd_path(tiny_cache: Path) -> Path:
     """Folder of the saved tiny pipeline (diffusers layout)."""
-    from models.tiny_pipeline import ensure_tiny_pipeline
+    from pretrained.tiny_sd import ensure_tiny_pipeline
 
     return ensure_tiny_pipeline()
 
@@ -46,7 +46,7 @@ def tiny_sd_path(tiny_cache: Path) -> Path:
 def psi_dir(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path) -> Path:
     """An exported (untrained, seeded) MLM contextualizer for tiny-sd: enough to test the
     ``mlm`` loss and the text path it shares."""
-    from models.contextualizer_pretraining import ContextualizerPretraining
+    from models.pretraining.contextualizer import ContextualizerPretraining
 
     folder = tmp_path_factory.mktemp("psi")
     torch.manual_seed(0)

@@ -14,9 +14,9 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-from models.concept_tokens import ConceptSpec
-from models.step_record import StepRecord
-from models.text_encoding import TextEncoding
+from core.concept import ConceptSpec
+from models.components.step_record import StepRecord
+from models.components.text.encoding import TextEncoding
 
 BOS, EOS, CONCEPT_ID = 1, 9, 7
 LENGTH, WIDTH = 6, 5  # token positions, hidden size

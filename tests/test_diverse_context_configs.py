@@ -12,8 +12,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_cli import cli_args, run_folder
 
 from callbacks.sample_images import SampleImages
-from models.contextualizer_store import CONFIG_FILE, WEIGHTS_FILE, default_contextualizer_dir
-from models.tiny_pipeline import ensure_tiny_pipeline
+from models.components.contextualizer.store import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    default_contextualizer_dir,
+)
+from pretrained.tiny_sd import ensure_tiny_pipeline
 from train import main
 
 MLM_CONFIGS = sorted(

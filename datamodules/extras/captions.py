@@ -22,9 +22,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from core.concept import ConceptSpec
 from datamodules.extras import SampleExtra
 from datamodules.instance_images import list_image_files
-from models.concept_tokens import ConceptSpec
 
 if TYPE_CHECKING:
     from datamodules.personalization import PersonalizationDataModule

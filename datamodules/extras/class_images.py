@@ -2,7 +2,7 @@
 
 Built when prior preservation (or a regularizer) asks for ``class_pixel_values`` /
 ``class_prompts``. By then the module's setup has generated any missing images
-(models/class_images.py), so a short folder here means the DataModule was used without that
+(generation/class_images.py), so a short folder here means the DataModule was used without that
 setup. Each sample draws its class image from its own rng and gets the instance images'
 resolution, crop and flip handling (no random rescale: class images have no loss mask).
 """
@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
+from core.images import resize_and_crop, to_tensor
 from datamodules.extras import SampleExtra
 from datamodules.instance_images import IMAGE_SUFFIXES, load_rgb_image
-from datamodules.transforms import resize_and_crop, to_tensor
 
 if TYPE_CHECKING:
     from datamodules.personalization import PersonalizationDataModule

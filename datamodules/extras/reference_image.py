@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
+from core.images import resize_and_crop, to_tensor
 from datamodules.extras import SampleExtra
-from datamodules.transforms import resize_and_crop, to_tensor
 
 if TYPE_CHECKING:
     from datamodules.personalization import PersonalizationDataModule

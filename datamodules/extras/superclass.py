@@ -11,16 +11,11 @@ import random
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from core.concept import ConceptSpec, token_pattern
 from datamodules.extras import SampleExtra
-from models.concept_tokens import ConceptSpec
 
 if TYPE_CHECKING:
     from datamodules.personalization import PersonalizationDataModule
-
-
-def token_pattern(tokens: list[str]) -> re.Pattern[str]:
-    """Matches a concept token standing alone, with the boundaries ConceptTokens uses."""
-    return re.compile("|".join(rf"(?<![\w<>]){re.escape(t)}(?![\w<>])" for t in tokens))
 
 
 def has_word(text: str, word: str) -> bool:

@@ -10,8 +10,9 @@ import torch
 from PIL import Image, ImageOps
 
 from callbacks.attention_maps import AttentionMaps, region_mean, subject_mask, symmetric_kl
-from models import ConceptSpec, CustomDiffusion
-from models.attention_capture import AttentionCapture
+from core.concept import ConceptSpec
+from models import CustomDiffusion
+from models.components.attention.capture import AttentionCapture
 
 NO_LOGGERS = SimpleNamespace(loggers=[])
 

@@ -14,7 +14,8 @@ from callbacks.drift_phrases import ADJECTIVES, adjective_phrases
 from callbacks.drift_plot import DriftPlot, drift_figure
 from callbacks.render import figure_to_array
 from callbacks.semantic_drift import SemanticDrift, cosine_distance, drift_rank
-from models import ConceptSpec, CustomDiffusion, TextualInversion
+from core.concept import ConceptSpec
+from models import CustomDiffusion, TextualInversion
 
 NO_LOGGERS = SimpleNamespace(loggers=[])
 

@@ -10,7 +10,8 @@ import torch
 
 from callbacks.context_prompts import check_context_prompts
 from callbacks.text_semantics import TextSemantics, sim1_sim2
-from models import ConceptSpec, TextualInversion
+from core.concept import ConceptSpec
+from models import TextualInversion
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:

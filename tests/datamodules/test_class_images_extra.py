@@ -10,9 +10,9 @@ from helpers import CLASS_PROMPT as PROMPT
 from helpers import tiny_datamodule, write_class_folder
 from PIL import Image
 
+from core.images import to_tensor
 from datamodules.extras import extra_for
 from datamodules.extras.class_images import ClassImages
-from datamodules.transforms import to_tensor
 
 
 def test_the_extra_provides_the_prior_keys() -> None:

@@ -8,16 +8,11 @@ from pathlib import Path
 import pytest
 from helpers import DREAMBENCH
 
+from core.concept import ConceptSpec
+from core.dreambench import DREAMBENCH_LIVE, DREAMBENCH_OBJECT, DREAMBENCH_SUBJECTS
 from datamodules.generation_prompts import EvalPrompts, GenerationItems, ShardSampler
 from datamodules.personalization import PersonalizationDataModule
-from datamodules.prompt_sets import (
-    DREAMBENCH_LIVE,
-    DREAMBENCH_OBJECT,
-    DREAMBENCH_SUBJECTS,
-    load_prompt_file,
-    resolve_prompt_set,
-)
-from models.concept_tokens import ConceptSpec
+from datamodules.prompt_sets import load_prompt_file, resolve_prompt_set
 
 LISTING = DREAMBENCH / "prompts_and_classes.txt"
 

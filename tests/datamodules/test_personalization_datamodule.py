@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import DREAMBENCH
 
+from core.concept import ConceptSpec
 from datamodules.personalization import (
     ConceptData,
     InstanceDataset,
@@ -16,7 +17,6 @@ from datamodules.personalization import (
 )
 from datamodules.prompts import FAR_AWAY_WORDS, SIMPLE_TEMPLATES, ZOOMED_IN_WORDS
 from datamodules.synthetic_concept import draw_synthetic_concept
-from models.concept_tokens import ConceptSpec
 
 GRAY = 127 / 127.5 - 1.0
 KEYS = {"pixel_values", "prompts", "loss_mask", "concept_index", "cache_key"}

@@ -9,11 +9,11 @@ import torch
 from helpers import tiny_datamodule
 from PIL import Image
 
+from core.concept import ConceptSpec
+from core.images import resize_and_crop, to_tensor
 from datamodules.extras import extra_for
 from datamodules.extras.reference_image import ReferenceImage
 from datamodules.personalization import ConceptData, PersonalizationDataModule
-from datamodules.transforms import resize_and_crop, to_tensor
-from models.concept_tokens import ConceptSpec
 
 
 def _three_subjects(**overrides: object) -> PersonalizationDataModule:

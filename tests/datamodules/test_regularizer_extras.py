@@ -9,13 +9,13 @@ import torch
 from helpers import tiny_datamodule, tiny_trainer
 from PIL import Image
 
+from core.concept import ConceptSpec
 from datamodules.extras.captions import CAPTIONS_FILE, read_captions, split_caption
 from datamodules.extras.superclass import superclass_prompt
 from datamodules.personalization import ConceptData
 from losses.dd_loss import DenoisingDecoupleLoss
 from losses.pd_loss import PriorDecoupleLoss
 from models import CustomDiffusion
-from models.concept_tokens import ConceptSpec
 
 DOG = ConceptSpec("<v1>", "dog")
 CAPTION_KEYS = {"caption_full", "caption_concept", "caption_general", "caption_superclass"}

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from core.images import resize_and_crop, to_tensor
 from datamodules.prompts import (
     FAR_AWAY_WORDS,
     SIMPLE_TEMPLATES,
@@ -16,7 +17,7 @@ from datamodules.prompts import (
     check_templates,
 )
 from datamodules.sampler import ResumableSampler
-from datamodules.transforms import random_rescale, resize_and_crop, to_tensor
+from datamodules.transforms import random_rescale
 
 GRAY = 127 / 127.5 - 1.0
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from helpers import tiny_datamodule
 
+from core.concept import ConceptSpec
 from losses.pd_loss import PriorDecoupleLoss
 from losses.prompt_cache import FrozenPromptCache, possible_texts
 from losses.spl import SemanticPreservationLoss
 from models import CustomDiffusion, DreamBooth
-from models.concept_tokens import ConceptSpec
 
 TOY = [ConceptSpec("<v1>", "toy")]
 

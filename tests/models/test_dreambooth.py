@@ -22,7 +22,8 @@ from helpers import (
 from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 
-from models import ConceptSpec, DreamBooth
+from core.concept import ConceptSpec
+from models import DreamBooth
 
 PROMPT = "a photo of a <v1> toy"
 TOKEN_MATRIX = "text_encoder.embeddings.token_embedding.base.weight"

@@ -14,7 +14,8 @@ from diffusers.models.attention_processor import (
 from export_sampling import PROMPT, fresh_pipe, module_sample, pipe_sample
 from safetensors.torch import load_file
 
-from models import ConceptSpec, CustomDiffusion, TextualInversion
+from core.concept import ConceptSpec
+from models import CustomDiffusion, TextualInversion
 from models.base import PersonalizationModule
 from models.custom_diffusion import load_custom_diffusion
 

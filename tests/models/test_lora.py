@@ -18,7 +18,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 
-from models import ConceptSpec, LoRA
+from core.concept import ConceptSpec
+from models import LoRA
 from models.lora import LORA_WEIGHTS, load_lora
 
 PROMPT = "a photo of a <v1> toy"

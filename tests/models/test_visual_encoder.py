@@ -19,16 +19,17 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPModel
 
+from core.concept import ConceptSpec
 from datamodules.personalization import ConceptData
 from datamodules.synthetic_concept import draw_synthetic_concept
-from models import ConceptSpec, VisualEncoder
-from models.subject_encoder import TokenMapper, load_image_encoder
-from models.tiny_pipeline import ensure_tiny_clip
+from models import VisualEncoder
+from models.components.vision.subject_encoder import TokenMapper, load_image_encoder
 from models.visual_encoder import (
     VISUAL_ENCODER_WEIGHTS,
     install_subject,
     load_subject_encoder,
 )
+from pretrained.tiny_sd import ensure_tiny_clip
 
 PROMPT = "a photo of a <v1> toy"
 STEPS, GUIDANCE = 3, 6.0

@@ -20,7 +20,8 @@ from helpers import optimizer_with_lr, tiny_datamodule
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from models import XTI, ConceptSpec
+from core.concept import ConceptSpec
+from models import XTI
 from models.xti import XTI_EMBEDS, load_xti, xti_pipeline, xti_prompt_embeds
 
 PROMPT = "a photo of a <v1> toy"

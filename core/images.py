@@ -1,0 +1,45 @@
+"""Image helpers that data, generation and callbacks share (PIL/numpy/torch, no torchvision)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB image -> float tensor (3, H, W) in [-1, 1], as the VAE expects."""
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def resize_and_crop(
+    image: Image.Image, resolution: int, random_crop: bool, rng: random.Random
+) -> Image.Image:
+    """Resize the shorter side to `resolution`, then crop a square (centre or random)."""
+    width, height = image.size
+    scale = resolution / min(width, height)
+    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    image = image.resize(size, Image.Resampling.BICUBIC)
+    spare_x, spare_y = size[0] - resolution, size[1] - resolution
+    left = rng.randint(0, spare_x) if random_crop else spare_x // 2
+    top = rng.randint(0, spare_y) if random_crop else spare_y // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> torch.Tensor:
+    """(B, C, H, W) in [0, 1] -> (C, rows*(H+p)+p, cols*(W+p)+p), white padding."""
+    count, channels, height, width = images.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    grid = torch.ones(
+        channels, rows * (height + padding) + padding, columns * (width + padding) + padding
+    )
+    for index in range(count):
+        row, column = divmod(index, columns)
+        top, left = padding + row * (height + padding), padding + column * (width + padding)
+        grid[:, top : top + height, left : left + width] = images[index].float().cpu()
+    return grid

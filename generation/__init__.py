@@ -1,0 +1,2 @@
+"""Generation: sampling from a module, class images for prior preservation, and the
+test / predict stages that generate and score."""

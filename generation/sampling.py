@@ -1,0 +1,80 @@
+"""Sampling from a personalization module: a diffusers pipeline over its live components.
+
+Mixed into `PersonalizationModule`, so ``self.vae``, ``self.unet``, ``self.tokenizer``,
+``self.noise_scheduler`` and ``self.encode_text`` are the module's (concept tokens included).
+Sample grids, class images, ``test`` / ``predict`` and exports all sample through here, so
+they agree on the sampler and its settings.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from torch import nn
+
+from generation.schedulers import make_scheduler
+
+
+class SamplingMixin:
+    """``generate`` and the pipelines it builds, for `PersonalizationModule`."""
+
+    def pipeline(self) -> StableDiffusionPipeline:
+        """A diffusers pipeline over this module's live components (DDIM sampling)."""
+        pipe = self.ddim_pipeline(self.text_encoder)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def ddim_pipeline(self, text_encoder: nn.Module) -> StableDiffusionPipeline:
+        """This module's components with `text_encoder` and DDIM, so sampling and export agree."""
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        seed: int = 0,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 6.0,
+        resolution: int | None = None,
+        negative_prompt: str = "",
+        seeds: list[int] | None = None,
+        scheduler: str | None = None,
+    ) -> torch.Tensor:
+        """Images in [0, 1], shape (B, 3, H, W); image i uses seed + i (or seeds[i]).
+
+        ``scheduler`` names a sampler of generation/schedulers.py (None: the pipeline's DDIM).
+        """
+        size = resolution or self.unet.config.sample_size * self.vae_scale_factor
+        positive = self.encode_text(prompts).conditioning
+        negative = self.encode_text([negative_prompt] * len(prompts)).conditioning
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one each.")
+        seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        pipe = self.pipeline()
+        if scheduler is not None:
+            pipe.scheduler = make_scheduler(scheduler, self.noise_scheduler.config)
+        images = pipe(
+            prompt_embeds=positive,
+            negative_prompt_embeds=negative,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=size,
+            width=size,
+            generator=generators,
+            output_type="pt",
+        ).images
+        return images.float().clamp(0, 1)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)

@@ -1,0 +1,1 @@
+"""Attention processors: capture of cross-attention maps, and XTI/P+ per-layer conditioning."""

@@ -1,0 +1,1 @@
+"""The MLM contextualizer (diverse context): the network and its saved form."""

@@ -1,0 +1,35 @@
+"""What one training step computed, handed to every regularizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from models.components.text.encoding import TextEncoding
+    from models.components.text.requests import TextRequest
+
+
+@dataclass
+class StepRecord:
+    """Tensors of one denoising step. Shapes: latents (B, C, h, w); timesteps (B,);
+    encoder_hidden_states (B, L, D); loss_mask (B, 1, h, w) at latent resolution."""
+
+    latents: torch.Tensor
+    noisy_latents: torch.Tensor
+    timesteps: torch.Tensor
+    noise: torch.Tensor
+    target: torch.Tensor
+    model_pred: torch.Tensor
+    encoder_hidden_states: torch.Tensor
+    input_ids: torch.Tensor
+    loss_mask: torch.Tensor
+    batch: dict[str, Any]
+    # Prior preservation: the class half of the same UNet call (None when it is off);
+    # the fields above stay the instance half, which is what regularizers see.
+    prior: StepRecord | None = None
+    # Regularizers' text requests with their encodings from the step's text pass, by the
+    # requester's id (see `Regularizer.requested_text`).
+    requested_text: dict[int, list[tuple[TextRequest, TextEncoding]]] = field(default_factory=dict)

@@ -1,0 +1,115 @@
+"""Concept tokens as a small parameter of their own, swapped into the text encoder's lookup.
+
+The tokenizer gains one id per concept vector, but the 49408x768 embedding matrix is neither
+resized nor trained: ids past the base vocabulary read from a small table instead. Only that
+table receives gradients, so no weight decay or DDP all-reduce touches the frozen rows.
+A concept with ``num_vectors`` > 1 is written as ``<v1>`` in prompts and expanded to
+``<v1> <v1>_1 ...`` (diffusers' naming, so its textual-inversion loader reads our exports).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from core.concept import ConceptSpec, token_pattern, vector_token_names
+
+
+class ConceptEmbedding(nn.Module):
+    """Token embedding lookup: base ids from the frozen matrix, new ids from ``vectors``."""
+
+    def __init__(self, base: nn.Embedding, num_vectors: int) -> None:
+        super().__init__()
+        self.base = base
+        self.base_vocab_size = base.num_embeddings
+        self.vectors = nn.Parameter(torch.zeros(num_vectors, base.embedding_dim))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The frozen matrix, for code that reads ``token_embedding.weight`` (e.g. its dtype)."""
+        return self.base.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        is_new = input_ids >= self.base_vocab_size
+        embeds = self.base(input_ids.clamp(max=self.base_vocab_size - 1))
+        if not bool(is_new.any()):
+            return embeds
+        rows = (input_ids - self.base_vocab_size).clamp(min=0)
+        new = self.vectors[rows].to(embeds.dtype)
+        return torch.where(is_new.unsqueeze(-1), new, embeds)
+
+
+class ConceptTokens:
+    """Adds concept tokens to a tokenizer and text encoder and expands them in prompts."""
+
+    def __init__(
+        self,
+        tokenizer: CLIPTokenizer,
+        text_encoder: CLIPTextModel,
+        concepts: list[ConceptSpec],
+        num_vectors: int = 1,
+    ) -> None:
+        if num_vectors < 1:
+            raise ValueError(f"num_vectors must be >= 1, got {num_vectors}.")
+        if not concepts:
+            raise ValueError("At least one concept is needed (a token and a class word).")
+        self.tokenizer = tokenizer
+        self.concepts = list(concepts)
+        self.num_vectors = num_vectors
+        self._check_tokens_are_new()
+        init_ids = [self._single_token_id(c.initializer, c) for c in self.concepts]
+        names = [n for c in self.concepts for n in vector_token_names(c.token, num_vectors)]
+        tokenizer.add_tokens(names)
+        ids = tokenizer.convert_tokens_to_ids(names)
+        base = text_encoder.get_input_embeddings()
+        first = base.num_embeddings
+        if ids != list(range(first, first + len(ids))):
+            raise ValueError(
+                f"New token ids {ids[:3]}... do not follow the text encoder's {first} embedding "
+                "rows; the tokenizer and text encoder of this model disagree in size."
+            )
+        self.embedding = ConceptEmbedding(base, len(names))
+        with torch.no_grad():
+            init = base.weight[torch.tensor(init_ids)].repeat_interleave(num_vectors, dim=0)
+            self.embedding.vectors.copy_(init.float())
+        text_encoder.set_input_embeddings(self.embedding)
+        self._pattern = token_pattern([c.token for c in self.concepts])
+
+    def _check_tokens_are_new(self) -> None:
+        vocab = self.tokenizer.get_vocab()
+        seen: set[str] = set()
+        for concept in self.concepts:
+            for name in vector_token_names(concept.token, self.num_vectors):
+                # CLIP's vocabulary holds whole words as "dog</w>": a bare "dog" is taken too.
+                if name in vocab or f"{name}</w>" in vocab or name in seen:
+                    raise ValueError(
+                        f"Concept token {name!r} already exists in the tokenizer; pick a token "
+                        "that is not a word of the vocabulary, e.g. '<v1>' or 'sks-new'."
+                    )
+                seen.add(name)
+            if len(self.tokenizer.tokenize(concept.token)) < 1:
+                raise ValueError(f"Concept token {concept.token!r} is empty.")
+
+    def _single_token_id(self, word: str, concept: ConceptSpec) -> int:
+        ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise ValueError(
+                f"Initializer word {word!r} of concept {concept.token!r} is {len(ids)} tokens; it "
+                "must be a single token of the tokenizer. Set initializer_word to a one-token word "
+                "(the class word usually is)."
+            )
+        return ids[0]
+
+    def expand(self, prompt: str) -> str:
+        """Write each multi-vector concept token as its n tokenizer entries."""
+        if self.num_vectors == 1:
+            return prompt
+        return self._pattern.sub(
+            lambda m: " ".join(vector_token_names(m.group(0), self.num_vectors)), prompt
+        )
+
+    def vectors_of(self, concept_index: int) -> torch.Tensor:
+        """The learned vectors of one concept, shape (num_vectors, dim)."""
+        start = concept_index * self.num_vectors
+        return self.embedding.vectors[start : start + self.num_vectors]

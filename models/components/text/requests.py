@@ -1,0 +1,85 @@
+"""Text a regularizer needs encoded each step, folded into the step's own text-encoder call.
+
+PDLoss encodes the concept phrase and MLM its masked rich prompts every step, with gradient to
+the concept tokens. On a small text encoder each extra call costs more in fixed overhead (a
+call, a backward graph) than in arithmetic, so the base module stacks these rows under the
+step's prompts and runs the text encoder once (`PersonalizationModule.encode_step_text`).
+A request's rows are padded to the stacked width after their own end-of-text: CLIP's text
+encoder is causal, so a row's states up to its end-of-text do not depend on what follows, and
+the encoding handed back is cut to the request's own width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from models.components.text.encoding import TextEncoding
+
+if TYPE_CHECKING:
+    from models.base import PersonalizationModule
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """Token ids (n, L) to encode, as ``PersonalizationModule.tokenize`` makes them (possibly
+    cut after the end-of-text, or with tokens replaced).
+
+    extra_vectors (k, D): ids ``len(tokenizer) + j`` embed as row j for these rows only (MLM's
+    frozen ``[MASK]``). with_grad False: the encoding comes back detached (targets, cache fills).
+    note: anything the requester wants back with the encoding (e.g. MLM's masked positions).
+    Rows holding a concept token come one per batch sample, in batch order (VisualEncoder
+    gives row j the vectors of sample j mod batch size).
+    """
+
+    input_ids: torch.Tensor
+    extra_vectors: torch.Tensor | None = None
+    with_grad: bool = True
+    note: Any = None
+
+
+def encode_request(module: PersonalizationModule, request: TextRequest) -> TextEncoding:
+    """One request on its own (one text-encoder call), for paths that cannot fold."""
+    with torch.set_grad_enabled(request.with_grad and torch.is_grad_enabled()):
+        return module.encode_token_ids(request.input_ids, request.extra_vectors)
+
+
+def stack_requests(
+    main_ids: torch.Tensor, requests: list[TextRequest], pad_token_id: int, first_extra_id: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(ids of the main rows then every request's, padded to the main width; their extra
+    vectors, each request's extra ids shifted past the previous requests' vectors)."""
+    width = main_ids.shape[1]
+    rows, vectors, offset = [main_ids], [], 0
+    for request in requests:
+        ids = request.input_ids
+        if ids.shape[1] > width:
+            raise ValueError(
+                f"A text request is {ids.shape[1]} tokens wide, wider than the step's prompts "
+                f"({width}); cut it to the tokenizer's max_length."
+            )
+        if request.extra_vectors is not None:
+            ids = torch.where(ids >= first_extra_id, ids + offset, ids)
+            vectors.append(request.extra_vectors.reshape(-1, request.extra_vectors.shape[-1]))
+            offset += vectors[-1].shape[0]
+        rows.append(F.pad(ids, (0, width - ids.shape[1]), value=pad_token_id))
+    return torch.cat(rows), (torch.cat(vectors) if vectors else None)
+
+
+def split_requests(
+    stacked: TextEncoding, main_rows: int, requests: list[TextRequest]
+) -> tuple[TextEncoding, list[TextEncoding]]:
+    """The stacked call's encoding back into the main rows' and each request's own."""
+    main = TextEncoding(stacked.hidden_states[:main_rows], stacked.input_ids[:main_rows])
+    parts, start = [], main_rows
+    for request in requests:
+        rows, width = request.input_ids.shape
+        hidden = stacked.hidden_states[start : start + rows, :width]
+        parts.append(
+            TextEncoding(hidden if request.with_grad else hidden.detach(), request.input_ids)
+        )
+        start += rows
+    return main, parts

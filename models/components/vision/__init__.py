@@ -1,0 +1,1 @@
+"""VisualEncoder's subject encoder (CLIP vision tower + Q-Former-style mapper)."""

@@ -1,0 +1,2 @@
+"""LightningModules that train helpers for the regularizers, not concepts (the MLM
+contextualizers pretraining)."""

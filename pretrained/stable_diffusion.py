@@ -1,0 +1,49 @@
+"""Load Stable Diffusion's components with the ordinary ``from_pretrained`` code path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from pretrained.tiny_sd import TINY_MODEL_NAME, resolve_pretrained
+
+
+@dataclass
+class StableDiffusionComponents:
+    """The parts of a Stable Diffusion pipeline that personalization touches."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler
+
+
+def load_components(
+    name_or_path: str, revision: str | None = None, variant: str | None = None
+) -> StableDiffusionComponents:
+    """Load from a hub id, a local diffusers folder, or ``tiny-sd`` (built offline on demand)."""
+    path = resolve_pretrained(name_or_path)
+    try:
+        return StableDiffusionComponents(
+            tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision),
+            text_encoder=CLIPTextModel.from_pretrained(
+                path, subfolder="text_encoder", revision=revision, variant=variant
+            ),
+            vae=AutoencoderKL.from_pretrained(
+                path, subfolder="vae", revision=revision, variant=variant
+            ),
+            unet=UNet2DConditionModel.from_pretrained(
+                path, subfolder="unet", revision=revision, variant=variant
+            ),
+            noise_scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler"),
+        )
+    except (OSError, ValueError) as error:
+        raise OSError(
+            f"Could not load a Stable Diffusion pipeline from {name_or_path!r}: {error}\n"
+            "Give a local folder in diffusers layout (tokenizer/, text_encoder/, vae/, unet/, "
+            "scheduler/), a hub id that is already in the local Hugging Face cache (downloads "
+            f"need network), or {TINY_MODEL_NAME!r} for the tiny offline test pipeline."
+        ) from error
