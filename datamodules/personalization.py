@@ -1,4 +1,9 @@
-"""The one DataModule: instance images of one or more concepts, prompts, augmentation."""
+"""The one DataModule: instance images of one or more concepts, prompts, augmentation.
+
+A little over 300 lines because the DataModule is the one place a config's data options are
+read and checked; the parts it assembles (images, prompts, transforms, sampler, batch extras)
+each live in their own file beside it.
+"""
 
 from __future__ import annotations
 

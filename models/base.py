@@ -3,7 +3,12 @@
 A baseline subclass says only what differs: which parameters train (``trainable_groups``) and
 how they are saved (``export``). The base loads Stable Diffusion, freezes it, injects the concept
 tokens, caches instance latents, runs one denoising step into a `StepRecord`, and adds the
-weighted regularizers to the denoising loss.
+weighted regularizers to the denoising loss. The text path, the optimizer and checkpoint hooks,
+sampling and the test/predict stages come from mixins (models/components/, generation/).
+
+Longer than most files (~360 lines) on purpose: the constructor's documented options, the
+denoising step and the lifecycle hooks that order it (setup -> data requests -> prefill)
+are the contract every baseline and regularizer relies on, and read best in one place.
 """
 
 from __future__ import annotations
@@ -23,18 +28,13 @@ from generation.class_images import prepare_class_images
 from generation.evaluation import EvaluationMixin, EvaluationSettings
 from generation.sampling import SamplingMixin
 from losses.base import Regularizer
+from models.components.optimization import OptimizationMixin
 from models.components.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
 from models.components.step_record import StepRecord
 from models.components.text.concept_tokens import ConceptTokens
-from models.components.text.encoding import TextEncoding, tokenize_padded
-from models.components.text.extra_vectors import extra_vectors_in
 from models.components.text.projection import default_clip_for, load_text_projection
-from models.components.text.requests import (
-    TextRequest,
-    encode_request,
-    split_requests,
-    stack_requests,
-)
+from models.components.text.requests import TextRequest
+from models.components.text.text_path import TextPathMixin
 from pretrained.stable_diffusion import load_components
 
 
@@ -42,7 +42,9 @@ def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4)
 
 
-class PersonalizationModule(SamplingMixin, EvaluationMixin, L.LightningModule):
+class PersonalizationModule(
+    TextPathMixin, OptimizationMixin, SamplingMixin, EvaluationMixin, L.LightningModule
+):
     """Shared training step of all baselines; see the module docstring."""
 
     def __init__(
@@ -141,55 +143,6 @@ class PersonalizationModule(SamplingMixin, EvaluationMixin, L.LightningModule):
         return ()
 
     # ----- documented methods regularizers may call ------------------------------------------
-    def encode_text(self, prompts: list[str]) -> TextEncoding:
-        """Encode prompts with the concept tokens injected (gradients reach trained vectors)."""
-        return self.encode_token_ids(self.tokenize(prompts))
-
-    def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        """Padded token ids (B, max_length) on the module's device, concept tokens expanded."""
-        expanded = [self.concept_tokens.expand(p) for p in prompts]
-        return tokenize_padded(self.tokenizer, expanded, self.device)
-
-    def encode_token_ids(
-        self, input_ids: torch.Tensor, extra_vectors: torch.Tensor | None = None
-    ) -> TextEncoding:
-        """The text path of `encode_text` from token ids (MLM masks tokens, not words).
-
-        ``extra_vectors`` (n, D): for this call, the ids ``len(self.tokenizer) + k`` embed as
-        row k (MLM's frozen ``[MASK]`` vector), swapped into the lookup like concept tokens.
-        """
-        if extra_vectors is None:
-            hidden = self.text_encoder(input_ids).last_hidden_state
-        else:
-            with extra_vectors_in(self.text_encoder, len(self.tokenizer), extra_vectors):
-                hidden = self.text_encoder(input_ids).last_hidden_state
-        return TextEncoding(hidden_states=hidden, input_ids=input_ids)
-
-    def encode_step_text(
-        self, prompts: list[str], requests: list[TextRequest]
-    ) -> tuple[TextEncoding, list[TextEncoding]]:
-        """The step's prompts and the regularizers' text requests, in one text-encoder call.
-
-        Requests without gradient are stacked last (they hold no concept token), so the rows
-        that do keep their batch order. A baseline with its own text path (XTI's per-layer
-        encoder) encodes each request on its own through ``encode_token_ids`` instead.
-        """
-        own_path = (
-            type(self).encode_text is not PersonalizationModule.encode_text
-            or type(self).encode_token_ids is not PersonalizationModule.encode_token_ids
-        )
-        if not requests or own_path:
-            return self.encode_text(prompts), [encode_request(self, r) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: not requests[i].with_grad)
-        ordered = [requests[i] for i in order]
-        main_ids = self.tokenize(prompts)
-        pad = self.tokenizer.pad_token_id
-        pad = self.tokenizer.eos_token_id if pad is None else pad  # CLIP pads with end-of-text
-        ids, vectors = stack_requests(main_ids, ordered, pad, len(self.tokenizer))
-        main, parts = split_requests(self.encode_token_ids(ids, vectors), len(prompts), ordered)
-        by_request = dict(zip(order, parts))
-        return main, [by_request[i] for i in range(len(requests))]
-
     def predict_noise(
         self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, encoder_states: torch.Tensor
     ) -> torch.Tensor:
@@ -411,47 +364,3 @@ class PersonalizationModule(SamplingMixin, EvaluationMixin, L.LightningModule):
                 component.eval()
         return self
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        groups = self.trainable_groups()
-        unknown = set(self.learning_rates) - set(groups)
-        if unknown:
-            raise ValueError(
-                f"learning_rates names groups {sorted(unknown)} that {type(self).__name__} does "
-                f"not have; its groups are {sorted(groups)}."
-            )
-        param_groups = [{"params": params, "name": name} for name, params in groups.items()]
-        for group in param_groups:
-            if group["name"] in self.learning_rates:
-                group["lr"] = self.learning_rates[group["name"]]
-        optimizer = self.optimizer_factory(param_groups)
-        factor = self._lr_scale_factor() if self.scale_lr else 1.0
-        for group in optimizer.param_groups:
-            group["lr"] *= factor
-        warmup = max(self.lr_warmup_steps, 0)
-        if self.lr_scheduler_factory is not None:
-            schedule = self.lr_scheduler_factory(optimizer)
-        else:
-            schedule = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-            )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def _lr_scale_factor(self) -> float:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        batch_size = getattr(datamodule, "batch_size", 1)
-        return float(batch_size * self.trainer.accumulate_grad_batches * self.trainer.world_size)
-
-    def trainable_state_keys(self) -> set[str]:
-        return {name for name, p in self.named_parameters() if p.requires_grad}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keep = self.trainable_state_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        missing = self.trainable_state_keys() - set(checkpoint["state_dict"])
-        if missing:
-            raise KeyError(
-                f"Checkpoint lacks {len(missing)} trained weights of {type(self).__name__} "
-                f"(e.g. {sorted(missing)[:3]}); was it written by another baseline or config?"
-            )

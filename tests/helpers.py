@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from PIL import Image
 
 from datamodules.personalization import PersonalizationDataModule
 from models.base import PersonalizationModule
@@ -74,9 +76,6 @@ CLASS_PROMPT = "a photo of a toy"
 def write_class_folder(folder: Path, count: int = 3, size: tuple[int, int] = (48, 40)) -> Path:
     """Prior preservation's class images without generating them: solid colours with a white
     left edge (so crops, flips and which image was chosen are visible), ``img-<i>.png``."""
-    import numpy as np
-    from PIL import Image
-
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
@@ -85,3 +84,11 @@ def write_class_folder(folder: Path, count: int = 3, size: tuple[int, int] = (48
         array[:, : size[0] // 4] = 255
         Image.fromarray(array).save(folder / f"img-{index}.png")
     return folder
+
+
+def gradient_image(width: int, height: int) -> Image.Image:
+    """An RGB image whose every pixel differs (crops and resizes show in the values)."""
+    xs = np.linspace(0, 255, width, dtype=np.float32)[None, :].repeat(height, 0)
+    ys = np.linspace(0, 255, height, dtype=np.float32)[:, None].repeat(width, 1)
+    rgb = np.stack([xs, ys, 255 - xs], -1).round().astype(np.uint8)
+    return Image.fromarray(rgb, "RGB")

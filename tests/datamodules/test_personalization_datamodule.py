@@ -1,4 +1,8 @@
-"""PersonalizationDataModule and InstanceDataset: batches, determinism, rescale, resume."""
+"""PersonalizationDataModule and InstanceDataset: batches, determinism, rescale, resume.
+
+One file for the DataModule's options as a user sets them (~360 lines); the parts it builds on
+have their own test files beside this one.
+"""
 
 from __future__ import annotations
 

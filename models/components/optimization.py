@@ -1,0 +1,62 @@
+"""Optimizer groups, learning-rate scaling and schedule, and checkpoints that hold only what
+trains: the parts of `PersonalizationModule` that Lightning calls around the step.
+
+Mixed into the module (``self.trainable_groups``, ``self.learning_rates``, ``self.trainer``
+are the module's). A checkpoint keeps the trained weights plus optimizer and loop state, so it
+stays small and still resumes exactly (``strict_loading`` is off on the module).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class OptimizationMixin:
+    """``configure_optimizers`` and the checkpoint hooks of `PersonalizationModule`."""
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = self.trainable_groups()
+        unknown = set(self.learning_rates) - set(groups)
+        if unknown:
+            raise ValueError(
+                f"learning_rates names groups {sorted(unknown)} that {type(self).__name__} does "
+                f"not have; its groups are {sorted(groups)}."
+            )
+        param_groups = [{"params": params, "name": name} for name, params in groups.items()]
+        for group in param_groups:
+            if group["name"] in self.learning_rates:
+                group["lr"] = self.learning_rates[group["name"]]
+        optimizer = self.optimizer_factory(param_groups)
+        factor = self._lr_scale_factor() if self.scale_lr else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+        warmup = max(self.lr_warmup_steps, 0)
+        if self.lr_scheduler_factory is not None:
+            schedule = self.lr_scheduler_factory(optimizer)
+        else:
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _lr_scale_factor(self) -> float:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        batch_size = getattr(datamodule, "batch_size", 1)
+        return float(batch_size * self.trainer.accumulate_grad_batches * self.trainer.world_size)
+
+    def trainable_state_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = self.trainable_state_keys() - set(checkpoint["state_dict"])
+        if missing:
+            raise KeyError(
+                f"Checkpoint lacks {len(missing)} trained weights of {type(self).__name__} "
+                f"(e.g. {sorted(missing)[:3]}); was it written by another baseline or config?"
+            )

@@ -1,0 +1,73 @@
+"""The prompt -> encoder-states path of every baseline, concept tokens injected.
+
+Mixed into `PersonalizationModule` (``self.tokenizer``, ``self.text_encoder``,
+``self.concept_tokens`` and ``self.device`` are the module's). These are documented methods a
+regularizer may call; the step's prompts and the regularizers' text requests share one
+text-encoder call through ``encode_step_text``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.components.text.encoding import TextEncoding, tokenize_padded
+from models.components.text.extra_vectors import extra_vectors_in
+from models.components.text.requests import (
+    TextRequest,
+    encode_request,
+    split_requests,
+    stack_requests,
+)
+
+
+class TextPathMixin:
+    """``encode_text``, ``tokenize``, ``encode_token_ids`` and ``encode_step_text``."""
+
+    def encode_text(self, prompts: list[str]) -> TextEncoding:
+        """Encode prompts with the concept tokens injected (gradients reach trained vectors)."""
+        return self.encode_token_ids(self.tokenize(prompts))
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """Padded token ids (B, max_length) on the module's device, concept tokens expanded."""
+        expanded = [self.concept_tokens.expand(p) for p in prompts]
+        return tokenize_padded(self.tokenizer, expanded, self.device)
+
+    def encode_token_ids(
+        self, input_ids: torch.Tensor, extra_vectors: torch.Tensor | None = None
+    ) -> TextEncoding:
+        """The text path of `encode_text` from token ids (MLM masks tokens, not words).
+
+        ``extra_vectors`` (n, D): for this call, the ids ``len(self.tokenizer) + k`` embed as
+        row k (MLM's frozen ``[MASK]`` vector), swapped into the lookup like concept tokens.
+        """
+        if extra_vectors is None:
+            hidden = self.text_encoder(input_ids).last_hidden_state
+        else:
+            with extra_vectors_in(self.text_encoder, len(self.tokenizer), extra_vectors):
+                hidden = self.text_encoder(input_ids).last_hidden_state
+        return TextEncoding(hidden_states=hidden, input_ids=input_ids)
+
+    def encode_step_text(
+        self, prompts: list[str], requests: list[TextRequest]
+    ) -> tuple[TextEncoding, list[TextEncoding]]:
+        """The step's prompts and the regularizers' text requests, in one text-encoder call.
+
+        Requests without gradient are stacked last (they hold no concept token), so the rows
+        that do keep their batch order. A baseline with its own text path (XTI's per-layer
+        encoder) encodes each request on its own through ``encode_token_ids`` instead.
+        """
+        own_path = (
+            type(self).encode_text is not TextPathMixin.encode_text
+            or type(self).encode_token_ids is not TextPathMixin.encode_token_ids
+        )
+        if not requests or own_path:
+            return self.encode_text(prompts), [encode_request(self, r) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: not requests[i].with_grad)
+        ordered = [requests[i] for i in order]
+        main_ids = self.tokenize(prompts)
+        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.eos_token_id if pad is None else pad  # CLIP pads with end-of-text
+        ids, vectors = stack_requests(main_ids, ordered, pad, len(self.tokenizer))
+        main, parts = split_requests(self.encode_token_ids(ids, vectors), len(prompts), ordered)
+        by_request = dict(zip(order, parts))
+        return main, [by_request[i] for i in range(len(requests))]
