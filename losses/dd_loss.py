@@ -2,14 +2,23 @@
 
     L_dd = mean over the batch of  w_t | ||e(cp,cg) - e(cp)||^2 + ||e(cp,cg) - sg e(cg)||^2
                                          - ||e(cp,cg) - sg e(empty)||^2 |
-    w_t  = (t / T) beta_t / (2 alpha_t (1 - alphabar_{t-1})),   w_0 = 0
+    w_t  = (t / T) beta_t / (2 alpha_t (1 - alphabar_{t-1})),   w_1 = 0
+
+t is the paper's 1-based step (t = k + 1 for the scheduler's index k = 0..T-1): the same t in
+the linear weight and in the posterior factor, whose t = 1 (k = 0) has zero variance and is
+guarded (``time_weight: index`` keeps the earlier k / T).
 
 e(c) = eps_theta(x_t, c, t) on the step's own noisy latents and timesteps (the paper's x_t
 stand-in for x_theta,t); (cp, cg) is the full caption, cp the concept phrase, cg the caption
 without it, empty the empty prompt; sg = stop-gradient, as in the paper (following SuDe) so the
 model's prior for cg and the unconditional branch is not damaged. The weight is the paper's
 linear t/T times 1/(2 sigma_t^2) written in epsilon space (see ``losses/epsilon_space.py``),
-which is also where t = 0 is guarded. ``stop_concept_gradient`` stops the cp pass too.
+which is also where t = 1 is guarded. ``stop_concept_gradient`` stops the cp pass too.
+
+Scale: the paper writes ||.||^2 of its Gaussian derivation but gives no reduction; its
+weights (0.1 to 0.3) follow SuDe's code, which ACCORD adopts and which takes the mean over
+latent elements. So ``reduction: mean`` is the default; ``sum`` (the Gaussian's own norm) is
+h * w * C times larger (16,384x at SD 1.5's 64x64x4 latents) and needs weights scaled down.
 
 Cost: the extra conditions run as two batched UNet calls, one with gradient (full and cp) and
 one without (cg and empty; cp too when stopped). When the full caption is the step's own prompt
@@ -19,7 +28,7 @@ it is reused instead of run again.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -35,6 +44,8 @@ from models.components.step_record import StepRecord
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule
+
+TimeWeight = Literal["paper", "index"]
 
 
 def run_conditions(
@@ -57,21 +68,27 @@ class DenoisingDecoupleLoss(Regularizer):
         self,
         weight: float = 0.2,
         stop_concept_gradient: bool = False,
-        reduction: Reduction = "sum",
+        reduction: Reduction = "mean",
+        time_weight: TimeWeight = "paper",
     ) -> None:
         """
         Args:
             weight: ACCORD uses 0.1 to 0.3 (Appendix A.4).
             stop_concept_gradient: also stop the gradient of the cp pass (the paper stops cg
                 and empty only).
-            reduction: ``sum`` over latent elements (the Gaussian log density the derivation
-                uses) or ``mean`` (a per-element scale, independent of the latent size).
+            reduction: ``mean`` over latent elements (SuDe's code, which ACCORD follows; the
+                scale the paper's weights are for) or ``sum`` (the Gaussian's own norm).
+            time_weight: ``paper``: (k + 1) / T for scheduler index k, the paper's 1-based t
+                (the posterior factor's own t); ``index``: k / T.
         """
         super().__init__(weight)
         if reduction not in ("sum", "mean"):
             raise ValueError(f"DDLoss reduction must be 'sum' or 'mean', got {reduction!r}.")
         self.stop_concept_gradient = stop_concept_gradient
+        if time_weight not in ("paper", "index"):
+            raise ValueError(f"DDLoss time_weight must be 'paper' or 'index', got {time_weight!r}.")
         self.reduction: Reduction = reduction
+        self.time_weight: TimeWeight = time_weight
         self.cache = FrozenPromptCache()
 
     def prepare(self, module: PersonalizationModule) -> None:
@@ -111,6 +128,7 @@ class DenoisingDecoupleLoss(Regularizer):
             - squared_distance(e_full, e_empty, self.reduction)
         )
         steps = module.noise_scheduler.config.num_train_timesteps
-        weight = record.timesteps.float() / steps
+        step = record.timesteps.float() + (1.0 if self.time_weight == "paper" else 0.0)
+        weight = step / steps
         weight = weight * posterior_weight(module.noise_scheduler, record.timesteps)
         return (weight * distance.abs()).mean()

@@ -2,31 +2,32 @@
 
 SuDe (Qiao et al., CVPR 2024) makes the subject a derived class of its superclass: the image
 denoised under the subject prompt c_sub ("a photo of a <v1> dog") should still be classified
-as the superclass c_sup ("a photo of a dog"), with the diffusion model as the implicit
-classifier. Bayes on one reverse step, with the denoised x_{t-1} = mu(x_t, c_sub):
+as the superclass c_cls ("a photo of a dog"), with the diffusion model as the implicit
+classifier. Bayes on one reverse step gives -log p(c_cls | x_{t-1}) up to a constant as
 
-    log p(c_sup | x_{t-1}) = log p(c_sup | x_t)
-        - [||x_{t-1} - mu(x_t, c_sup)||^2 - ||x_{t-1} - mu(x_t, empty)||^2] / (2 sigma_t^2)
+    l = [ mean (mu_sub - mu_cls)^2 - mean (mu_sub - mu_0)^2 ] / (2 sigma_t^2 + 1e-6)
 
-which in epsilon space (``losses/epsilon_space.py``) gives the formula used here:
+computed, as the authors' code does (``p_losses`` / ``prob_loss_func_class`` of their
+ldm ``ddpm.py``), on posterior means mu = coef1[t] x_0 + coef2[t] x_t of one x_t per sample:
+mu_sub from the step's own prediction (with gradient, x_0 unclamped), mu_cls and mu_0 from the
+superclass and unconditional ("") passes without gradient, their x_0 clamped to [-1, 1];
+the means run over all elements, batch included; sigma_t^2 is the posterior variance. The
+loss is truncated against the same quantity with mu_cls in place of mu_sub,
+l_ref = -mean (mu_cls - mu_0)^2 / (2 sigma_t^2 + 1e-6) (what the superclass itself scores),
+and rescaled by 1 / coef1[t]:
 
-    L_sude = mean over the batch of  R( rho_t [ ||e(c_sub) - sg e(c_sup)||^2
-                                               - ||e(c_sub) - sg e(empty)||^2 ] )
-    rho_t  = beta_t / (2 alpha_t (1 - alphabar_{t-1})),   rho_0 = 0
+    L_sude = 1[l > l_ref] * l / coef1[t]        (mean over the batch; the authors use batch 1)
 
-i.e. -log p(c_sup | x_{t-1}) up to the constant -log p(c_sup | x_t). e(c_sub) is the step's own
-prediction (with its gradient); the superclass and empty passes run together without gradient
-(sg), which ACCORD adopts from SuDe. R is SuDe's loss truncation: where the classifier already
-gives p(c_sup | x_{t-1}) >= tau, i.e. L <= -log tau, the sample adds 0; without it the second
-term would reward pushing e(c_sub) ever further from the unconditional prediction. The paper's
-tau is not in our sources; the default tau = 1 (stop once the step no longer lowers the
-superclass probability) is our choice, ``truncation: null`` turns it off.
+Their recipe (``configs/sude/dreambooth.yaml``): weight 0.4 on DreamBooth with prior
+preservation 2.0, lr 1e-6, batch 1, 800 steps. Options keep the earlier choices: truncation
+at ``zero`` (l > 0) or ``none``, no clamp, no 1/coef1, and a per-sample ``sum`` over latent
+elements instead of the mean (with all three off, l is the epsilon-space form
+beta_t / (2 alpha_t (1 - alphabar_{t-1})) [||e_sub - e_cls||^2 - ||e_sub - e_0||^2]).
 """
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -35,14 +36,17 @@ from losses.dd_loss import run_conditions
 from losses.epsilon_space import (
     Reduction,
     check_epsilon_prediction,
-    posterior_weight,
-    squared_distance,
+    posterior_mean,
+    posterior_terms,
 )
 from losses.prompt_cache import FrozenPromptCache, possible_texts
 from models.components.step_record import StepRecord
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule
+
+Truncation = Literal["reference", "zero", "none"]
+VARIANCE_FLOOR = 1e-6  # the authors' guard: sigma_t^2 = 0 at t = 0
 
 
 class SubjectDerivedLoss(Regularizer):
@@ -53,22 +57,32 @@ class SubjectDerivedLoss(Regularizer):
 
     def __init__(
         self,
-        weight: float = 1.0,
-        truncation: float | None = 1.0,
-        reduction: Reduction = "sum",
+        weight: float = 0.4,
+        truncation: Truncation = "reference",
+        clamp_x0: bool = True,
+        divide_by_coef1: bool = True,
+        reduction: Reduction = "mean",
     ) -> None:
         """
         Args:
-            weight: the loss weight.
-            truncation: tau; samples with p(c_sup | x_{t-1}) >= tau add 0 (None: no truncation).
-            reduction: ``sum`` over latent elements (the Gaussian's norm) or ``mean``.
+            weight: the authors' ``sude_weight`` is 0.4.
+            truncation: ``reference`` (authors): a sample adds l only where l > l_ref;
+                ``zero``: only where l > 0; ``none``: always.
+            clamp_x0: clamp the superclass and unconditional x_0 to [-1, 1] (authors).
+            divide_by_coef1: divide by the posterior mean's x_0 coefficient (authors).
+            reduction: ``mean`` over all elements, batch included (authors), or ``sum`` over
+                each sample's latent elements (the Gaussian's own norm).
         """
         super().__init__(weight)
-        if truncation is not None and truncation <= 0:
-            raise ValueError(f"SuDe truncation is a probability > 0, got {truncation}.")
+        if truncation not in ("reference", "zero", "none"):
+            raise ValueError(
+                f"SuDe truncation must be 'reference', 'zero' or 'none', got {truncation!r}."
+            )
         if reduction not in ("sum", "mean"):
             raise ValueError(f"SuDe reduction must be 'sum' or 'mean', got {reduction!r}.")
-        self.truncation = truncation
+        self.truncation: Truncation = truncation
+        self.clamp_x0 = clamp_x0
+        self.divide_by_coef1 = divide_by_coef1
         self.reduction: Reduction = reduction
         self.cache = FrozenPromptCache()
 
@@ -79,16 +93,30 @@ class SubjectDerivedLoss(Regularizer):
         """Encode every superclass prompt the DataModule can give and the empty one, once."""
         self.cache.prefill(module, possible_texts(datamodule, ["superclass_prompts"], also=("",)))
 
+    def squared(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Mean over every element (a scalar), or each sample's sum, shape (B,)."""
+        squared = (a - b).pow(2)
+        return squared.mean() if self.reduction == "mean" else squared.flatten(1).sum(dim=1)
+
     def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
         superclass = list(record.batch["superclass_prompts"])
         with torch.no_grad():
             states = self.cache.encode(module, superclass + [""] * len(superclass)).conditioning
-            e_superclass, e_empty = run_conditions(module, record, states)
-        e_subject = record.model_pred
-        loss = posterior_weight(module.noise_scheduler, record.timesteps) * (
-            squared_distance(e_subject, e_superclass, self.reduction)
-            - squared_distance(e_subject, e_empty, self.reduction)
-        )
-        if self.truncation is not None:
-            loss = torch.where(loss > -math.log(self.truncation), loss, torch.zeros_like(loss))
+            e_class, e_empty = run_conditions(module, record, states)
+        terms = posterior_terms(module.noise_scheduler, record.timesteps)
+        noisy = record.noisy_latents
+        mu_subject = posterior_mean(noisy, record.model_pred, terms, clamp=False)
+        mu_class = posterior_mean(noisy, e_class, terms, clamp=self.clamp_x0)
+        mu_empty = posterior_mean(noisy, e_empty, terms, clamp=self.clamp_x0)
+        denominator = 2.0 * terms.variance + VARIANCE_FLOOR
+        loss = (
+            self.squared(mu_subject, mu_class) - self.squared(mu_subject, mu_empty)
+        ) / denominator
+        if self.truncation == "reference":
+            reference = -self.squared(mu_class, mu_empty) / denominator
+            loss = torch.where(loss > reference, loss, torch.zeros_like(loss))
+        elif self.truncation == "zero":
+            loss = torch.where(loss > 0, loss, torch.zeros_like(loss))
+        if self.divide_by_coef1:
+            loss = loss / terms.coef1
         return loss.mean()

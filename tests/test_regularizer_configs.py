@@ -1,4 +1,4 @@
-"""The ClassDiffusion and ACCORD configs run 3 steps with the tiny overlay and log their losses."""
+"""The ClassDiffusion, ACCORD and SuDe configs run 3 steps on the tiny overlay and log losses."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ CONFIGS = {
     "accord/dreambooth": {"dd"},
     "accord/lora": {"dd"},
     "accord/visual_encoder": {"dd", "pd"},
+    "sude/dreambooth": {"sude"},
 }
 
 

@@ -35,8 +35,12 @@ def setup_case(seed: int = 0, same_full: bool = False):
     return module, record, batch
 
 
-def expected_dd(module: FakeModule, record, batch, reduction: str, reuse: bool) -> float:
-    """Eq. (11) with Eq. (8) in epsilon space, written out per sample in numpy."""
+def expected_dd(
+    module: FakeModule, record, batch, reduction: str, reuse: bool, time_weight: str = "paper"
+) -> float:
+    """Eq. (11) with Eq. (8) in epsilon space, written out per sample in numpy, in the paper's
+    1-based steps: t = k + 1 for scheduler index k, beta_t = betas[k], alphabar_{t-1} the
+    product of the first t - 1 alphas; ``index`` weights with k / T instead of t / T."""
     betas = sd_betas()
     alphas = 1.0 - betas
     x = record.noisy_latents.numpy().astype(np.float64)
@@ -49,28 +53,31 @@ def expected_dd(module: FakeModule, record, batch, reduction: str, reuse: bool) 
         return float((a**2).sum() if reduction == "sum" else (a**2).mean())
 
     total = 0.0
-    for i, t in enumerate(TIMESTEPS):
+    for i, k in enumerate(TIMESTEPS):
+        t = k + 1
         full = record.model_pred[i].numpy() if reuse else eps(batch["caption_full"][i], i)
         d = (
             norm2(full - eps(batch["caption_concept"][i], i))
             + norm2(full - eps(batch["caption_general"][i], i))
             - norm2(full - eps("", i))
         )
-        if t == 0:
+        if t == 1:  # alphabar_0 = 1: zero posterior variance
             weight = 0.0
         else:
-            alphabar_previous = np.prod(alphas[:t])  # alphabar_{t-1}
-            weight = (t / 1000) * betas[t] / (2 * alphas[t] * (1 - alphabar_previous))
+            alphabar_previous = np.prod(alphas[: t - 1])  # alphabar_{t-1}
+            linear = t / 1000 if time_weight == "paper" else k / 1000
+            weight = linear * betas[t - 1] / (2 * alphas[t - 1] * (1 - alphabar_previous))
         total += weight * abs(d)
     return total / len(TIMESTEPS)
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("same_full", [False, True])
-def test_matches_the_papers_formula(reduction: str, same_full: bool) -> None:
+@pytest.mark.parametrize("time_weight", ["paper", "index"])
+def test_matches_the_papers_formula(reduction: str, same_full: bool, time_weight: str) -> None:
     module, record, batch = setup_case(same_full=same_full)
-    loss = DenoisingDecoupleLoss(reduction=reduction)(record, module)
-    expected = expected_dd(module, record, batch, reduction, reuse=same_full)
+    loss = DenoisingDecoupleLoss(reduction=reduction, time_weight=time_weight)(record, module)
+    expected = expected_dd(module, record, batch, reduction, same_full, time_weight)
     assert expected > 0
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-4)
 
@@ -110,6 +117,18 @@ def test_reuses_the_denoising_pass_when_the_caption_is_the_prompt() -> None:
     size = len(TIMESTEPS)
     assert module.unet_calls == [{"size": size, "grad": True}, {"size": 2 * size, "grad": False}]
     assert record.model_pred.grad is not None and record.model_pred.grad.abs().sum() > 0
+
+
+def test_defaults_are_the_element_mean_and_the_papers_t() -> None:
+    loss = DenoisingDecoupleLoss()
+    assert (loss.reduction, loss.time_weight) == ("mean", "paper")
+    # At index k = 1 the weight is 2 / T, not 1 / T: the linear weight and the posterior factor
+    # read the same t.
+    module, record, batch = setup_case()
+    record.timesteps = torch.ones(len(TIMESTEPS), dtype=torch.long)
+    paper = float(DenoisingDecoupleLoss()(record, module))
+    index = float(DenoisingDecoupleLoss(time_weight="index")(record, module))
+    assert paper == pytest.approx(2 * index, rel=1e-5)
 
 
 def test_t_zero_is_guarded() -> None:
