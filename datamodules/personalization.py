@@ -274,6 +274,14 @@ class PersonalizationDataModule(L.LightningDataModule):
                     values[sample[key]] = None
         return list(values)
 
+    def prompt_pools(self, key: str) -> list[list[str]] | None:
+        """Each concept's pool of values for batch key ``key`` when an extra draws it from one
+        (``context_prompts``), else None: a loss that draws its own batch of them per step
+        (MLM's caption batch) reads it once before training."""
+        extra = next((e for e in self.extras if key in e.provides), None)
+        pools = getattr(extra, "pools_as_texts", None)
+        return None if pools is None else pools()
+
     def _dataset(self, augment: bool, repeats: int) -> InstanceDataset:
         return InstanceDataset(
             self.images,

@@ -2,8 +2,12 @@
 
     L_mlm = mean over masked positions m of  -log softmax(psi(Gamma(P_masked)))[m, y_m]
 
-Each step takes the batch's context-rich prompts (``context_prompts``: "a photo of a <v1> dog
-wearing a red scarf, at sunset"), masks each of their tokens with probability rho = 15% -- never
+Each step draws its own caption batch of ``mlm_batch_size`` context-rich prompts ("a photo of
+a <v1> dog wearing a red scarf, at sunset"), independent of the image batch, as the authors'
+code does (25 captions a step; 12 for P+): a concept uniformly, then one of its pool's prompts,
+from the step's generator, so a resumed run draws the same ones (``mlm_batch_size: null``
+takes the image batch's ``context_prompts`` instead, one per sample). It masks each of their
+tokens with probability rho = 15% -- never
 the concept token(s), never the class word, never start/end-of-text or padding -- replacing it
 by the frozen ``[MASK]`` vector, encodes them through the module's personalized text path
 (`PersonalizationModule.encode_token_ids`: concept vectors injected, the text encoder as the
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
     from models.base import PersonalizationModule
 
 MASK_SALT = 5  # step_generator salt of the masking draws (0: training noise, 1: validation)
+CAPTION_SALT = 6  # ... and of the caption batch's draws
 
 
 def protected_sequences(module: PersonalizationModule) -> list[list[int]]:
@@ -86,6 +91,7 @@ class MaskedLanguageModelingLoss(Regularizer):
         weight: float = 1.0e-4,
         mask_probability: float = 0.15,
         contextualizer_dir: str | None = None,
+        mlm_batch_size: int | None = 25,
     ) -> None:
         """
         Args:
@@ -94,11 +100,17 @@ class MaskedLanguageModelingLoss(Regularizer):
             mask_probability: rho, the chance each eligible token is masked (paper: 15%).
             contextualizer_dir: folder with contextualizer.safetensors + .json; None reads the
                 pretraining run's default place for the module's base model.
+            mlm_batch_size: captions drawn per step for this loss (the authors': 25, 12 for
+                P+); None: the image batch's context-rich prompts, one per sample.
         """
         super().__init__(weight)
         if not 0.0 <= mask_probability <= 1.0:
             raise ValueError(f"mask_probability must be in [0, 1], got {mask_probability}.")
+        if mlm_batch_size is not None and mlm_batch_size < 1:
+            raise ValueError(f"mlm_batch_size must be >= 1 (or null), got {mlm_batch_size}.")
         self.mask_probability = mask_probability
+        self.mlm_batch_size = mlm_batch_size
+        self._pools: list[list[str]] | None = None  # each concept's captions, from prefill
         self.contextualizer_dir = contextualizer_dir
         self.contextualizer: Contextualizer | None = None
         self.register_buffer("mask_vector", torch.empty(0), persistent=False)
@@ -132,6 +144,36 @@ class MaskedLanguageModelingLoss(Regularizer):
         self.mask_vector = mask_vector.to(module.device).reshape(1, -1)
         self._loaded_from = folder
 
+    def prefill(self, module: PersonalizationModule, datamodule: Any) -> None:
+        """Read each concept's caption pool once, for the per-step caption batch."""
+        if self.mlm_batch_size is None:
+            return
+        lister = getattr(datamodule, "prompt_pools", None)
+        pools = lister("context_prompts") if lister is not None else None
+        if not pools or not all(pools):
+            raise ValueError(
+                "The mlm loss draws its own caption batch (mlm_batch_size) from the DataModule's "
+                "context-rich prompts, but this DataModule lists none; use the "
+                "PersonalizationDataModule, or set mlm_batch_size: null to use the image batch's."
+            )
+        self._pools = pools
+
+    def caption_batch(self, batch: dict[str, Any], module: PersonalizationModule) -> list[str]:
+        """This step's captions: ``mlm_batch_size`` drawn from the pools (a concept, then one of
+        its captions), or the image batch's own when there is no pool (a hand-built record, or
+        ``mlm_batch_size`` null)."""
+        if self.mlm_batch_size is None or self._pools is None:
+            return list(batch["context_prompts"])
+        generator = module.step_generator(module.global_step, salt=CAPTION_SALT)
+        size, device = self.mlm_batch_size, generator.device
+        concepts = torch.randint(len(self._pools), (size,), generator=generator, device=device)
+        picks = torch.rand(size, generator=generator, device=device)
+        captions = []
+        for concept, pick in zip(concepts.tolist(), picks.tolist()):
+            pool = self._pools[concept]
+            captions.append(pool[min(int(pick * len(pool)), len(pool) - 1)])
+        return captions
+
     def train(self, mode: bool = True) -> MaskedLanguageModelingLoss:
         """psi stays in eval mode (no dropout): it is a fixed scorer, not a trained part."""
         super().train(mode)
@@ -143,10 +185,10 @@ class MaskedLanguageModelingLoss(Regularizer):
     def text_requests(
         self, batch: dict[str, Any], module: PersonalizationModule
     ) -> list[TextRequest]:
-        """The batch's rich prompts, masked (masks drawn from the step's generator), for the
+        """The step's caption batch, masked (masks drawn from the step's generator), for the
         step's text pass; none when nothing was masked."""
         generator = module.step_generator(module.global_step, salt=MASK_SALT)
-        request = self.masked_request(module, list(batch["context_prompts"]), generator)
+        request = self.masked_request(module, self.caption_batch(batch, module), generator)
         return [] if request is None else [request]
 
     def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:

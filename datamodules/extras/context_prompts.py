@@ -55,6 +55,13 @@ class ContextPrompts(SampleExtra):
             pools = [training_templates(category, datamodule.seed) for category in categories]
         return cls(pools, [c.phrase for c in concepts])
 
+    def pools_as_texts(self) -> list[list[str]]:
+        """Each concept's whole pool with its phrase in place (what ``add`` draws from)."""
+        return [
+            [template.format(phrase) for template in pool]
+            for pool, phrase in zip(self.pools, self.phrases, strict=True)
+        ]
+
     def add(self, sample: dict[str, Any], concept_index: int, rng: random.Random) -> None:
         template = rng.choice(self.pools[concept_index])
         sample["context_prompts"] = template.format(self.phrases[concept_index])

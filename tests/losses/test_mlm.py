@@ -210,3 +210,60 @@ def test_missing_contextualizer_names_the_command_before_training(
     explicit = MaskedLanguageModelingLoss(contextualizer_dir=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="point contextualizer_dir at"):
         explicit.prepare(module)
+
+
+def test_caption_batch_is_its_own_draw_of_the_pools(
+    psi_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mlm_batch_size captions per step from the DataModule's pools, the same for any image
+    batch at that step, another at the next step; all masked rows go into one request."""
+    module, mlm = build(psi_dir, mlm_batch_size=25)
+    datamodule = tiny_datamodule()
+    datamodule.request({"context_prompts"}, "test")
+    mlm.prefill(module, datamodule)
+    pool = set(datamodule.prompt_pools("context_prompts")[0])
+    assert len(pool) > 1000
+    loader = iter(datamodule.train_dataloader())
+    first, second = next(loader), next(loader)
+    captions = mlm.caption_batch(first, module)
+    assert len(captions) == 25 and set(captions) <= pool
+    assert len(set(captions)) > 20  # distinct draws from a pool of thousands
+    assert mlm.caption_batch(second, module) == captions  # independent of the image batch
+    requests = mlm.text_requests(first, module)
+    assert len(requests) == 1 and requests[0].input_ids.shape[0] == 25
+    monkeypatch.setattr(type(module), "global_step", property(lambda self: 1))
+    assert mlm.caption_batch(first, module) != captions
+
+
+def test_caption_batch_masks_tokens_at_every_step(psi_dir: Path) -> None:
+    """At the authors' 25 captions no step masks nothing (one rich prompt per image sample at
+    batch 1 did at about 15% of steps)."""
+    module, mlm = build(psi_dir, mlm_batch_size=25)
+    datamodule = tiny_datamodule()
+    datamodule.request({"context_prompts"}, "test")
+    mlm.prefill(module, datamodule)
+    batch = next(iter(datamodule.train_dataloader()))
+    generator = torch.Generator().manual_seed(0)
+    counts = []
+    for _ in range(20):
+        request = mlm.masked_request(module, mlm.caption_batch(batch, module), generator)
+        assert request is not None
+        counts.append(int(request.note[1].sum()))
+    assert min(counts) > 10
+
+
+def test_null_mlm_batch_size_uses_the_image_batch_prompts(psi_dir: Path) -> None:
+    module, mlm = build(psi_dir, mlm_batch_size=None)
+    datamodule = tiny_datamodule()
+    datamodule.request({"context_prompts"}, "test")
+    mlm.prefill(module, datamodule)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert mlm.caption_batch(batch, module) == list(batch["context_prompts"])
+
+
+def test_caption_batch_needs_a_datamodule_with_pools(psi_dir: Path) -> None:
+    module, mlm = build(psi_dir)
+    with pytest.raises(ValueError, match="mlm_batch_size: null"):
+        mlm.prefill(module, object())
+    with pytest.raises(ValueError, match=">= 1"):
+        MaskedLanguageModelingLoss(mlm_batch_size=0)
