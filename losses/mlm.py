@@ -16,6 +16,8 @@ at the masked positions only. Gradients reach what the baseline trains through t
 (the concept tokens; the text encoder for DreamBooth). psi (parameters with requires_grad off)
 and ``[MASK]`` (a non-persistent buffer) are frozen: no gradient, not in the optimizer, not in
 checkpoints, psi always in eval mode. A batch in which nothing was masked adds exactly 0.
+With XTI/P+ each caption is encoded once per cross-attention layer's token (``every_layer``,
+the authors' choice) and the cross-entropy is the mean over all layers' masked positions.
 Cost per step: the masked prompts join the step's own text-encoder call (a text request), then
 one psi pass, its vocabulary-wide head at the masked positions only.
 
@@ -92,6 +94,7 @@ class MaskedLanguageModelingLoss(Regularizer):
         mask_probability: float = 0.15,
         contextualizer_dir: str | None = None,
         mlm_batch_size: int | None = 25,
+        every_layer: bool = True,
     ) -> None:
         """
         Args:
@@ -102,6 +105,9 @@ class MaskedLanguageModelingLoss(Regularizer):
                 pretraining run's default place for the module's base model.
             mlm_batch_size: captions drawn per step for this loss (the authors': 25, 12 for
                 P+); None: the image batch's context-rich prompts, one per sample.
+            every_layer: with XTI/P+, score every cross-attention layer's token variant of
+                each caption (the authors'), batched in one text call; False: only the
+                ``text_layer`` token. Other baselines have one variant either way.
         """
         super().__init__(weight)
         if not 0.0 <= mask_probability <= 1.0:
@@ -110,6 +116,7 @@ class MaskedLanguageModelingLoss(Regularizer):
             raise ValueError(f"mlm_batch_size must be >= 1 (or null), got {mlm_batch_size}.")
         self.mask_probability = mask_probability
         self.mlm_batch_size = mlm_batch_size
+        self.every_layer = every_layer
         self._pools: list[list[str]] | None = None  # each concept's captions, from prefill
         self.contextualizer_dir = contextualizer_dir
         self.contextualizer: Contextualizer | None = None
@@ -228,7 +235,12 @@ class MaskedLanguageModelingLoss(Regularizer):
         if not bool(masked.any()):
             return None
         masked_ids = apply_mask(input_ids, masked, len(module.tokenizer))
-        return TextRequest(masked_ids, extra_vectors=self.mask_vector, note=(input_ids, masked))
+        return TextRequest(
+            masked_ids,
+            extra_vectors=self.mask_vector,
+            note=(input_ids, masked),
+            layer_variants=self.every_layer,
+        )
 
     def scores(
         self, module: PersonalizationModule, request: TextRequest, encoding: TextEncoding
@@ -236,7 +248,12 @@ class MaskedLanguageModelingLoss(Regularizer):
         """(psi's logits at the masked positions, (N, vocab + 1); original ids; positions)."""
         assert self.contextualizer is not None  # masked_request checked it
         input_ids, masked = request.note
-        padding = padding_after_eos(request.input_ids, module.tokenizer.eos_token_id)
+        masked_ids = request.input_ids
+        variants = encoding.hidden_states.shape[0] // input_ids.shape[0]
+        if variants > 1:  # every layer's copy of each caption (layer-major), same targets
+            input_ids, masked = input_ids.repeat(variants, 1), masked.repeat(variants, 1)
+            masked_ids = masked_ids.repeat(variants, 1)
+        padding = padding_after_eos(masked_ids, module.tokenizer.eos_token_id)
         logits = self.contextualizer(encoding.hidden_states, padding_mask=padding, positions=masked)
         return logits, input_ids, masked
 

@@ -12,6 +12,9 @@ default); the official code pools at the highest token id, which in the concept 
 new token (``pool: concept``) and in the superclass prompt is end-of-text. ``project`` applies
 CLIP's text projection to both (off in the paper and the official code).
 
+With XTI/P+ (``every_layer``, the default) the loss is the mean over every cross-attention
+layer's states, so each layer's token is pulled towards the class, not only ``text_layer``'s.
+
 The concept side reuses the step record's encoding of the prompts (no second text-encoder
 pass), so gradients reach whatever produced it: the concept tokens, and the text encoder if it
 trains. The superclass side is a constant target (no gradient, cached while the encoder is
@@ -67,6 +70,7 @@ class SemanticPreservationLoss(Regularizer):
         pool: Pool = "eos",
         project: bool = False,
         clip_model: str | None = None,
+        every_layer: bool = True,
     ) -> None:
         """
         Args:
@@ -74,6 +78,9 @@ class SemanticPreservationLoss(Regularizer):
             pool: ``eos`` (the paper) or ``concept`` (the official code's effective choice).
             project: apply CLIP's text projection to both features before the cosine.
             clip_model: where the projection comes from (None: the CLIP matching the model).
+            every_layer: with XTI/P+, the mean of the loss over every cross-attention layer's
+                states (each layer's token); False: only the ``text_layer``'s. Other
+                baselines have one set of states either way.
         """
         super().__init__(weight)
         if pool not in ("eos", "concept"):
@@ -81,6 +88,7 @@ class SemanticPreservationLoss(Regularizer):
         self.pool = pool
         self.project = project
         self.clip_model = clip_model
+        self.every_layer = every_layer
         self.cache = FrozenPromptCache()
 
     def prepare(self, module: PersonalizationModule) -> None:
@@ -100,13 +108,14 @@ class SemanticPreservationLoss(Regularizer):
 
     def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
         eos = module.tokenizer.eos_token_id
-        concept = TextEncoding(record.encoder_hidden_states, record.input_ids)
+        layers = record.layer_states if self.every_layer else None
+        concept = TextEncoding(record.encoder_hidden_states, record.input_ids, layers)
         if self.pool == "eos":
             positions = concept.eos_positions(eos)
         else:
             positions = concept_token_positions(module, record)
         rows = torch.arange(positions.shape[0], device=positions.device)
-        concept_features = concept.hidden_states[rows, positions]
+        concept_features = concept.per_layer()[:, rows, positions]  # (layers, B, D)
         fresh = [encoding for _, encoding in self.requested_text(record, module)]
         superclass = list(record.batch["superclass_prompts"])
         superclass_features = self.cache.encode(module, superclass, *fresh).pooled(eos)
@@ -114,5 +123,6 @@ class SemanticPreservationLoss(Regularizer):
             projection = module.text_projection(self.clip_model)
             concept_features = apply_projection(projection, concept_features)
             superclass_features = apply_projection(projection, superclass_features)
-        cosine = F.cosine_similarity(concept_features.float(), superclass_features.float(), dim=-1)
+        target = superclass_features.float().unsqueeze(0).expand_as(concept_features)
+        cosine = F.cosine_similarity(concept_features.float(), target, dim=-1)
         return (1.0 - cosine).mean()

@@ -268,6 +268,7 @@ class PersonalizationModule(
             target=target,
             model_pred=model_pred,
             encoder_hidden_states=text.hidden_states,
+            layer_states=text.layer_states,
             input_ids=text.input_ids,
             loss_mask=loss_mask,
             batch=batch,

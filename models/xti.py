@@ -126,6 +126,15 @@ class XTI(PersonalizationModule):
             self.blocks.for_layer(input_ids, self.text_layer), extra_vectors
         )
 
+    def encode_token_variants(
+        self, input_ids: torch.Tensor, extra_vectors: torch.Tensor | None = None
+    ) -> TextEncoding:
+        """Every layer's copy of the tokens, layer-major (rows l * B + i), in one call."""
+        layers = range(len(self.layer_names))
+        variants = [self.blocks.for_layer(input_ids, layer) for layer in layers]
+        # The base's lookup: layer l's ids read layer l's rows (no remap to text_layer).
+        return super().encode_token_ids(torch.cat(variants), extra_vectors)
+
     def load_embeddings(self, path: str | Path) -> None:
         """Start from saved per-layer vectors (same layers, tokens and num_vectors)."""
         vectors, layers = read_xti(path)

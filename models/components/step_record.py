@@ -27,6 +27,9 @@ class StepRecord:
     input_ids: torch.Tensor
     loss_mask: torch.Tensor
     batch: dict[str, Any]
+    # Per-layer text states (B, n_layers * L, D) when each UNet layer reads its own (XTI/P+);
+    # None when every layer reads encoder_hidden_states. See TextEncoding.layer_states.
+    layer_states: torch.Tensor | None = None
     # Prior preservation: the class half of the same UNet call (None when it is off);
     # the fields above stay the instance half, which is what regularizers see.
     prior: StepRecord | None = None

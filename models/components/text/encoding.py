@@ -41,6 +41,14 @@ class TextEncoding:
         """What the UNet should be given for these prompts (per-layer states when there are)."""
         return self.hidden_states if self.layer_states is None else self.layer_states
 
+    def per_layer(self) -> torch.Tensor:
+        """(n_layers, B, L, D): the states each UNet layer reads (one entry when all share)."""
+        if self.layer_states is None:
+            return self.hidden_states.unsqueeze(0)
+        batch, total, dim = self.layer_states.shape
+        length = self.input_ids.shape[1]
+        return self.layer_states.view(batch, total // length, length, dim).permute(1, 0, 2, 3)
+
     def eos_positions(self, eos_token_id: int) -> torch.Tensor:
         """Index of the first end-of-text token in each prompt, shape (B,)."""
         return (self.input_ids == eos_token_id).int().argmax(dim=-1)

@@ -31,6 +31,9 @@ class TextRequest:
     extra_vectors (k, D): ids ``len(tokenizer) + j`` embed as row j for these rows only (MLM's
     frozen ``[MASK]``). with_grad False: the encoding comes back detached (targets, cache fills).
     note: anything the requester wants back with the encoding (e.g. MLM's masked positions).
+    layer_variants: encode one copy of the rows per set of concept vectors the UNet reads
+    (`encode_token_variants`: XTI/P+ one per cross-attention layer, layer-major, rows
+    l * n + i; one copy elsewhere), so a text-side loss trains every layer's token.
     Rows holding a concept token come one per batch sample, in batch order (VisualEncoder
     gives row j the vectors of sample j mod batch size).
     """
@@ -39,12 +42,14 @@ class TextRequest:
     extra_vectors: torch.Tensor | None = None
     with_grad: bool = True
     note: Any = None
+    layer_variants: bool = False
 
 
 def encode_request(module: PersonalizationModule, request: TextRequest) -> TextEncoding:
     """One request on its own (one text-encoder call), for paths that cannot fold."""
+    encode = module.encode_token_variants if request.layer_variants else module.encode_token_ids
     with torch.set_grad_enabled(request.with_grad and torch.is_grad_enabled()):
-        return module.encode_token_ids(request.input_ids, request.extra_vectors)
+        return encode(request.input_ids, request.extra_vectors)
 
 
 def stack_requests(

@@ -47,6 +47,14 @@ class TextPathMixin:
                 hidden = self.text_encoder(input_ids).last_hidden_state
         return TextEncoding(hidden_states=hidden, input_ids=input_ids)
 
+    def encode_token_variants(
+        self, input_ids: torch.Tensor, extra_vectors: torch.Tensor | None = None
+    ) -> TextEncoding:
+        """`encode_token_ids` once per set of concept vectors the UNet reads, stacked
+        variant-major (rows v * B + i). One set here; XTI/P+ has one per cross-attention layer,
+        so text-side losses that ask (MLM, ``layer_variants``) train every layer's token."""
+        return self.encode_token_ids(input_ids, extra_vectors)
+
     def encode_step_text(
         self, prompts: list[str], requests: list[TextRequest]
     ) -> tuple[TextEncoding, list[TextEncoding]]:
