@@ -135,6 +135,7 @@ class PersonalizationDataModule(L.LightningDataModule):
         seed: int = 0,
         context_prompts_file: str | None = None,
         context_category: str | None = None,
+        captioner: str | None = None,
         class_data_dir: str | None = None,
         class_prompt: str | None = None,
         num_class_images: int = 100,
@@ -162,6 +163,10 @@ class PersonalizationDataModule(L.LightningDataModule):
                 for the concept phrase; None uses the generated set (datamodules/context_prompts).
             context_category: ``living`` or ``object`` for the generated set; None decides from
                 each class word (see ``category_of``).
+            captioner: ACCORD's captions for photos without a captions.txt: a BLIP captioning
+                model (hub id, folder, or ``tiny-blip-captioner``), run once per subject and
+                cached; None: the prompts stand in (with a warning). Used only when a loss
+                asks for captions.
             class_data_dir: prior preservation's class images (missing ones are generated there
                 by the base model before training); used only when the model asks for them.
             class_prompt: the class images' prompt, e.g. "a photo of a dog".
@@ -206,6 +211,7 @@ class PersonalizationDataModule(L.LightningDataModule):
         # Context-rich prompts (the MLM loss): a file with one "{}" prompt per line, or the
         # generated set of a category (None: living / object from each class word).
         self.context_prompts_file, self.context_category = context_prompts_file, context_category
+        self.captioner = captioner  # ACCORD's captions of uncaptioned photos (extras/captions.py)
         check_class_options(class_data_dir, class_prompt, num_class_images, class_generation_steps)
         self.class_data_dir, self.class_prompt = class_data_dir, class_prompt
         self.num_class_images = num_class_images

@@ -19,6 +19,7 @@ from transformers import (
     Blip2ForImageTextRetrieval,
     Blip2Processor,
     BlipConfig,
+    BlipForConditionalGeneration,
     BlipForImageTextRetrieval,
     BlipImageProcessor,
     BlipProcessor,
@@ -72,10 +73,9 @@ def save_tiny_dino(folder: Path) -> Path:
     return folder
 
 
-def save_tiny_blip(folder: Path) -> Path:
-    """BLIP image-text retrieval (ITM + ITC heads) with a tiny BERT text encoder."""
-    tokenizer = _tiny_bert_tokenizer(folder)
-    config = BlipConfig(
+def _tiny_blip_config(tokenizer: BertTokenizer) -> BlipConfig:
+    """BLIP's layout (ViT + BERT with cross-attention) at width 32, for ``tokenizer``."""
+    return BlipConfig(
         text_config={
             "vocab_size": len(tokenizer),
             **TINY_TRANSFORMER,
@@ -89,10 +89,25 @@ def save_tiny_blip(folder: Path) -> Path:
         projection_dim=16,
         image_text_hidden_size=16,
     )
-    seeded(lambda: BlipForImageTextRetrieval(config), 3).save_pretrained(folder)
+
+
+def _save_tiny_blip_as(folder: Path, model_class: type, seed: int) -> Path:
+    tokenizer = _tiny_bert_tokenizer(folder)
+    config = _tiny_blip_config(tokenizer)
+    seeded(lambda: model_class(config), seed).save_pretrained(folder)
     image_processor = BlipImageProcessor(size={"height": TINY_IMAGE, "width": TINY_IMAGE})
     BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def save_tiny_blip(folder: Path) -> Path:
+    """BLIP image-text retrieval (ITM + ITC heads) with a tiny BERT text encoder."""
+    return _save_tiny_blip_as(folder, BlipForImageTextRetrieval, 3)
+
+
+def save_tiny_blip_captioner(folder: Path) -> Path:
+    """BLIP captioning (``BlipForConditionalGeneration``, ACCORD's captions) at the same size."""
+    return _save_tiny_blip_as(folder, BlipForConditionalGeneration, 8)
 
 
 def save_tiny_blip2(folder: Path) -> Path:
@@ -217,6 +232,7 @@ TINY_EVAL_MODELS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "tiny-dino": (save_tiny_dino, "config.json"),
     "tiny-blip": (save_tiny_blip, "config.json"),
     "tiny-blip2": (save_tiny_blip2, "config.json"),
+    "tiny-blip-captioner": (save_tiny_blip_captioner, "config.json"),
     "tiny-grounding-dino": (save_tiny_grounding_dino, "config.json"),
     "tiny-sam": (save_tiny_sam, "config.json"),
     "tiny-vgg": (save_tiny_vgg, "config.json"),

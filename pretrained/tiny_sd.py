@@ -9,7 +9,6 @@ name to the folder and everything after that is the ordinary ``from_pretrained``
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from core.cache import cache_root
 from pretrained.tiny_tokenizer import write_tiny_clip_tokenizer
 
 TINY_MODEL_NAME = "tiny-sd"
@@ -39,8 +39,7 @@ T = TypeVar("T")
 
 def tiny_cache_dir(name: str = TINY_MODEL_NAME) -> Path:
     """Where a tiny model lives: $PERSONALIZE_CACHE or ~/.cache/personalize."""
-    root = os.environ.get("PERSONALIZE_CACHE") or Path.home() / ".cache" / "personalize"
-    return Path(root) / f"{name}-v{_BUILD_VERSION}"
+    return cache_root() / f"{name}-v{_BUILD_VERSION}"
 
 
 def seeded(build: Callable[[], T], seed: int) -> T:

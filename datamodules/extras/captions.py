@@ -9,8 +9,11 @@ decouple from it. A subject folder may hold a captions file beside the photos:
     00.jpg: a {} on the back of a girl walking in a park
     01.jpg: a {} lying on a wooden bench
 
-Without one (or for the synthetic toy) the sample's own prompt is the caption ("a photo of a
-<v1> toy"), the template fallback. The keys, all strings: ``caption_full``, ``caption_concept``
+Without one, the DataModule's ``captioner`` (BLIP) captions the photos once, as the paper does
+with a VLM (datamodules/captioning.py, cached); with no captioner either, the sample's own
+prompt is the caption ("a photo of a <v1> toy"), the template fallback, with a warning: the
+general part is then the near-empty "a photo of a", which DDLoss and PDLoss average over.
+The keys, all strings: ``caption_full``, ``caption_concept``
 ("<v1> dog"), ``caption_general`` (the caption without the concept phrase) and
 ``caption_superclass`` (the class word, cs: the concept's superclass, for PDLoss).
 """
@@ -18,11 +21,13 @@ Without one (or for the synthetic toy) the sample's own prompt is the caption ("
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.concept import ConceptSpec
+from datamodules.captioning import caption_photos
 from datamodules.extras import SampleExtra
 from datamodules.instance_images import list_image_files
 
@@ -113,12 +118,32 @@ class Captions(SampleExtra):
 
     @classmethod
     def from_datamodule(cls, datamodule: PersonalizationDataModule) -> SampleExtra:
-        """Reads (and checks) each concept's captions file now, before training."""
-        captions = [
-            read_captions(Path(c.instance_data_dir)) if c.instance_data_dir else None
-            for c in datamodule.concept_data
-        ]
+        """Reads (and checks) each concept's captions file now, before training; captions the
+        photos that have none when the DataModule names a captioner."""
+        captioner = getattr(datamodule, "captioner", None)
+        captions: list[list[str] | None] = []
         # One entry per concept_data row (samples index it), also when subjects share a token.
+        for index, data in enumerate(datamodule.concept_data):
+            folder = Path(data.instance_data_dir) if data.instance_data_dir else None
+            own = read_captions(folder) if folder is not None else None
+            if own is None and captioner:
+                images = datamodule.images[index]
+                names = (
+                    [file.name for file in list_image_files(folder)]
+                    if folder is not None
+                    else [f"synthetic-{i:02d}" for i in range(len(images))]
+                )
+                own = caption_photos(images, names, data.spec.class_word, captioner)
+            elif own is None:
+                warnings.warn(
+                    f"No {CAPTIONS_FILE} beside the photos of {data.spec.token} and no "
+                    "captioner: the prompts stand in for ACCORD's captions, so DDLoss and "
+                    "PDLoss decouple the concept from the template's near-empty rest ('a photo "
+                    "of a') only. Set data.init_args.captioner (e.g. Salesforce/"
+                    f"blip-image-captioning-large) or write {CAPTIONS_FILE}.",
+                    stacklevel=2,
+                )
+            captions.append(own)
         return cls([c.spec for c in datamodule.concept_data], captions)
 
     def parts(self, sample: dict[str, Any], concept_index: int) -> CaptionParts:

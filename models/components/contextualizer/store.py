@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shlex
 import warnings
@@ -21,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from core.cache import cache_root
 from models.components.contextualizer.network import Contextualizer, ContextualizerConfig
 from pretrained.tiny_sd import TINY_MODEL_NAME
 
@@ -30,11 +30,6 @@ MASK_KEY = "mask_vector"
 FORMAT_VERSION = 1
 PRETRAIN_CONFIG = "configs/diverse_context/contextualizer.yaml"
 SD15_NAME = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the pretraining config's default
-
-
-def cache_root() -> Path:
-    """$PERSONALIZE_CACHE or ~/.cache/personalize, as for the tiny pipelines."""
-    return Path(os.environ.get("PERSONALIZE_CACHE") or Path.home() / ".cache" / "personalize")
 
 
 def default_contextualizer_dir(pretrained_model_name_or_path: str) -> Path:
