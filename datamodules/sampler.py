@@ -8,6 +8,7 @@ calls its ``set_epoch``), skips the batches the restored loop already consumed, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sized
 from typing import Any
 
@@ -73,8 +74,12 @@ def resumable_loader(
         rank=trainer.global_rank if trainer else 0,
         seed=seed,
         shuffle=shuffle,
-        skip_samples=skip_batches * batch_size,
     )
+    # A checkpoint taken on the epoch's last batch restores a finished epoch, which Lightning
+    # rolls over into the next one only after it has asked for this loader: skipping the
+    # finished epoch's batches then would empty the next epoch and shift every later one.
+    batches_per_epoch = math.ceil(sampler.num_samples / batch_size)
+    sampler.skip_samples = skip_batches * batch_size if skip_batches < batches_per_epoch else 0
     return ResumableDataLoader(
         dataset,  # type: ignore[arg-type]
         batch_size=batch_size,

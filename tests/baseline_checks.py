@@ -34,10 +34,12 @@ def assert_only_trainable_changed(
     return before
 
 
-def assert_resume_is_exact(build: Build, root: Path) -> None:
-    """6 straight steps == 3 steps, a mid-epoch checkpoint, and 3 more from it."""
+def assert_resume_is_exact(build: Build, root: Path, total_steps: int = 6) -> None:
+    """``total_steps`` straight steps == 3 steps, a checkpoint, and the rest from it (with the
+    tiny DataModule's 8 batches an epoch the checkpoint is mid-epoch; with 3, at its end)."""
     straight, datamodule = build()
-    tiny_trainer(root / "a", max_steps=6).fit(straight, datamodule=datamodule)
+    straight_trainer = tiny_trainer(root / "a", max_steps=total_steps)
+    straight_trainer.fit(straight, datamodule=datamodule)
 
     first, datamodule = build()
     tiny_trainer(root / "b", max_steps=3, checkpoint=True).fit(first, datamodule=datamodule)
@@ -47,9 +49,10 @@ def assert_resume_is_exact(build: Build, root: Path) -> None:
     assert set(stored) == first.trainable_state_keys()  # only what trains is saved
 
     resumed, datamodule = build()
-    trainer = tiny_trainer(root / "c", max_steps=6)
+    trainer = tiny_trainer(root / "c", max_steps=total_steps)
     trainer.fit(resumed, datamodule=datamodule, ckpt_path=checkpoint)
-    assert trainer.global_step == 6
+    assert trainer.global_step == total_steps
+    assert trainer.current_epoch == straight_trainer.current_epoch  # no epoch skipped
     assert_resumed_matches(straight, first, resumed)
 
 
