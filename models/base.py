@@ -28,6 +28,7 @@ from generation.class_images import prepare_class_images
 from generation.evaluation import EvaluationMixin, EvaluationSettings
 from generation.sampling import SamplingMixin
 from losses.base import Regularizer
+from models.components.finite_guard import check_loss_parts
 from models.components.optimization import OptimizationMixin
 from models.components.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
 from models.components.step_record import StepRecord
@@ -299,6 +300,9 @@ class PersonalizationModule(
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         losses = self.compute_losses(batch, self.step_generator(self.global_step))
+        weights = {r.name: r.weight for r in self.regularizers}
+        weights["prior"] = self.prior_loss_weight
+        check_loss_parts({**losses["parts"], "total": losses["total"]}, weights, self.global_step)
         batch_size = len(batch["prompts"])
         for name, value in losses["parts"].items():
             self.log(f"train/loss/{name}", value.detach(), batch_size=batch_size)

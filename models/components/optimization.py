@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from models.components.finite_guard import check_trained_finite
+
 
 class OptimizationMixin:
     """``configure_optimizers`` and the checkpoint hooks of `PersonalizationModule`."""
@@ -40,6 +42,12 @@ class OptimizationMixin:
                 optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
             )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's step, then a check that no trained weight became non-finite (before
+        the step's checkpoint callbacks can save it)."""
+        super().optimizer_step(*args, **kwargs)  # type: ignore[misc]
+        check_trained_finite(self.named_parameters(), self.global_step)
 
     def _lr_scale_factor(self) -> float:
         datamodule = getattr(self.trainer, "datamodule", None)
