@@ -7,13 +7,21 @@ and the run's ``config.yaml`` go under ``trainer.default_root_dir``; exports und
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
 import warnings
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.export import ExportWeights
+from core.errors import config_files, user_message
+from models.components.finite_guard import NonFiniteError
+from models.components.safe_checkpoints import check_loads_weights_only
 
 # The frozen Stable Diffusion components are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -24,8 +32,31 @@ class PersonalizationCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.concepts", "model.init_args.concepts", apply_on="instantiate")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        # The subcommand's own arguments (ckpt_path, weights_only) exist only from here on.
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if "weights_only" in parser.get_defaults():
             parser.set_defaults({"weights_only": True})
+        return parser
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuse an unsafe checkpoint before Lightning reads its hyperparameters from it."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            check_loads_weights_only(path)
+        super()._parse_ckpt_path()
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        """Checkpoints load weights-only whatever the command line or a library default says,
+        and one holding pickled objects is refused before Lightning reads it."""
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") not in (None, "last", "best", "hpc", "registry"):
+            check_loads_weights_only(kwargs["ckpt_path"])
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            kwargs["weights_only"] = True
+        return kwargs
 
 
 def main(args: list[str] | None = None, run: bool = True) -> PersonalizationCLI:
@@ -39,6 +70,8 @@ def main(args: list[str] | None = None, run: bool = True) -> PersonalizationCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        # Parse errors come back as exceptions, so the command line prints them as one line.
+        parser_kwargs={"exit_on_error": False},
         trainer_defaults={
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                        "init_args": {"save_dir": "runs", "name": "personalize"}},
@@ -49,5 +82,32 @@ def main(args: list[str] | None = None, run: bool = True) -> PersonalizationCLI:
     )
 
 
+def run_from_command_line(argv: list[str]) -> int:
+    """``main`` with user errors as one line, ``error: ...``, exit code 2 (a non-finite loss:
+    exit code 1); ``--debug`` or PERSONALIZE_DEBUG=1 shows the traceback instead."""
+    debug = "--debug" in argv or os.environ.get("PERSONALIZE_DEBUG", "") not in ("", "0")
+    args = [a for a in argv if a != "--debug"]
+    sys.argv = [sys.argv[0], *args]  # LightningCLI reads the command line itself
+    try:
+        main()
+    except NonFiniteError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except SystemExit as stop:  # --help, or the parser's own exit
+        return int(stop.code or 0) if isinstance(stop.code, int) or stop.code is None else 2
+    except Exception as error:
+        if debug:
+            raise
+        message = user_message(error, config_files(args))
+        if message is None:
+            traceback.print_exc()
+            return 1
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_from_command_line(sys.argv[1:]))

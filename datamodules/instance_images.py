@@ -13,6 +13,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 def list_image_files(folder: str | Path) -> list[Path]:
     """Image files of a folder, sorted by name; errors name the folder and the fix."""
     path = Path(folder)
+    if path.is_file():
+        raise NotADirectoryError(
+            f"instance_data_dir {str(path)!r} is a file, not a folder; point it at the folder "
+            "that holds the subject's 3-6 photos."
+        )
     if not path.is_dir():
         raise FileNotFoundError(
             f"Image folder {str(path)!r} does not exist; set instance_data_dir to a folder "

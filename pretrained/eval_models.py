@@ -20,7 +20,7 @@ class EvalModelNotFoundError(FileNotFoundError):
     """An evaluation model could not be loaded from what is on this machine."""
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     """Hub ids are ``owner/name``; anything else with a separator or a dot prefix is a path."""
     return (
         name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
@@ -66,10 +66,10 @@ def load_eval_model(name: str, loader: Callable[[str], T], what: str, option: st
     key = (what, getattr(loader, "__qualname__", repr(loader)), path)
     if key in _LOADED:
         return _LOADED[key]
-    if _looks_like_path(path) and not Path(path).expanduser().exists():
+    if looks_like_path(path) and not Path(path).expanduser().exists():
         raise EvalModelNotFoundError(not_found_message(name, what, option, "no such folder"))
     try:
-        loaded = loader(str(Path(path).expanduser()) if _looks_like_path(path) else path)
+        loaded = loader(str(Path(path).expanduser()) if looks_like_path(path) else path)
     except (OSError, ValueError) as error:
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         raise EvalModelNotFoundError(not_found_message(name, what, option, reason)) from error

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from pretrained.eval_models import looks_like_path
 from pretrained.tiny_sd import TINY_MODEL_NAME, resolve_pretrained
 
 
@@ -26,6 +28,12 @@ def load_components(
 ) -> StableDiffusionComponents:
     """Load from a hub id, a local diffusers folder, or ``tiny-sd`` (built offline on demand)."""
     path = resolve_pretrained(name_or_path)
+    if looks_like_path(path) and not Path(path).expanduser().is_dir():
+        raise FileNotFoundError(
+            f"model folder {path!r} does not exist; give a local folder in diffusers layout "
+            "(tokenizer/, text_encoder/, vae/, unet/, scheduler/), a hub id already in the local "
+            f"Hugging Face cache, or {TINY_MODEL_NAME!r} for the tiny offline pipeline."
+        )
     try:
         return StableDiffusionComponents(
             tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision),

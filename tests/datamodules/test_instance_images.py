@@ -43,9 +43,9 @@ def test_missing_folder_names_the_path(tmp_path: Path) -> None:
     assert "instance_data_dir" in str(excinfo.value)
 
 
-def test_a_file_instead_of_a_folder_is_missing_folder(tmp_path: Path) -> None:
+def test_a_file_instead_of_a_folder_says_so(tmp_path: Path) -> None:
     file = _save(tmp_path / "single.jpg")
-    with pytest.raises(FileNotFoundError, match="single.jpg"):
+    with pytest.raises(NotADirectoryError, match="single.jpg' is a file, not a folder"):
         PersonalizationDataModule(instance_data_dir=str(file), class_word="dog")
 
 

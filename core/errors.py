@@ -1,0 +1,80 @@
+"""One clear line for what a user got wrong: ``error: <what, and the fix>``, exit code 2.
+
+The project's own checks raise ValueError / FileNotFoundError / ... with a message that names
+the problem and the fix; jsonargparse wraps them (a class's ``__init__`` failing inside a
+Union type becomes "Does not validate against any of the Union subtypes" with the real
+message as a bullet). `user_message` walks the exception chain back to the message that says
+what is wrong, keeping the parser's "Parser key ..." prefix where it adds the option's name.
+"""
+
+from __future__ import annotations
+
+from argparse import ArgumentError
+from pathlib import Path
+
+import yaml
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    KeyError,
+    OSError,  # FileNotFoundError, NotADirectoryError, a model that cannot be loaded
+    yaml.YAMLError,
+)
+# The parser reports a bad option value as a TypeError inside its ArgumentError.
+PARSER_ERRORS: tuple[type[BaseException], ...] = (ArgumentError, TypeError)
+_UNION_DUMP = "Does not validate against any of the Union subtypes"
+
+
+def exception_chain(error: BaseException) -> list[BaseException]:
+    """The error, then what caused it, ... (outermost first)."""
+    chain: list[BaseException] = []
+    while error is not None and all(error is not seen for seen in chain):
+        chain.append(error)
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return chain
+
+
+def _text(error: BaseException) -> str:
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return str(message).strip()
+
+
+def user_message(error: BaseException, config_files: list[str] | None = None) -> str | None:
+    """The one-line message for a user error, or None when it is not one (a bug: traceback)."""
+    links = exception_chain(error)
+    from_parser = any(isinstance(e, ArgumentError) for e in links)
+    kinds = USER_ERRORS + (PARSER_ERRORS if from_parser else ())
+    chain = [e for e in links if isinstance(e, kinds) and _text(e)]
+    if not chain:
+        return None
+    message = _text(chain[-1])  # the innermost: what actually went wrong
+    for outer in reversed(chain[:-1]):  # outward while the wrapper only adds context
+        text = _text(outer)
+        if message in text and _UNION_DUMP not in text and len(text) < len(message) + 200:
+            message = text
+        else:
+            break
+    if isinstance(chain[-1], yaml.YAMLError) or "Problems parsing config" in message:
+        bad = next((f for f in config_files or [] if not _parses(f)), None)
+        if bad is not None:
+            message = f"config file {bad} is not valid YAML: {message}; fix its syntax"
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _parses(path: str) -> bool:
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return True
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The ``--config`` files of a command line, in order."""
+    files = []
+    for index, arg in enumerate(argv):
+        if arg == "--config" and index + 1 < len(argv):
+            files.append(argv[index + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files

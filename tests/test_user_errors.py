@@ -1,0 +1,145 @@
+"""Bad input from the command line: one line ``error: ...`` naming the problem and the fix,
+exit code 2, no traceback, and nothing already written changes (earlier runs, exports,
+class images)."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import REPO_ROOT
+from PIL import Image
+
+from train import run_from_command_line
+
+CUSTOM_DIFFUSION = str(REPO_ROOT / "configs" / "custom_diffusion.yaml")
+TINY = str(REPO_ROOT / "configs" / "tiny.yaml")
+
+
+def photos(folder: Path, count: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", (40, 40), (60 * i, 90, 120)).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def pickled_checkpoint(root: Path) -> Path:
+    path = root / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Path("x")}, path)  # a Path is a pickled object
+    return path
+
+
+def bad_yaml(root: Path) -> Path:
+    path = root / "bad.yaml"
+    path.write_text("trainer:\n  max_steps: [1\n")
+    return path
+
+
+def corrupt_photo(root: Path) -> Path:
+    folder = photos(root / "corrupt")
+    (folder / "03.png").write_bytes(b"not a png at all")
+    return folder
+
+
+# (extra command-line arguments given the tmp folder, text the message must contain)
+CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
+    "token exists": (lambda r: ["--data.init_args.concept_token", "dog"], "already exists"),
+    "missing photo folder": (
+        lambda r: ["--data.init_args.instance_data_dir", str(r / "nowhere")],
+        "does not exist; set instance_data_dir",
+    ),
+    "photo folder is a file": (
+        lambda r: ["--data.init_args.instance_data_dir", str(bad_yaml(r))],
+        "is a file, not a folder",
+    ),
+    "empty photo folder": (
+        lambda r: ["--data.init_args.instance_data_dir", str(photos(r / "empty", 0))],
+        "holds no images",
+    ),
+    "unreadable photo": (
+        lambda r: ["--data.init_args.instance_data_dir", str(corrupt_photo(r))],
+        "Cannot read image",
+    ),
+    "missing model folder": (
+        lambda r: ["--model.init_args.pretrained_model_name_or_path", str(r / "no-model")],
+        "model folder",
+    ),
+    "not an integer": (lambda r: ["--trainer.max_steps", "abc"], 'Parser key "trainer.max_steps"'),
+    "yaml syntax": (lambda r: ["--config", str(bad_yaml(r))], "bad.yaml is not valid YAML"),
+    "missing config": (lambda r: ["--config", str(r / "none.yaml")], "File does not exist"),
+    "unknown option": (lambda r: ["--nope", "1"], "unrecognized arguments"),
+    "missing checkpoint": (lambda r: ["--ckpt_path", str(r / "none.ckpt")], "does not exist"),
+    "pickled checkpoint": (
+        lambda r: ["--ckpt_path", str(pickled_checkpoint(r))],
+        "holds pickled Python objects",
+    ),
+    "template without placeholder": (
+        lambda r: ["--data.init_args.prompt_templates", '["a photo"]'],
+        "{}",
+    ),
+    "negative prior weight": (
+        lambda r: ["--model.init_args.prior_loss_weight", "-1"],
+        "prior_loss_weight must be >= 0",
+    ),
+    "prior without class images": (
+        lambda r: [
+            "--model.init_args.prior_loss_weight", "1",
+            "--data.init_args.class_data_dir", "null",
+        ],
+        "class_data_dir",
+    ),  # fmt: skip
+}
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_clear_line_and_changes_nothing(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    make_args, expected = CASES[case]
+    monkeypatch.chdir(tmp_path)
+    earlier = tmp_path / "runs" / "earlier"  # what an earlier run left
+    (earlier / "export").mkdir(parents=True)
+    (earlier / "export" / "learned_embeds.safetensors").write_bytes(b"weights")
+    photos(tmp_path / "runs" / "tiny" / "class_images", 2)
+    extra = make_args(tmp_path)
+    before = snapshot(tmp_path)
+    args = ["fit", "--config", CUSTOM_DIFFUSION, "--config", TINY]
+    args += ["--trainer.default_root_dir", str(tmp_path / "runs"), *extra]
+    code = run_from_command_line(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1 and expected in lines[0], err[-2000:]
+    assert "Traceback" not in err
+    after = snapshot(tmp_path)
+    assert {k: after.get(k) for k in before} == before  # nothing earlier changed or went
+
+
+def test_debug_shows_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", CUSTOM_DIFFUSION, "--config", TINY, "--debug"]
+    with pytest.raises(ValueError, match="already exists"):
+        run_from_command_line([*args, "--data.init_args.concept_token", "dog"])
+
+
+def test_the_pickled_checkpoint_is_refused_before_unpickling(tmp_path: Path) -> None:
+    from models.components.safe_checkpoints import UnsafeCheckpointError, check_loads_weights_only
+
+    path = pickled_checkpoint(tmp_path)
+    with pytest.raises(UnsafeCheckpointError, match="pickled"):
+        check_loads_weights_only(path)
+    assert pickle.loads(pickle.dumps(Path("x"))) == Path("x")  # the payload is a real object
