@@ -1,12 +1,22 @@
-"""Write the learned weights in diffusers' formats into ``<log_dir>/export/``."""
+"""Write the learned weights in diffusers' formats into ``<log_dir>/export/``.
+
+Each export is written whole into a staging folder first, so a failure midway leaves the
+previous files as they were: ``step-<N>`` folders are swapped in whole (core/atomic.py), the
+final export's files renamed in one by one beside them. ``export/step-<N>`` is written with the
+weights of checkpoint N, but put in place only after that checkpoint's file is on disk (the
+checkpoint callback writes it right after this hook): at the next batch, or at the end.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
+from core.atomic import swap_in
 from models.base import PersonalizationModule
 
 
@@ -17,24 +27,58 @@ class ExportWeights(L.Callback):
     def __init__(self, dirname: str = "export", with_checkpoints: bool = True) -> None:
         self.dirname = dirname
         self.with_checkpoints = with_checkpoints
+        self._pending: list[tuple[Path, Path]] = []  # (staged folder, where it goes)
 
     def export_dir(self, trainer: L.Trainer) -> Path:
         return Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._export(trainer, pl_module, self.export_dir(trainer))
+        self._place_pending()
+        if not trainer.is_global_zero:
+            return
+        final = self.export_dir(trainer)
+        staging = final / ".final.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            self._export(pl_module, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        # Beside the step-<N> folders: every file is complete before it is renamed in.
+        for file in staging.iterdir():
+            os.replace(file, final / file.name)
+        staging.rmdir()
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self._place_pending()  # the previous step's checkpoint has been written by now
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        for staging, _ in self._pending:  # their checkpoints may not exist: never placed
+            shutil.rmtree(staging, ignore_errors=True)
+        self._pending = []
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        if self.with_checkpoints:
-            step_dir = self.export_dir(trainer) / f"step-{trainer.global_step}"
-            self._export(trainer, pl_module, step_dir)
+        if not self.with_checkpoints or not trainer.is_global_zero:
+            return
+        final = self.export_dir(trainer) / f"step-{trainer.global_step}"
+        if any(final == pending for _, pending in self._pending):
+            return  # the step's second checkpoint file (last.ckpt): same weights, one export
+        staging = final.with_name(f".{final.name}.pending")
+        shutil.rmtree(staging, ignore_errors=True)
+        self._export(pl_module, staging)
+        self._pending.append((staging, final))
+
+    def _place_pending(self) -> None:
+        for staging, final in self._pending:
+            swap_in(staging, final)
+        self._pending = []
 
     @staticmethod
-    def _export(trainer: L.Trainer, pl_module: L.LightningModule, folder: Path) -> None:
-        if not trainer.is_global_zero:
-            return
+    def _export(pl_module: L.LightningModule, folder: Path) -> None:
         # Any module with export(folder) (a baseline, or the contextualizer's pretraining).
         if not isinstance(pl_module, PersonalizationModule) and not callable(
             getattr(pl_module, "export", None)

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from core.atomic import write_file_atomically
 from core.cache import cache_root
 from pretrained.eval_models import load_eval_model
 
@@ -99,13 +98,8 @@ def caption_photos(
         entries.append({"file": name, "caption": caption, "template": template})
     folder.mkdir(parents=True, exist_ok=True)
     manifest = {"captioner": captioner, "class_word": class_word, "photos": entries}
-    _write_atomically(cached, json.dumps(manifest, indent=2))
+    write_file_atomically(cached, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
     lines = [f"{e['file']}: {e['template']}" for e in entries]
-    _write_atomically(folder / "captions.txt", "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    write_file_atomically(folder / "captions.txt", lambda f: f.write(text.encode()))
     return [e["template"] for e in entries]
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)

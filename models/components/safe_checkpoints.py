@@ -1,4 +1,5 @@
-"""Checkpoints load weights-only, enforced here rather than left to a library's default.
+"""Checkpoints load weights-only, enforced here rather than left to a library's default, and
+are written atomically (`AtomicCheckpointIO`, the trainer's checkpoint plugin in train.py).
 
 A checkpoint of this project holds tensors, numbers, strings and plain containers (the trained
 weights, optimizer and loop state). One that carries a pickled object could run code when
@@ -9,8 +10,12 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from core.atomic import write_file_atomically
 
 
 class UnsafeCheckpointError(ValueError):
@@ -19,6 +24,11 @@ class UnsafeCheckpointError(ValueError):
 
 def check_loads_weights_only(path: str | Path) -> None:
     """Raise `UnsafeCheckpointError` (or FileNotFoundError) unless ``path`` loads weights-only."""
+    load_weights_only(path)
+
+
+def load_weights_only(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint, loaded weights-only; errors say what is wrong with it."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(
@@ -26,7 +36,7 @@ def check_loads_weights_only(path: str | Path) -> None:
             "folder (last.ckpt is written by save_last)."
         )
     try:
-        torch.load(file, map_location="cpu", weights_only=True)
+        return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UnsafeCheckpointError(
@@ -34,3 +44,24 @@ def check_loads_weights_only(path: str | Path) -> None:
             f"writes and will not unpickle (it could run code): {first}. Resume from a "
             "checkpoint this project wrote."
         ) from error
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint beside its target and renames it into place, so a failure
+    midway (a full disk) never leaves a truncated ``last.ckpt``; reads weights-only always.
+
+    Lightning's own writer stages the bytes through a temporary file that may sit on another
+    filesystem ($TMPDIR), where the final move is a copy that can fail halfway.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options.")
+        write_file_atomically(path, lambda handle: torch.save(checkpoint, handle))
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return load_weights_only(path, map_location if map_location is not None else "cpu")
