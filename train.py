@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from callbacks.export import ExportWeights
 from core.errors import config_files, user_message
 from models.components.finite_guard import NonFiniteError
-from models.components.safe_checkpoints import AtomicCheckpointIO, check_loads_weights_only
+from models.components.safe_checkpoints import check_loads_weights_only
 
 # The frozen Stable Diffusion components are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -76,7 +76,9 @@ def main(args: list[str] | None = None, run: bool = True) -> PersonalizationCLI:
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                        "init_args": {"save_dir": "runs", "name": "personalize"}},
             "callbacks": [ExportWeights(), LearningRateMonitor(logging_interval="step")],
-            "plugins": [AtomicCheckpointIO()],  # checkpoints renamed into place, read safely
+            # Checkpoints renamed into place and read weights-only (a class_path, so that
+            # --print_config round-trips).
+            "plugins": [{"class_path": "models.components.safe_checkpoints.AtomicCheckpointIO"}],
         },
         args=args,
         run=run,

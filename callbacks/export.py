@@ -34,9 +34,9 @@ class ExportWeights(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._place_pending()
+        final = self.export_dir(trainer)  # on every rank: log_dir is a collective under DDP
         if not trainer.is_global_zero:
             return
-        final = self.export_dir(trainer)
         staging = final / ".final.partial"
         shutil.rmtree(staging, ignore_errors=True)
         try:
@@ -62,9 +62,11 @@ class ExportWeights(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        if not self.with_checkpoints or not trainer.is_global_zero:
+        if not self.with_checkpoints:
             return
-        final = self.export_dir(trainer) / f"step-{trainer.global_step}"
+        final = self.export_dir(trainer) / f"step-{trainer.global_step}"  # every rank
+        if not trainer.is_global_zero:
+            return
         if any(final == pending for _, pending in self._pending):
             return  # the step's second checkpoint file (last.ckpt): same weights, one export
         staging = final.with_name(f".{final.name}.pending")
