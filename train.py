@@ -40,6 +40,14 @@ class PersonalizationCLI(LightningCLI):
             parser.set_defaults({"weights_only": True})
         return parser
 
+    def before_fit(self) -> None:
+        steps = self.trainer.max_steps
+        if steps == 0 or steps < -1:
+            raise ValueError(
+                f"trainer.max_steps is {steps}; give the number of training steps (>= 1), or -1 "
+                "to train for trainer.max_epochs."
+            )
+
     def _parse_ckpt_path(self) -> None:
         """Refuse an unsafe checkpoint before Lightning reads its hyperparameters from it."""
         subcommand = self.config.get("subcommand")

@@ -18,6 +18,13 @@ class ConceptSpec:
     class_word: str
     initializer_word: str | None = None
 
+    def __post_init__(self) -> None:
+        if not self.token or any(ch.isspace() for ch in self.token):
+            raise ValueError(
+                f"Concept token {self.token!r} must be one word without spaces (it becomes one "
+                "tokenizer entry), e.g. '<v1>'."
+            )
+
     @property
     def initializer(self) -> str:
         return self.initializer_word or self.class_word

@@ -57,6 +57,20 @@ def load_rgb_image(file: Path) -> Image.Image:
     return oriented.convert("RGB")
 
 
+def check_photo_sizes(images: list[Image.Image], folder: str | None, resolution: int) -> None:
+    """Photos whose shorter side is under a quarter of the resolution would be upscaled more
+    than 4x into blur; refuse them, naming the photo."""
+    if folder is None:
+        return
+    for image, file in zip(images, list_image_files(folder)):
+        if min(image.size) * 4 < resolution:
+            raise ValueError(
+                f"Photo {str(file)!r} is {image.size[0]}x{image.size[1]} px, less than a quarter "
+                f"of the training resolution {resolution}; use photos at least "
+                f"{-(-resolution // 4)} px on their shorter side or a lower resolution."
+            )
+
+
 def load_image_folder(folder: str | Path) -> list[Image.Image]:
     """Every image of the folder as RGB; any unreadable file is an error naming it."""
     return [load_rgb_image(file) for file in list_image_files(folder)]

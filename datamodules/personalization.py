@@ -21,7 +21,7 @@ from core.images import resize_and_crop, to_tensor
 from datamodules.extras import SampleExtra, extra_for, known_keys
 from datamodules.extras.class_images import check_class_options
 from datamodules.generation_prompts import EvalPrompts, GenerationItems, generation_loader
-from datamodules.instance_images import load_image_folder
+from datamodules.instance_images import check_photo_sizes, load_image_folder
 from datamodules.prompts import FAR_AWAY_WORDS, SIMPLE_TEMPLATES, ZOOMED_IN_WORDS, check_templates
 from datamodules.sampler import ResumableDataLoader, batches_done, resumable_loader
 from datamodules.synthetic_concept import draw_synthetic_concept
@@ -218,6 +218,8 @@ class PersonalizationDataModule(L.LightningDataModule):
         self.class_generation_steps = class_generation_steps
         # Read every image now: a bad folder fails before any model is loaded.
         self.images = [self._load_images(c, i) for i, c in enumerate(self.concept_data)]
+        for concept, images in zip(self.concept_data, self.images):
+            check_photo_sizes(images, concept.instance_data_dir, self.resolution)
         # The test/predict prompts; a bad prompt file fails here, before any model is built.
         self.eval_prompts = eval_prompts
         self.eval_prompt_set, self.eval_templates = self.eval_prompts.templates(class_word)

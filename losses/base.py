@@ -11,6 +11,7 @@ that a new loss is one new file in ``losses/`` plus a config line.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -33,6 +34,11 @@ class Regularizer(nn.Module):
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(
+                f"Regularizer {self.name!r} has weight {weight}; a weight is a finite number "
+                ">= 0 (0 turns the loss off while still logging it)."
+            )
         self.weight = weight
 
     def prepare(self, module: PersonalizationModule) -> None:

@@ -340,6 +340,14 @@ class PersonalizationModule(
     def attach_datamodule(self, datamodule: Any, stage: str = "fit") -> None:
         """What setup does with the DataModule: request the batch data the regularizers (and
         baseline) need (class images first generated where missing)."""
+        resolution = getattr(datamodule, "resolution", None)
+        factor = self.vae_scale_factor
+        if isinstance(resolution, int) and resolution % factor:
+            raise ValueError(
+                f"resolution {resolution} is not a multiple of {factor}, the VAE's downsampling "
+                f"factor of {self.pretrained_model_name_or_path!r}; use e.g. "
+                f"{max(factor, resolution - resolution % factor)}."
+            )
         requirements = self.batch_requirements()
         if stage != "fit":  # only training steps run the class half
             requirements.pop(PRIOR_REQUESTER, None)

@@ -39,6 +39,14 @@ def bad_yaml(root: Path) -> Path:
     return path
 
 
+def tiny_photos(root: Path) -> Path:
+    folder = root / "tiny-photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        Image.new("RGB", (1, 1), (10 * i, 0, 0)).save(folder / f"{i:02d}.png")
+    return folder
+
+
 def corrupt_photo(root: Path) -> Path:
     folder = photos(root / "corrupt")
     (folder / "03.png").write_bytes(b"not a png at all")
@@ -84,6 +92,36 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "negative prior weight": (
         lambda r: ["--model.init_args.prior_loss_weight", "-1"],
         "prior_loss_weight must be >= 0",
+    ),
+    "nan regularizer weight": (
+        lambda r: [
+            "--model.init_args.regularizers",
+            "[{class_path: losses.spl.SemanticPreservationLoss, init_args: {weight: .nan}}]",
+        ],
+        "a weight is a finite number >= 0",
+    ),
+    "negative regularizer weight": (
+        lambda r: [
+            "--model.init_args.regularizers",
+            "[{class_path: losses.spl.SemanticPreservationLoss, init_args: {weight: -1}}]",
+        ],
+        "has weight -1",
+    ),
+    "zero steps": (lambda r: ["--trainer.max_steps", "0"], "trainer.max_steps is 0"),
+    "resolution off the VAE factor": (
+        lambda r: ["--data.init_args.resolution", "33"],
+        "resolution 33 is not a multiple of 2",
+    ),
+    "photo far smaller than the resolution": (
+        lambda r: [
+            "--data.init_args.instance_data_dir", str(tiny_photos(r)),
+            "--data.init_args.resolution", "64",
+        ],
+        "less than a quarter of the training resolution 64",
+    ),  # fmt: skip
+    "token with a space": (
+        lambda r: ["--data.init_args.concept_token", "<v 1>"],
+        "without spaces",
     ),
     "prior without class images": (
         lambda r: [
