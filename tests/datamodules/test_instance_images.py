@@ -245,7 +245,7 @@ def test_datamodule_holds_the_loaded_images(tmp_path: Path) -> None:
     folder.mkdir()
     _save(folder / "a.png", mode="L", size=(20, 30))
     _save(folder / "b.jpg", size=(32, 32))
-    dm = PersonalizationDataModule(instance_data_dir=str(folder), class_word="dog")
+    dm = PersonalizationDataModule(instance_data_dir=str(folder), class_word="dog", resolution=64)
     assert len(dm.images) == 1
     assert [im.size for im in dm.images[0]] == [(20, 30), (32, 32)]
     assert all(im.mode == "RGB" for im in dm.images[0])
