@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.export import ExportWeights
+from callbacks.interrupt import SaveOnInterrupt
 from core.errors import config_files, user_message
 from models.components.finite_guard import NonFiniteError
 from models.components.safe_checkpoints import check_loads_weights_only
@@ -83,7 +84,11 @@ def main(args: list[str] | None = None, run: bool = True) -> PersonalizationCLI:
         trainer_defaults={
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                        "init_args": {"save_dir": "runs", "name": "personalize"}},
-            "callbacks": [ExportWeights(), LearningRateMonitor(logging_interval="step")],
+            "callbacks": [
+                ExportWeights(),
+                SaveOnInterrupt(),  # Ctrl-C / SIGTERM: a checkpoint and an export first
+                LearningRateMonitor(logging_interval="step"),
+            ],
             # Checkpoints renamed into place and read weights-only (a class_path, so that
             # --print_config round-trips).
             "plugins": [{"class_path": "models.components.safe_checkpoints.AtomicCheckpointIO"}],

@@ -2,8 +2,16 @@
 
 from callbacks.attention_maps import AttentionMaps
 from callbacks.export import ExportWeights
+from callbacks.interrupt import SaveOnInterrupt
 from callbacks.sample_images import SampleImages
 from callbacks.semantic_drift import SemanticDrift
 from callbacks.text_semantics import TextSemantics
 
-__all__ = ["AttentionMaps", "ExportWeights", "SampleImages", "SemanticDrift", "TextSemantics"]
+__all__ = [
+    "AttentionMaps",
+    "ExportWeights",
+    "SampleImages",
+    "SaveOnInterrupt",
+    "SemanticDrift",
+    "TextSemantics",
+]

@@ -33,7 +33,7 @@ class ExportWeights(L.Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._place_pending()
+        self.place_pending()
         final = self.export_dir(trainer)  # on every rank: log_dir is a collective under DDP
         if not trainer.is_global_zero:
             return
@@ -50,7 +50,7 @@ class ExportWeights(L.Callback):
         staging.rmdir()
 
     def on_train_batch_start(self, *args: Any) -> None:
-        self._place_pending()  # the previous step's checkpoint has been written by now
+        self.place_pending()  # the previous step's checkpoint has been written by now
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -74,7 +74,8 @@ class ExportWeights(L.Callback):
         self._export(pl_module, staging)
         self._pending.append((staging, final))
 
-    def _place_pending(self) -> None:
+    def place_pending(self) -> None:
+        """Put staged step exports in place (their checkpoints are written by now)."""
         for staging, final in self._pending:
             swap_in(staging, final)
         self._pending = []
