@@ -11,7 +11,6 @@ import os
 import sys
 import traceback
 import warnings
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -23,6 +22,9 @@ from callbacks.interrupt import SaveOnInterrupt
 from core.errors import config_files, user_message
 from models.components.finite_guard import NonFiniteError
 from models.components.safe_checkpoints import check_loads_weights_only
+
+# ckpt_path values Lightning resolves itself rather than as a file.
+LIGHTNING_CKPT_NAMES = frozenset({"last", "best", "hpc", "registry"})
 
 # The frozen Stable Diffusion components are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -53,16 +55,14 @@ class PersonalizationCLI(LightningCLI):
         """Refuse an unsafe checkpoint before Lightning reads its hyperparameters from it."""
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and Path(path).is_file():
-            check_loads_weights_only(path)
+        if path and str(path) not in LIGHTNING_CKPT_NAMES:
+            check_loads_weights_only(path)  # a missing file is a clear error here too
         super()._parse_ckpt_path()
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
-        """Checkpoints load weights-only whatever the command line or a library default says,
-        and one holding pickled objects is refused before Lightning reads it."""
+        """Checkpoints load weights-only whatever the command line or a library default says
+        (one holding pickled objects was refused in `_parse_ckpt_path`)."""
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        if kwargs.get("ckpt_path") not in (None, "last", "best", "hpc", "registry"):
-            check_loads_weights_only(kwargs["ckpt_path"])
         if "weights_only" in self._subcommand_method_arguments[subcommand]:
             kwargs["weights_only"] = True
         return kwargs

@@ -10,7 +10,6 @@ A folder that is already full is left untouched.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
+from core.atomic import write_file_atomically
 from datamodules.extras.class_images import list_class_images
 
 if TYPE_CHECKING:
@@ -54,9 +54,9 @@ def missing_indices(folder: str | Path, num_images: int) -> list[int]:
 def _save_png(image: torch.Tensor, path: Path) -> None:
     """Write atomically: a half-written file must never count as an existing class image."""
     array = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-    partial = path.with_name(f".{path.name}.partial")  # not an image suffix: never listed
-    Image.fromarray(np.ascontiguousarray(array.permute(1, 2, 0).numpy())).save(partial, "PNG")
-    os.replace(partial, path)
+    picture = Image.fromarray(np.ascontiguousarray(array.permute(1, 2, 0).numpy()))
+    # The partial file's suffix is no image suffix, so it is never listed as a class image.
+    write_file_atomically(path, lambda handle: picture.save(handle, "PNG"))
 
 
 def generate_class_images(
