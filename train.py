@@ -44,6 +44,10 @@ class PersonalizationCLI(LightningCLI):
         return parser
 
     def before_fit(self) -> None:
+        if self.trainer.logger is None:  # --trainer.logger false: nothing to log rates to
+            self.trainer.callbacks = [
+                c for c in self.trainer.callbacks if not isinstance(c, LearningRateMonitor)
+            ]
         steps = self.trainer.max_steps
         if steps == 0 or steps < -1:
             raise ValueError(

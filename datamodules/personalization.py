@@ -28,7 +28,11 @@ from datamodules.synthetic_concept import draw_synthetic_concept
 from datamodules.transforms import random_rescale
 
 SYNTHETIC_CLASS_WORD = "toy"
-BASE_BATCH_KEYS = frozenset({"pixel_values", "prompts", "loss_mask", "concept_index", "cache_key"})
+# sample_key: the sample's place in the run's sample stream, which keys its noise (the model's
+# components/sample_draws), so the draws do not depend on the rank or the local batch.
+BASE_BATCH_KEYS = frozenset(
+    {"pixel_values", "prompts", "loss_mask", "concept_index", "cache_key", "sample_key"}
+)
 _SYNTHETIC_MIN_SIDE = 64  # the toy is drawn at least this large, then resized
 
 
@@ -102,6 +106,7 @@ class InstanceDataset(Dataset):
             "loss_mask": mask,
             "concept_index": concept_index,
             "cache_key": cache_key,
+            "sample_key": index,
         }
         # Extras draw from their own stream, so adding one leaves the base sample unchanged.
         extras_rng = random.Random(f"{self.seed}/{index}/extras")
@@ -304,25 +309,23 @@ class PersonalizationDataModule(L.LightningDataModule):
             extras=self.extras,
         )
 
-    def _loader(
-        self, dataset: InstanceDataset, shuffle: bool, skip_batches: int
-    ) -> ResumableDataLoader:
+    def _loader(self, dataset: InstanceDataset, training: bool) -> ResumableDataLoader:
         return resumable_loader(
             dataset,
             self.trainer,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             seed=self.seed,
-            shuffle=shuffle,
-            skip_batches=skip_batches,
+            shuffle=training,
+            skip_batches=batches_done(self.trainer) if training else 0,
+            offset_by_epoch=training,
         )
 
     def train_dataloader(self) -> ResumableDataLoader:
-        done = batches_done(self.trainer)
-        return self._loader(self._dataset(augment=True, repeats=self.repeats), True, done)
+        return self._loader(self._dataset(augment=True, repeats=self.repeats), training=True)
 
     def val_dataloader(self) -> ResumableDataLoader:
-        return self._loader(self._dataset(augment=False, repeats=1), False, 0)
+        return self._loader(self._dataset(augment=False, repeats=1), training=False)
 
     def test_dataloader(self) -> Any:
         """The first concept's evaluation prompts x images, fixed seeds (see eval_prompts)."""

@@ -27,14 +27,18 @@ class ResumableSampler(DistributedSampler):
         seed: int,
         shuffle: bool = True,
         skip_samples: int = 0,
+        offset_by_epoch: bool = True,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        self.skip_samples = skip_samples
+        self.skip_samples, self.offset_by_epoch = skip_samples, offset_by_epoch
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
         skip, self.skip_samples = self.skip_samples, 0  # only the resumed epoch is partial
-        offset = self.epoch * len(self.dataset)  # type: ignore[arg-type]
+        # Each epoch's samples get keys of their own (augmentation, noise); a validation set
+        # keeps its keys, so its noise is the same at every validation.
+        epoch = self.epoch if self.offset_by_epoch else 0
+        offset = epoch * len(self.dataset)  # type: ignore[arg-type]
         return iter([offset + i for i in indices[skip:]])
 
 
@@ -66,14 +70,20 @@ def resumable_loader(
     seed: int,
     shuffle: bool,
     skip_batches: int,
+    offset_by_epoch: bool = True,
 ) -> ResumableDataLoader:
-    """A resumable loader over this rank's share, so every datamodule shards and resumes alike."""
+    """A resumable loader over this rank's share, so every datamodule shards and resumes alike.
+
+    Under DDP each rank takes every world_size-th sample of the epoch's order, so global
+    batch k holds the same samples as one process's batch k at the same global batch size.
+    """
     sampler = ResumableSampler(
         dataset,
         num_replicas=trainer.world_size if trainer else 1,
         rank=trainer.global_rank if trainer else 0,
         seed=seed,
         shuffle=shuffle,
+        offset_by_epoch=offset_by_epoch,
     )
     # A checkpoint taken on the epoch's last batch restores a finished epoch, which Lightning
     # rolls over into the next one only after it has asked for this loader: skipping the

@@ -31,6 +31,12 @@ from losses.base import Regularizer
 from models.components.finite_guard import check_loss_parts
 from models.components.optimization import OptimizationMixin
 from models.components.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
+from models.components.sample_draws import (
+    INSTANCE_SALT,
+    PRIOR_SALT,
+    VALIDATION_SALT,
+    SampleDraws,
+)
 from models.components.step_record import StepRecord
 from models.components.text.concept_tokens import ConceptTokens
 from models.components.text.projection import default_clip_for, load_text_projection
@@ -176,15 +182,29 @@ class PersonalizationModule(
         return written
 
     # ----- the training step ------------------------------------------------------------------
+    def sample_draws(
+        self, batch: dict[str, Any], step: int, salt: int = INSTANCE_SALT
+    ) -> SampleDraws:
+        """Each sample's own random draws, keyed by its ``sample_key`` (components/sample_draws).
+
+        A batch without keys (built by hand) is keyed by (step, rank, position) instead.
+        """
+        keys = batch.get("sample_key")
+        if keys is None:
+            rank = self.global_rank if self._trainer is not None else 0
+            base = (step * 1009 + rank) * 4096
+            keys = [-1 - (base + i) for i in range(len(batch["prompts"]))]  # never a stream key
+        return SampleDraws(self.seed, [int(k) for k in keys], salt, self.device)
+
     def step_generator(self, step: int, salt: int = 0) -> torch.Generator:
-        """A generator seeded by (seed, step, rank): draws repeat exactly after a resume."""
+        """One generator for draws not tied to a sample (MLM's captions), seeded by (step, rank)."""
         generator = torch.Generator(device=self.device)
         rank = self.global_rank if self._trainer is not None else 0
         generator.manual_seed(((self.seed * 1_000_003 + step) * 1009 + rank) * 7 + salt)
         return generator
 
     def encode_latents(
-        self, pixel_values: torch.Tensor, cache_keys: list[str] | None, generator: torch.Generator
+        self, pixel_values: torch.Tensor, cache_keys: list[str] | None, draws: SampleDraws
     ) -> torch.Tensor:
         """VAE latents (scaled), sampled from cached distributions where the image allows."""
         use_cache = self.cache_latents and cache_keys is not None and all(cache_keys)
@@ -201,7 +221,7 @@ class PersonalizationModule(
             else:
                 dist = self.vae.encode(pixel_values).latent_dist
                 mean, std = dist.mean.float(), dist.std.float()
-        sample = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device)
+        sample = mean + std * draws.randn(mean.shape[1:]).to(mean.dtype)
         return sample * self.vae.config.scaling_factor
 
     def latent_loss_mask(self, pixel_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -211,7 +231,7 @@ class PersonalizationModule(
     def denoise(
         self,
         batch: dict[str, Any],
-        generator: torch.Generator,
+        draws: SampleDraws,
         with_prior: bool = True,
         text_requests: dict[int, list[TextRequest]] | None = None,
     ) -> StepRecord:
@@ -221,7 +241,7 @@ class PersonalizationModule(
         ``text_requests`` (by requester id): encoded in the prompts' own text-encoder call and
         handed back in the record's ``requested_text``.
         """
-        latents = self.encode_latents(batch["pixel_values"], batch.get("cache_key"), generator)
+        latents = self.encode_latents(batch["pixel_values"], batch.get("cache_key"), draws)
         num_instances, prompts = latents.shape[0], list(batch["prompts"])
         if with_prior and self.prior_loss_weight > 0:  # class samples join the same UNet call
             if "class_pixel_values" not in batch:
@@ -229,18 +249,18 @@ class PersonalizationModule(
                     "prior_loss_weight > 0 but the batch has no class images; the DataModule "
                     "builds them when the module's setup requests them (fit with a datamodule)."
                 )
+            prior_draws = draws.with_salt(PRIOR_SALT)
             class_latents = self.encode_latents(
-                batch["class_pixel_values"], batch.get("class_cache_key"), generator
+                batch["class_pixel_values"], batch.get("class_cache_key"), prior_draws
             )
+            draws = draws + prior_draws
             latents = torch.cat([latents, class_latents])
             prompts += list(batch["class_prompts"])
-        device = latents.device
-        noise = torch.randn(latents.shape, generator=generator, device=device)
+        noise = draws.randn(latents.shape[1:])
         if self.noise_offset:
-            offset = torch.randn(latents.shape[:2], generator=generator, device=device)
+            offset = draws.randn(latents.shape[1:2])
             noise = noise + self.noise_offset * offset[..., None, None]
-        steps = self.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=device)
+        timesteps = draws.randint(self.noise_scheduler.config.num_train_timesteps)
         noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -284,10 +304,10 @@ class PersonalizationModule(
         valid = (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1.0)
         return ((error * mask).sum(dim=(1, 2, 3)) / valid).mean()
 
-    def compute_losses(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+    def compute_losses(self, batch: dict[str, Any], draws: SampleDraws) -> dict[str, Any]:
         """Unweighted parts by name plus ``total`` = denoise + sum of weight x regularizer."""
         requests = {id(r): r.text_requests(batch, self) for r in self.regularizers}
-        record = self.denoise(batch, generator, text_requests=requests)
+        record = self.denoise(batch, draws, text_requests=requests)
         parts = {"denoise": self.denoising_loss(record)}
         total = parts["denoise"]
         if record.prior is not None:
@@ -299,7 +319,7 @@ class PersonalizationModule(
         return {"parts": parts, "total": total}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        losses = self.compute_losses(batch, self.step_generator(self.global_step))
+        losses = self.compute_losses(batch, self.sample_draws(batch, self.global_step))
         weights = {r.name: r.weight for r in self.regularizers}
         weights["prior"] = self.prior_loss_weight
         check_loss_parts({**losses["parts"], "total": losses["total"]}, weights, self.global_step)
@@ -311,7 +331,8 @@ class PersonalizationModule(
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Denoising loss on the instance images with noise fixed by batch index."""
-        record = self.denoise(batch, self.step_generator(batch_idx, salt=1), with_prior=False)
+        draws = self.sample_draws(batch, batch_idx, VALIDATION_SALT)
+        record = self.denoise(batch, draws, with_prior=False)
         loss = self.denoising_loss(record)
         self.log("val/loss/denoise", loss, batch_size=len(batch["prompts"]))
 

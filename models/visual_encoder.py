@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from models.base import PersonalizationModule
+from models.components.sample_draws import SampleDraws
 from models.components.vision.subject_encoder import (
     SubjectEncoder,
     TokenMapper,
@@ -193,9 +194,9 @@ class VisualEncoder(PersonalizationModule):
             )
         return self.subject_encoder(batch[REFERENCE_KEY])
 
-    def compute_losses(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+    def compute_losses(self, batch: dict[str, Any], draws: SampleDraws) -> dict[str, Any]:
         with self.injecting(self._reference_vectors(batch)):
-            return super().compute_losses(batch, generator)
+            return super().compute_losses(batch, draws)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         with self.injecting(self._reference_vectors(batch)):

@@ -88,8 +88,8 @@ class Variant:
         """Seconds of one optimisation step on the next batch."""
         batch = next(self.batches)
         start = time.perf_counter()
-        generator = self.module.step_generator(self.steps)
-        loss = self.module.compute_losses(batch, generator)["total"]
+        draws = self.module.sample_draws(batch, self.steps)
+        loss = self.module.compute_losses(batch, draws)["total"]
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

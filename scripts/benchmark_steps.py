@@ -93,7 +93,7 @@ def reference_step_seconds(name: str, model: str, steps: int) -> float:
     for step in range(steps + WARMUP):
         start = time.perf_counter()
         batch = next(batches)
-        loss = module.compute_losses(batch, module.step_generator(step))["total"]
+        loss = module.compute_losses(batch, module.sample_draws(batch, step))["total"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -23,7 +23,7 @@ from datamodules.prompts import FAR_AWAY_WORDS, SIMPLE_TEMPLATES, ZOOMED_IN_WORD
 from datamodules.synthetic_concept import draw_synthetic_concept
 
 GRAY = 127 / 127.5 - 1.0
-KEYS = {"pixel_values", "prompts", "loss_mask", "concept_index", "cache_key"}
+KEYS = {"pixel_values", "prompts", "loss_mask", "concept_index", "cache_key", "sample_key"}
 
 
 def _dm(**kwargs) -> PersonalizationDataModule:

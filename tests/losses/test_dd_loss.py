@@ -156,7 +156,7 @@ def test_on_the_tiny_unet_the_stopped_passes_carry_no_graph() -> None:
         return out
 
     module.predict_noise = recording
-    record = module.denoise(batch, module.step_generator(0))
+    record = module.denoise(batch, module.sample_draws(batch, 0))
     record.timesteps = torch.tensor([400, 900])  # nonzero weights
     DenoisingDecoupleLoss()(record, module).backward()
     assert calls == [(2, True), (4, True), (4, False)]  # denoise, (full, cp), (cg, empty)

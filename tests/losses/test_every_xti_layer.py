@@ -78,7 +78,7 @@ def test_spl_reaches_every_layer_or_the_text_layer(every_layer: bool) -> None:
     datamodule = tiny_datamodule()
     datamodule.request(spl.requires, "test")
     batch = next(iter(datamodule.train_dataloader()))
-    losses = module.compute_losses(batch, module.step_generator(0))
+    losses = module.compute_losses(batch, module.sample_draws(batch, 0))
     losses["parts"]["spl"].backward()
     expected = set(range(len(module.layer_names))) if every_layer else {module.text_layer}
     assert layers_with_gradient(module) == expected

@@ -134,7 +134,7 @@ def test_nothing_masked_adds_exactly_zero_and_no_nan(psi_dir: Path) -> None:
     datamodule = tiny_datamodule()
     datamodule.request({"context_prompts"}, "test")
     batch = next(iter(datamodule.train_dataloader()))
-    losses = module.compute_losses(batch, module.step_generator(0))
+    losses = module.compute_losses(batch, module.sample_draws(batch, 0))
     assert float(losses["parts"]["mlm"]) == 0.0
     assert torch.equal(losses["total"], losses["parts"]["denoise"])
     losses["total"].backward()

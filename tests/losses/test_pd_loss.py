@@ -66,7 +66,7 @@ def test_gradient_reaches_the_concept_token_of_the_tiny_model() -> None:
     datamodule.request(PriorDecoupleLoss.requires, "test")
     module = CustomDiffusion(concepts=datamodule.concepts)
     batch = next(iter(datamodule.train_dataloader()))
-    record = module.denoise(batch, module.step_generator(0))
+    record = module.denoise(batch, module.sample_draws(batch, 0))
     loss = PriorDecoupleLoss()(record, module)
     reached = parameters_reached(module, loss)
     assert reached == {"text_encoder.embeddings.token_embedding.vectors"}

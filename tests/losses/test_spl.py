@@ -89,7 +89,7 @@ def test_gradient_reaches_only_the_concept_token_when_the_text_encoder_is_frozen
     datamodule.request(SemanticPreservationLoss.requires, "test")
     module = CustomDiffusion(concepts=datamodule.concepts)
     batch = next(iter(datamodule.train_dataloader()))
-    record = module.denoise(batch, module.step_generator(0))
+    record = module.denoise(batch, module.sample_draws(batch, 0))
     loss = SemanticPreservationLoss()(record, module)
     reached = parameters_reached(module, loss)
     assert reached == {"text_encoder.embeddings.token_embedding.vectors"}

@@ -117,7 +117,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(class_dir: Path) -> Non
         datamodule.request({"class_pixel_values", "class_prompts"}, "test")
         module.train()
         batch = next(iter(datamodule.train_dataloader()))
-        module.compute_losses(batch, module.step_generator(0))["total"].backward()
+        module.compute_losses(batch, module.sample_draws(batch, 0))["total"].backward()
         assert module.unet.is_gradient_checkpointing == checkpointing
         assert module.text_encoder.is_gradient_checkpointing == checkpointing
         grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad})

@@ -76,7 +76,7 @@ def test_prior_loss_is_the_mse_of_the_class_half_of_one_unet_call(
         calls.append((args[0], args[1], kwargs["encoder_hidden_states"], output.sample))
 
     handle = module.unet.register_forward_hook(spy, with_kwargs=True)
-    losses = module.compute_losses(batch, module.step_generator(5))
+    losses = module.compute_losses(batch, module.sample_draws(batch, 5))
     handle.remove()
 
     assert len(calls) == 1  # instance and class samples share one UNet call
@@ -119,12 +119,12 @@ def test_prior_weight_without_class_data_is_a_clear_error() -> None:
     module = DreamBooth(concepts=datamodule.concepts, prior_loss_weight=1.0)
     batch = next(iter(datamodule.train_dataloader()))
     with pytest.raises(KeyError, match="no class images"):
-        module.compute_losses(batch, module.step_generator(0))
+        module.compute_losses(batch, module.sample_draws(batch, 0))
 
 
 def test_class_latents_are_cached_by_class_image(prior_batch: tuple[Any, dict[str, Any]]) -> None:
     datamodule, batch = prior_batch
     module = TextualInversion(concepts=datamodule.concepts, prior_loss_weight=1.0)
-    module.compute_losses(batch, module.step_generator(0))
+    module.compute_losses(batch, module.sample_draws(batch, 0))
     class_keys = {k for k in module._latent_cache if k.startswith("class/")}
     assert class_keys == set(batch["class_cache_key"])

@@ -122,12 +122,12 @@ def test_latent_cache_is_used_for_deterministic_images() -> None:
     module, datamodule = build("textual_inversion")
     batch = next(iter(datamodule.train_dataloader()))
     assert all(batch["cache_key"])
-    generator = module.step_generator(0)
-    first = module.encode_latents(batch["pixel_values"], batch["cache_key"], generator)
+    draws = module.sample_draws(batch, 0)
+    first = module.encode_latents(batch["pixel_values"], batch["cache_key"], draws)
     assert set(module._latent_cache) == set(batch["cache_key"])
     # The cached distribution is used: garbage pixels give the same latents for the same keys.
     again = module.encode_latents(
-        torch.zeros_like(batch["pixel_values"]), batch["cache_key"], module.step_generator(0)
+        torch.zeros_like(batch["pixel_values"]), batch["cache_key"], module.sample_draws(batch, 0)
     )
     assert torch.equal(first, again)
 

@@ -78,7 +78,7 @@ def test_folded_call_gives_each_request_its_own_encoding(psi_dir: Path) -> None:
 def losses_of(module: PersonalizationModule, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {
         k: v.detach()
-        for k, v in module.compute_losses(batch, module.step_generator(0))["parts"].items()
+        for k, v in module.compute_losses(batch, module.sample_draws(batch, 0))["parts"].items()
     }
 
 
@@ -132,7 +132,7 @@ def test_xti_encodes_requests_on_its_own_path(psi_dir: Path) -> None:
         regularizer.prepare(module)
     module.attach_datamodule(datamodule)
     batch = next(iter(datamodule.train_dataloader()))
-    losses = module.compute_losses(batch, module.step_generator(0))
+    losses = module.compute_losses(batch, module.sample_draws(batch, 0))
     losses["total"].backward()
     assert module.concept_tokens.embedding.vectors.grad is not None
     assert all(torch.isfinite(v) for v in losses["parts"].values())

@@ -1,0 +1,97 @@
+"""Train each method a few steps and save its trained weights: run on 1 process and under
+torchrun on 2, then compare (tests/test_ddp_equivalence.py).
+
+    python tests/ddp_equivalence.py OUT GLOBAL_BATCH [METHOD ...]
+    python -m torch.distributed.run --standalone --nproc_per_node 2 \
+        tests/ddp_equivalence.py OUT GLOBAL_BATCH [METHOD ...]
+
+Each process runs every method's ``fit`` in turn (the process group is made once), each rank
+with a local batch of GLOBAL_BATCH / world size, through the same CLI as ``train.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from safetensors.torch import save_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import train  # noqa: E402  (after the path: this file runs as a script)
+
+# method name -> its config (each runs with configs/tiny.yaml after it).
+METHOD_CONFIGS = {
+    "textual_inversion": "configs/textual_inversion.yaml",
+    "custom_diffusion": "configs/custom_diffusion.yaml",
+    "dreambooth": "configs/dreambooth.yaml",
+    "lora": "configs/lora.yaml",
+    "spl": "configs/classdiffusion/custom_diffusion.yaml",
+    "dd_loss": "configs/accord/custom_diffusion.yaml",
+}
+STEPS = 7  # 10 samples (5 toy photos x 2 repeats) at global batch 2: crosses an epoch
+
+
+def trained_weights(module: L.LightningModule) -> dict[str, torch.Tensor]:
+    """The parameters that train, by name, as fp32 on the CPU."""
+    return {
+        name: parameter.detach().float().cpu().clone()
+        for name, parameter in module.named_parameters()
+        if parameter.requires_grad
+    }
+
+
+class TrainedAtStart(L.Callback):
+    """Keeps the trained parameters as they are before the first step."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.weights = trained_weights(pl_module)
+
+
+def fit_and_save(method: str, out: Path, global_batch: int, world_size: int) -> None:
+    """One short fit of ``method``; rank 0 saves the trained parameters
+    (before and after)."""
+    if global_batch % world_size:
+        raise SystemExit(f"error: global batch {global_batch} is not divisible by {world_size}")
+    run_dir = out / f"runs-{world_size}" / method
+    args = [
+        "--config", METHOD_CONFIGS[method], "--config", "configs/tiny.yaml",
+        "--trainer.devices", str(world_size),
+        "--trainer.strategy", "ddp" if world_size > 1 else "auto",
+        "--trainer.max_steps", str(STEPS),
+        "--trainer.callbacks=[]", "--trainer.logger", "false",
+        "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(run_dir),
+        "--data.init_args.batch_size", str(global_batch // world_size),
+        "--data.init_args.repeats", "2",
+        # A learning rate that moves every method's weights well past float rounding in 7 steps.
+        "--model.init_args.optimizer.init_args.lr", "1e-3",
+        # One class-image folder for both runs: the same prior images (made by the first run).
+        "--data.init_args.class_data_dir", str(out / "class_images"),
+    ]  # fmt: skip
+    cli = train.main(args, run=False)
+    start = TrainedAtStart()
+    cli.trainer.callbacks.append(start)
+    cli.before_fit()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    if cli.trainer.global_rank == 0:
+        save_file(start.weights, str(out / f"{method}-start.safetensors"))
+        save_file(trained_weights(cli.model), str(out / f"{method}-world{world_size}.safetensors"))
+
+
+def main(argv: list[str]) -> None:
+    out, global_batch = Path(argv[0]), int(argv[1])
+    methods = argv[2:] or list(METHOD_CONFIGS)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    torch.set_num_threads(1)  # two processes on two cores; also what makes 1 vs 2 comparable
+    os.chdir(REPO_ROOT)
+    for method in methods:
+        fit_and_save(method, out, global_batch, world_size)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
