@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,13 @@ def gradient_image(width: int, height: int) -> Image.Image:
     ys = np.linspace(0, 255, height, dtype=np.float32)[:, None].repeat(width, 1)
     rgb = np.stack([xs, ys, 255 - xs], -1).round().astype(np.uint8)
     return Image.fromarray(rgb, "RGB")
+
+
+class SlowSteps(L.Callback):
+    """Sleeps after each step, so a test can kill a run from outside while it trains."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        time.sleep(self.seconds)
