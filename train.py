@@ -48,6 +48,11 @@ class PersonalizationCLI(LightningCLI):
             self.trainer.callbacks = [
                 c for c in self.trainer.callbacks if not isinstance(c, LearningRateMonitor)
             ]
+        if self.trainer.accumulate_grad_batches < 1:
+            raise ValueError(
+                f"trainer.accumulate_grad_batches is {self.trainer.accumulate_grad_batches}; "
+                "give the number of batches per optimizer step (>= 1, 1 accumulates nothing)."
+            )
         steps = self.trainer.max_steps
         if steps == 0 or steps < -1:
             raise ValueError(

@@ -13,13 +13,22 @@ from argparse import ArgumentError
 from pathlib import Path
 
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     KeyError,
     OSError,  # FileNotFoundError, NotADirectoryError, a model that cannot be loaded
     yaml.YAMLError,
+    MisconfigurationException,  # Lightning's own checks of the trainer options
 )
+# The fix, for Lightning messages that name only the problem.
+FIXES = {
+    "No supported gpu backend found": "this machine has no usable GPU; pass "
+    "--trainer.accelerator cpu (or auto), or install a CUDA build of torch",
+    "GPUAccelerator can not run on your system": "this machine has no usable GPU; pass "
+    "--trainer.accelerator cpu (or auto)",
+}
 # The parser reports a bad option value as a TypeError inside its ArgumentError.
 PARSER_ERRORS: tuple[type[BaseException], ...] = (ArgumentError, TypeError)
 _UNION_DUMP = "Does not validate against any of the Union subtypes"
@@ -30,7 +39,9 @@ def exception_chain(error: BaseException) -> list[BaseException]:
     chain: list[BaseException] = []
     while error is not None and all(error is not seen for seen in chain):
         chain.append(error)
-        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+        # ``raise ... from None``: the message already says everything; stop there.
+        implicit = None if error.__suppress_context__ else error.__context__
+        error = error.__cause__ or implicit  # type: ignore[assignment]
     return chain
 
 
@@ -58,6 +69,9 @@ def user_message(error: BaseException, config_files: list[str] | None = None) ->
         bad = next((f for f in config_files or [] if not _parses(f)), None)
         if bad is not None:
             message = f"config file {bad} is not valid YAML: {message}; fix its syntax"
+    fix = next((fix for known, fix in FIXES.items() if known in message), None)
+    if fix is not None:
+        message = f"{message.rstrip('.!')}: {fix}."
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 

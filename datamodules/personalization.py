@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from core.concept import ConceptSpec
 from core.images import resize_and_crop, to_tensor
 from datamodules.extras import SampleExtra, extra_for, known_keys
-from datamodules.extras.class_images import check_class_options
+from datamodules.extras.class_images import check_class_options, class_prompt_for
 from datamodules.generation_prompts import EvalPrompts, GenerationItems, generation_loader
 from datamodules.instance_images import check_photo_sizes, load_image_folder
 from datamodules.prompts import FAR_AWAY_WORDS, SIMPLE_TEMPLATES, ZOOMED_IN_WORDS, check_templates
@@ -69,6 +69,8 @@ class InstanceDataset(Dataset):
         self.extras = list(extras or [])
         self.items = [(c, i) for c, imgs in enumerate(images) for i in range(len(imgs))]
         self.images, self.concepts, self.templates = images, concepts, templates
+        if not 0.0 <= flip_probability <= 1.0:
+            raise ValueError(f"flip_probability is a chance in [0, 1], got {flip_probability}.")
         self.resolution, self.random_crop = resolution, random_crop
         self.flip_probability, self.rescale_augmentation = flip_probability, rescale_augmentation
         self.repeats, self.seed = repeats, seed
@@ -174,7 +176,9 @@ class PersonalizationDataModule(L.LightningDataModule):
                 asks for captions.
             class_data_dir: prior preservation's class images (missing ones are generated there
                 by the base model before training); used only when the model asks for them.
-            class_prompt: the class images' prompt, e.g. "a photo of a dog".
+                ``{class_word}`` in it becomes the (first) class word: class_images/{class_word}.
+            class_prompt: the class images' prompt; None: "a photo of a <class word>". It must
+                name a concept's class word.
             num_class_images: how many class images to use (and to generate if missing).
             class_generation_steps: sampling steps per generated class image (DDIM, cfg 7.5).
             eval_prompts: what ``test`` / ``predict`` generate (DreamBench's prompts by
@@ -184,6 +188,8 @@ class PersonalizationDataModule(L.LightningDataModule):
                 is given each distinct token once.
         """
         super().__init__()
+        if class_word is not None and not class_word.strip():
+            raise ValueError("class_word is empty; give the subject's class, e.g. dog.")
         if class_word is None:
             if instance_data_dir is not None:
                 raise ValueError(
@@ -208,6 +214,8 @@ class PersonalizationDataModule(L.LightningDataModule):
         self.templates = check_templates(prompt_templates or SIMPLE_TEMPLATES)
         if resolution < 8 or batch_size < 1 or repeats < 1:
             raise ValueError("resolution >= 8, batch_size >= 1 and repeats >= 1 are required.")
+        if not 0.0 <= flip_probability <= 1.0:
+            raise ValueError(f"flip_probability is a chance in [0, 1], got {flip_probability}.")
         self.resolution, self.random_crop = resolution, random_crop
         self.flip_probability, self.rescale_augmentation = flip_probability, rescale_augmentation
         self.repeats, self.batch_size, self.num_workers = repeats, batch_size, num_workers
@@ -217,6 +225,10 @@ class PersonalizationDataModule(L.LightningDataModule):
         # generated set of a category (None: living / object from each class word).
         self.context_prompts_file, self.context_category = context_prompts_file, context_category
         self.captioner = captioner  # ACCORD's captions of uncaptioned photos (extras/captions.py)
+        class_words = [c.class_word for c in self.concept_data]
+        class_prompt = class_prompt_for(class_words, class_prompt)
+        if class_data_dir is not None:  # a folder per class word, unless it names one itself
+            class_data_dir = class_data_dir.replace("{class_word}", class_word.replace(" ", "_"))
         check_class_options(class_data_dir, class_prompt, num_class_images, class_generation_steps)
         self.class_data_dir, self.class_prompt = class_data_dir, class_prompt
         self.num_class_images = num_class_images

@@ -135,7 +135,7 @@ class MaskedLanguageModelingLoss(Regularizer):
             return
         try:
             contextualizer, mask_vector, info = load_contextualizer(folder)
-        except FileNotFoundError as error:
+        except FileNotFoundError:
             how = (
                 f"run `{pretraining_command(name)}` first (it exports there)"
                 if self.contextualizer_dir is None
@@ -144,7 +144,7 @@ class MaskedLanguageModelingLoss(Regularizer):
             raise FileNotFoundError(
                 f"The mlm loss needs a pretrained contextualizer for {name!r}, but {folder} has "
                 f"none: {how}."
-            ) from error
+            ) from None  # the message is the whole story (the folder's contents are named)
         check_compatible(info, module.tokenizer, module.text_encoder, folder)
         contextualizer.requires_grad_(False)
         self.contextualizer = contextualizer.eval().to(module.device)

@@ -13,6 +13,7 @@ are the contract every baseline and regularizer relies on, and read best in one 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,13 @@ class PersonalizationModule(
         self.optimizer_factory = optimizer
         self.learning_rates = dict(learning_rates or {})
         self.scale_lr = scale_lr
+        if lr_warmup_steps < 0:
+            raise ValueError(f"lr_warmup_steps must be >= 0 (0: none), got {lr_warmup_steps}.")
         self.lr_warmup_steps = lr_warmup_steps
         self.lr_scheduler_factory = lr_scheduler
         self.cache_latents = cache_latents
+        if not math.isfinite(noise_offset) or noise_offset < 0:
+            raise ValueError(f"noise_offset must be finite and >= 0 (0 off), got {noise_offset}.")
         self.noise_offset = noise_offset
         if prior_loss_weight < 0:
             raise ValueError(f"prior_loss_weight must be >= 0 (0 off), got {prior_loss_weight}.")

@@ -96,6 +96,7 @@ def test_bad_image_folder_fails_before_any_model_is_built(
     monkeypatch.chdir(REPO_ROOT)
     args = cli_args("custom_diffusion", tmp_path)
     args += ["--data.init_args.instance_data_dir", str(tmp_path / "missing")]
+    args += ["--data.init_args.class_word", "dog"]
     # jsonargparse may wrap the DataModule's error in its own; the message is kept.
     with pytest.raises((FileNotFoundError, ValueError), match="missing' does not exist"):
         main(args)

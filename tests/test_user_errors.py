@@ -47,6 +47,35 @@ def tiny_photos(root: Path) -> Path:
     return folder
 
 
+def captioned_photos(root: Path, caption: str) -> Path:
+    folder = photos(root / "captioned")
+    (folder / "captions.txt").write_text(f"00.png: {caption}\n")
+    return folder
+
+
+def file_at(root: Path, name: str, data: bytes = b"not a checkpoint") -> Path:
+    path = root / name
+    path.write_bytes(data)
+    return path
+
+
+def folder_at(root: Path, name: str) -> Path:
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def photo_args(folder: str) -> list[str]:
+    """The photo folder and its class word (the tiny overlay keeps whatever concept it gets)."""
+    return ["--data.init_args.instance_data_dir", folder, "--data.init_args.class_word", "toy"]
+
+
+def regularizer(class_path: str, **init_args: object) -> list[str]:
+    args = ", ".join(f"{k}: {v}" for k, v in {"weight": 1, **init_args}.items())
+    value = f"[{{class_path: {class_path}, init_args: {{{args}}}}}]"
+    return ["--model.init_args.regularizers", value]
+
+
 def corrupt_photo(root: Path) -> Path:
     folder = photos(root / "corrupt")
     (folder / "03.png").write_bytes(b"not a png at all")
@@ -57,19 +86,19 @@ def corrupt_photo(root: Path) -> Path:
 CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "token exists": (lambda r: ["--data.init_args.concept_token", "dog"], "already exists"),
     "missing photo folder": (
-        lambda r: ["--data.init_args.instance_data_dir", str(r / "nowhere")],
+        lambda r: photo_args(str(r / "nowhere")),
         "does not exist; set instance_data_dir",
     ),
     "photo folder is a file": (
-        lambda r: ["--data.init_args.instance_data_dir", str(bad_yaml(r))],
+        lambda r: photo_args(str(bad_yaml(r))),
         "is a file, not a folder",
     ),
     "empty photo folder": (
-        lambda r: ["--data.init_args.instance_data_dir", str(photos(r / "empty", 0))],
+        lambda r: photo_args(str(photos(r / "empty", 0))),
         "holds no images",
     ),
     "unreadable photo": (
-        lambda r: ["--data.init_args.instance_data_dir", str(corrupt_photo(r))],
+        lambda r: photo_args(str(corrupt_photo(r))),
         "Cannot read image",
     ),
     "missing model folder": (
@@ -114,7 +143,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     ),
     "photo far smaller than the resolution": (
         lambda r: [
-            "--data.init_args.instance_data_dir", str(tiny_photos(r)),
+            *photo_args(str(tiny_photos(r))),
             "--data.init_args.resolution", "64",
         ],
         "less than a quarter of the training resolution 64",
@@ -130,7 +159,101 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         ],
         "class_data_dir",
     ),  # fmt: skip
+    # Beyond the issue's list: what the other options and subcommands let through.
+    "class prompt naming another class": (
+        lambda r: [
+            "--model.init_args.prior_loss_weight", "1",
+            "--data.init_args.class_prompt", "a photo of a cat",
+        ],
+        "does not name the class word 'toy'",
+    ),  # fmt: skip
+    "empty class word": (lambda r: ["--data.init_args.class_word", ""], "class_word is empty"),
+    "photos without a class word": (
+        lambda r: ["--data.init_args.instance_data_dir", str(photos(r / "dog"))],
+        "class_word is required with instance_data_dir",
+    ),
+    "second concept's photos without a class word": (
+        lambda r: [
+            "--data.init_args.additional_concepts",
+            f"[{{token: '<v2>', instance_data_dir: {photos(r / 'second')}}}]",
+        ],
+        "has photos",
+    ),
+    "two concepts with one token": (
+        lambda r: ["--data.init_args.additional_concepts", "[{token: '<v1>', class_word: dog}]"],
+        "Concept tokens must differ",
+    ),
+    "flip probability above 1": (
+        lambda r: ["--data.init_args.flip_probability", "1.5"],
+        "flip_probability is a chance in [0, 1]",
+    ),
+    "batch size 0": (lambda r: ["--data.init_args.batch_size", "0"], "batch_size >= 1"),
+    "negative noise offset": (
+        lambda r: ["--model.init_args.noise_offset", "-1"],
+        "noise_offset must be finite and >= 0",
+    ),
+    "negative warm-up": (
+        lambda r: ["--model.init_args.lr_warmup_steps", "-3"],
+        "lr_warmup_steps must be >= 0",
+    ),
+    "unknown learning-rate group": (
+        lambda r: ["--model.init_args.learning_rates", "{nope: 1.0e-3}"],
+        "groups are ['kv', 'tokens']",
+    ),
+    "negative max_steps": (lambda r: ["--trainer.max_steps", "-5"], "You passed in -5"),
+    "accumulate 0 batches": (
+        lambda r: ["--trainer.accumulate_grad_batches", "0"],
+        "accumulate_grad_batches is 0",
+    ),
+    "checkpoint is a folder": (
+        lambda r: ["--ckpt_path", str(folder_at(r, "run.ckpt"))],
+        "is a folder; give a .ckpt file in it",
+    ),
+    "checkpoint is not a checkpoint": (
+        lambda r: ["--ckpt_path", str(file_at(r, "notes.ckpt"))],
+        "is not a PyTorch checkpoint",
+    ),
+    "regularizer class typo": (
+        lambda r: regularizer("losses.spl.SemanticPreservationLos"),
+        "has no attribute 'SemanticPreservationLos'",
+    ),
+    "model class typo": (
+        lambda r: ["--model", "models.CustomDifusion"],
+        "has no attribute 'CustomDifusion'",
+    ),
+    "mlm without its pretrained contextualizer": (
+        lambda r: regularizer("losses.mlm.MaskedLanguageModelingLoss", contextualizer_dir=r / "no"),
+        "needs a pretrained contextualizer",
+    ),
+    "ddloss caption without placeholder": (
+        lambda r: [
+            *regularizer("losses.dd_loss.DenoisingDecoupleLoss"),
+            *photo_args(str(captioned_photos(r, "a toy in a park"))),
+        ],
+        "must contain the concept placeholder",
+    ),  # fmt: skip
+    "captioner folder missing": (
+        lambda r: [
+            *regularizer("losses.dd_loss.DenoisingDecoupleLoss"),
+            *photo_args(str(photos(r / "uncaptioned"))),
+            "--data.init_args.captioner", str(r / "no-captioner"),
+        ],
+        "cannot be loaded here (no such folder)",
+    ),  # fmt: skip
+    "evaluation prompt file missing": (
+        lambda r: ["--data.init_args.eval_prompts.source", str(r / "prompts.txt")],
+        "does not exist; give a text file with one prompt per line",
+    ),
+    "unknown evaluation scheduler": (
+        lambda r: ["--model.init_args.evaluation.scheduler", "nope"],
+        "Unknown sampling scheduler 'nope'",
+    ),
 }
+if not torch.cuda.is_available():  # where there is no GPU, asking for one is a user error
+    CASES["gpu asked for on a machine without one"] = (
+        lambda r: ["--trainer.accelerator", "gpu"],
+        "--trainer.accelerator cpu",
+    )
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -10,6 +10,7 @@ resolution, crop and flip handling (no random rescale: class images have no loss
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,6 +22,27 @@ from datamodules.instance_images import IMAGE_SUFFIXES, load_rgb_image
 
 if TYPE_CHECKING:
     from datamodules.personalization import PersonalizationDataModule
+
+
+def class_prompt_for(class_words: list[str], class_prompt: str | None) -> str:
+    """The class images' prompt: ``class_prompt`` if it names a class word, else an error;
+    None: "a photo of a <first class word>"."""
+    if class_prompt is None:
+        return f"a photo of a {class_words[0]}"
+    words = re.findall(r"[\w'-]+", class_prompt.lower())
+    named = [w for w in class_words if _contains(words, re.findall(r"[\w'-]+", w.lower()))]
+    if not named:
+        raise ValueError(
+            f"class_prompt {class_prompt!r} does not name the class word "
+            f"{' or '.join(repr(w) for w in dict.fromkeys(class_words))}: the prior images "
+            f"would show another class. Set class_prompt to e.g. 'a photo of a "
+            f"{class_words[0]}', or leave it unset (that is the default)."
+        )
+    return class_prompt
+
+
+def _contains(words: list[str], phrase: list[str]) -> bool:
+    return any(words[i : i + len(phrase)] == phrase for i in range(len(words)))
 
 
 def check_class_options(

@@ -9,6 +9,7 @@ unpickled, so it is refused before Lightning opens it, with a message that says 
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,16 @@ def check_loads_weights_only(path: str | Path) -> None:
 def load_weights_only(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """The checkpoint, loaded weights-only; errors say what is wrong with it."""
     file = Path(path)
+    if file.is_dir():
+        raise IsADirectoryError(
+            f"checkpoint {str(file)!r} is a folder; give a .ckpt file in it "
+            f"(e.g. {str(file / 'last.ckpt')!r})."
+        )
+    if file.is_file() and not zipfile.is_zipfile(file):  # torch.save writes a zip archive
+        raise ValueError(
+            f"{str(file)!r} is not a PyTorch checkpoint (not a torch.save archive); give a "
+            ".ckpt a run wrote (its checkpoints/ folder)."
+        )
     if not file.is_file():
         raise FileNotFoundError(
             f"checkpoint {str(file)!r} does not exist; give a .ckpt of a run's checkpoints/ "

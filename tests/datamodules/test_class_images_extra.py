@@ -68,8 +68,9 @@ def test_random_crop_turns_off_class_latent_caching(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"class_data_dir": "x", "num_class_images": 4}, "need class_prompt"),
-        ({"class_data_dir": "x", "class_prompt": "  "}, "need class_prompt"),
+        ({"class_data_dir": "x", "class_prompt": "  "}, "does not name the class word"),
+        ({"class_prompt": "a photo of a cat"}, "does not name the class word 'toy'"),
+        ({"class_prompt": "a photo of toys"}, "does not name the class word"),  # whole words
         ({"class_prompt": PROMPT, "num_class_images": 0}, "num_class_images must be >= 1"),
         ({"class_prompt": PROMPT, "class_generation_steps": 0}, "class_generation_steps"),
     ],
@@ -77,6 +78,18 @@ def test_random_crop_turns_off_class_latent_caching(tmp_path: Path) -> None:
 def test_bad_options_fail_when_the_datamodule_is_built(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         tiny_datamodule(**options)
+
+
+def test_class_prompt_and_folder_follow_the_class_word(tmp_path: Path) -> None:
+    photos = write_class_folder(tmp_path / "dog", count=3)
+    dm = tiny_datamodule(
+        instance_data_dir=str(photos), class_word="teddy bear",
+        class_data_dir=str(tmp_path / "class_images" / "{class_word}"),
+    )  # fmt: skip
+    assert dm.class_prompt == "a photo of a teddy bear"
+    assert dm.class_data_dir == str(tmp_path / "class_images" / "teddy_bear")
+    # A prompt of its own is kept when it names the class (any concept's class word).
+    assert tiny_datamodule(class_prompt="a TOY on a table").class_prompt == "a TOY on a table"
 
 
 def test_class_folder_that_is_a_file_fails_early(tmp_path: Path) -> None:

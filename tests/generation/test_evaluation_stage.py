@@ -125,7 +125,8 @@ def test_reference_folder_without_images_is_an_error(
     empty.mkdir()
     (empty / "notes.txt").write_text("no photos here")
     with pytest.raises(ValueError, match="holds no images"):
-        main(args("test", tmp_path, "--data.init_args.instance_data_dir", str(empty)))
+        photos = ["--data.init_args.instance_data_dir", str(empty)]
+        main(args("test", tmp_path, *photos, "--data.init_args.class_word", "dog"))
 
 
 def test_missing_metric_model_fails_before_generating(
