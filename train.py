@@ -14,15 +14,19 @@ import warnings
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.export import ExportWeights
 from callbacks.interrupt import SaveOnInterrupt
+from callbacks.progress import StepProgressBar
 from core.errors import config_files, user_message
 from models.components.finite_guard import NonFiniteError
 from models.components.safe_checkpoints import check_loads_weights_only
 
+# Where runs go when neither the config nor the command line names trainer.default_root_dir.
+DEFAULT_ROOT_DIR = "runs"
 # ckpt_path values Lightning resolves itself rather than as a file.
 LIGHTNING_CKPT_NAMES = frozenset({"last", "best", "hpc", "registry"})
 
@@ -42,6 +46,28 @@ class PersonalizationCLI(LightningCLI):
         if "weights_only" in parser.get_defaults():
             parser.set_defaults({"weights_only": True})
         return parser
+
+    def before_instantiate_classes(self) -> None:
+        """Every output follows ``trainer.default_root_dir``: a logger without a ``save_dir``
+        of its own (the configs name none) writes there, and so its checkpoints and exports."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config["trainer"]
+        if not trainer.get("default_root_dir"):
+            trainer["default_root_dir"] = DEFAULT_ROOT_DIR
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+            if init_args is not None and "save_dir" in init_args and not init_args.save_dir:
+                init_args.save_dir = trainer["default_root_dir"]
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        """Adds the step progress bar unless the run turns bars off or brings its own."""
+        listed = config.get("callbacks") or []
+        listed = [*(listed if isinstance(listed, list) else [listed]), *callbacks]
+        wanted = config.get("enable_progress_bar") is not False
+        if wanted and not any(isinstance(c, ProgressBar) for c in listed):
+            callbacks = [*callbacks, StepProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
         if self.trainer.logger is None:  # --trainer.logger false: nothing to log rates to
@@ -92,7 +118,7 @@ def main(args: list[str] | None = None, run: bool = True) -> PersonalizationCLI:
         parser_kwargs={"exit_on_error": False},
         trainer_defaults={
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                       "init_args": {"save_dir": "runs", "name": "personalize"}},
+                       "init_args": {"save_dir": "", "name": "personalize"}},  # "": root dir
             "callbacks": [
                 ExportWeights(),
                 SaveOnInterrupt(),  # Ctrl-C / SIGTERM: a checkpoint and an export first

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from core.atomic import write_file_atomically
 from core.cache import cache_root
@@ -68,7 +69,7 @@ def generate_captions(images: list[Image.Image], captioner: str) -> list[str]:
         captioner, _load_captioner, "ACCORD's captions", CAPTIONER_OPTION
     )
     captions = []
-    for image in images:
+    for image in tqdm(images, desc="captioning photos", unit="photo"):
         inputs = processor(images=image.convert("RGB"), return_tensors="pt")
         ids = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
         captions.append(processor.decode(ids[0], skip_special_tokens=True).strip())

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
+from tqdm.auto import tqdm
 
 from core.atomic import write_file_atomically
 from datamodules.extras.class_images import list_class_images
@@ -90,6 +91,8 @@ def generate_class_images(
             f"({world_size} process(es), {len(mine)} on this one)."
         )
     written: list[Path] = []
+    # Rank zero's share stands for the whole (the ranks' shares differ by one at most).
+    progress = tqdm(total=len(mine), desc="class images", unit="img", disable=rank != 0)
     for start in range(0, len(mine), batch_size):
         chunk = mine[start : start + batch_size]
         images = generate([prompt] * len(chunk), chunk)
@@ -97,6 +100,8 @@ def generate_class_images(
             path = folder / class_file_name(index)
             _save_png(image, path)
             written.append(path)
+        progress.update(len(chunk))
+    progress.close()
     barrier()
     return written
 
