@@ -7,10 +7,11 @@ same CLIP, DINO-I and DINO-FG the same DINO.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from pretrained.hub import HubUnavailableError, looks_like_path
 
 T = TypeVar("T")
 _LOADED: dict[tuple[str, str, str], Any] = {}
@@ -18,13 +19,6 @@ _LOADED: dict[tuple[str, str, str], Any] = {}
 
 class EvalModelNotFoundError(FileNotFoundError):
     """An evaluation model could not be loaded from what is on this machine."""
-
-
-def looks_like_path(name: str) -> bool:
-    """Hub ids are ``owner/name``; anything else with a separator or a dot prefix is a path."""
-    return (
-        name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-    )
 
 
 def _hub_cache() -> str:
@@ -62,7 +56,11 @@ def load_eval_model(name: str, loader: Callable[[str], T], what: str, option: st
     """
     from pretrained.tiny_eval_models import resolve_eval_model  # builds tiny-* models on first use
 
-    path = resolve_eval_model(name)
+    try:
+        path = resolve_eval_model(name)
+    except HubUnavailableError:
+        reason = "not in the local Hugging Face cache, and the hub cannot be reached"
+        raise EvalModelNotFoundError(not_found_message(name, what, option, reason)) from None
     key = (what, getattr(loader, "__qualname__", repr(loader)), path)
     if key in _LOADED:
         return _LOADED[key]

@@ -8,7 +8,7 @@ from pathlib import Path
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from pretrained.eval_models import looks_like_path
+from pretrained.hub import looks_like_path
 from pretrained.tiny_sd import TINY_MODEL_NAME, resolve_pretrained
 
 
@@ -27,7 +27,10 @@ def load_components(
     name_or_path: str, revision: str | None = None, variant: str | None = None
 ) -> StableDiffusionComponents:
     """Load from a hub id, a local diffusers folder, or ``tiny-sd`` (built offline on demand)."""
-    path = resolve_pretrained(name_or_path)
+    option = "model.init_args.pretrained_model_name_or_path"
+    path = resolve_pretrained(name_or_path, option, revision)
+    if path != name_or_path and Path(path).is_dir():
+        revision = None  # a cached snapshot: the revision is already the folder
     if looks_like_path(path) and not Path(path).expanduser().is_dir():
         raise FileNotFoundError(
             f"model folder {path!r} does not exist; give a local folder in diffusers layout "
@@ -49,9 +52,10 @@ def load_components(
             noise_scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler"),
         )
     except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise OSError(
-            f"Could not load a Stable Diffusion pipeline from {name_or_path!r}: {error}\n"
-            "Give a local folder in diffusers layout (tokenizer/, text_encoder/, vae/, unet/, "
-            "scheduler/), a hub id that is already in the local Hugging Face cache (downloads "
-            f"need network), or {TINY_MODEL_NAME!r} for the tiny offline test pipeline."
-        ) from error
+            f"could not load a Stable Diffusion pipeline from {name_or_path!r} ({first}); give "
+            "a local folder in diffusers layout (tokenizer/, text_encoder/, vae/, unet/, "
+            "scheduler/), a hub id that is in the local Hugging Face cache or reachable, or "
+            f"{TINY_MODEL_NAME!r} for the tiny offline test pipeline."
+        ) from None  # the message names the cause; the chain would only repeat it

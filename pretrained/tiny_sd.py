@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from core.cache import cache_root
+from pretrained.hub import looks_like_path, resolve_hub_id
 from pretrained.tiny_tokenizer import write_tiny_clip_tokenizer
 
 TINY_MODEL_NAME = "tiny-sd"
@@ -192,13 +193,23 @@ def ensure_tiny_clip() -> Path:
     return ensure_built(TINY_CLIP_NAME, save_tiny_clip, "preprocessor_config.json")
 
 
-def resolve_pretrained(name_or_path: str) -> str:
-    """Map ``tiny-sd`` / ``tiny-clip`` to their cache folders; leave other names as they are."""
+def resolve_pretrained(
+    name_or_path: str,
+    option: str = "the model option",
+    revision: str | None = None,
+    tiny_name: str = TINY_MODEL_NAME,
+) -> str:
+    """Map ``tiny-sd`` / ``tiny-clip`` to their cache folders, and a hub id to itself when the
+    hub is reachable, else to its cached snapshot, else a one-line error (pretrained/hub.py);
+    a folder is returned as given."""
     if name_or_path == TINY_MODEL_NAME:
         return str(ensure_tiny_pipeline())
     if name_or_path == TINY_CLIP_NAME:
         return str(ensure_tiny_clip())
-    return name_or_path
+    if looks_like_path(name_or_path) or Path(name_or_path).expanduser().exists():
+        return name_or_path
+    tiny = f"{tiny_name!r} for its tiny offline twin"
+    return resolve_hub_id(name_or_path, option, tiny, revision)
 
 
 _MODEL_INDEX = """{

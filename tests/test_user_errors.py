@@ -244,6 +244,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda r: ["--data.init_args.eval_prompts.source", str(r / "prompts.txt")],
         "does not exist; give a text file with one prompt per line",
     ),
+    "hub id neither cached nor reachable": (
+        lambda r: ["--model.init_args.pretrained_model_name_or_path", "owner/not-cached"],
+        "'owner/not-cached' is not in the local Hugging Face cache",
+    ),
     "unknown evaluation scheduler": (
         lambda r: ["--model.init_args.evaluation.scheduler", "nope"],
         "Unknown sampling scheduler 'nope'",

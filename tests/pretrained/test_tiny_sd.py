@@ -11,6 +11,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
+from pretrained.hub import HubUnavailableError
 from pretrained.stable_diffusion import load_components
 from pretrained.tiny_sd import TINY_MODEL_NAME, resolve_pretrained, save_tiny_pipeline
 
@@ -90,8 +91,11 @@ def test_build_does_not_disturb_global_rng(tmp_path: Path) -> None:
 def test_resolve_pretrained(tiny_sd_path: Path) -> None:
     assert TINY_MODEL_NAME == "tiny-sd"
     assert Path(resolve_pretrained("tiny-sd")) == tiny_sd_path
-    for other in ("runwayml/stable-diffusion-v1-5", "/some/local/folder", "tiny-sd-2", "Tiny-SD"):
-        assert resolve_pretrained(other) == other
+    assert resolve_pretrained("/some/local/folder") == "/some/local/folder"
+    # Offline (as tests run), other names are hub ids that are not cached: one clear error.
+    for other in ("runwayml/stable-diffusion-v1-5", "tiny-sd-2", "Tiny-SD"):
+        with pytest.raises(HubUnavailableError, match="not in the local Hugging Face cache"):
+            resolve_pretrained(other)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def load_text_projection(clip_model: str, hidden_size: int) -> nn.Linear:
     Raises a ValueError naming both sizes when the CLIP's text width differs from the
     diffusion model's text encoder (``hidden_size``): the projection would not apply.
     """
-    path = resolve_pretrained(clip_model)
+    path = resolve_pretrained(clip_model, "the loss's clip_model", tiny_name=TINY_CLIP_NAME)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the vision weights it skips are expected, not news
     try:
