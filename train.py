@@ -22,6 +22,7 @@ from callbacks.export import ExportWeights
 from callbacks.interrupt import SaveOnInterrupt
 from callbacks.progress import StepProgressBar
 from core.errors import config_files, user_message
+from core.run_config import EVALUATING_COMMANDS, with_run_config
 from models.components.finite_guard import NonFiniteError
 from models.components.safe_checkpoints import check_loads_weights_only
 
@@ -67,6 +68,9 @@ class PersonalizationCLI(LightningCLI):
         wanted = config.get("enable_progress_bar") is not False
         if wanted and not any(isinstance(c, ProgressBar) for c in listed):
             callbacks = [*callbacks, StepProgressBar()]
+        if self.subcommand in EVALUATING_COMMANDS:
+            # test / predict write into the run's folder: its config.yaml is the training's.
+            self.save_config_callback = None
         return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
@@ -104,7 +108,15 @@ class PersonalizationCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> PersonalizationCLI:
-    """Build (and by default run) the CLI; tests call this in-process with ``args``."""
+    """Build (and by default run) the CLI; tests call this in-process with ``args``.
+
+    ``test`` / ``predict`` of a run's checkpoint take that run's concept and folder
+    (core/run_config.py).
+    """
+    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv = [sys.argv[0], *with_run_config(sys.argv[1:])]
+    else:
+        args = with_run_config(list(args))
     return PersonalizationCLI(
         # Any LightningModule / DataModule class_path: the baselines subclass
         # PersonalizationModule; the contextualizer's pretraining (diverse context) does not.

@@ -2,10 +2,11 @@
 
 ``python train.py test`` generates the DataModule's evaluation prompts (DreamBench's by default)
 with fixed seeds, scores the images with the metrics of ``evaluation.metrics`` against the
-subject's instance photos, logs ``test/<metric>`` to TensorBoard and writes, under
-``<run folder>/eval/``: ``images/``, ``manifest.csv`` (file, prompt, seed, ...), ``results.json``
-(values, every metric's definition, the generation settings, timings) and ``results.csv``.
-``predict`` generates the same way into ``<run folder>/predict/`` without scoring. Under DDP
+subject's instance photos, logs ``test/<metric>`` to TensorBoard and writes, under a new
+``<run folder>/eval/test-<n>/`` per call: ``images/``, ``manifest.csv`` (file, prompt, seed,
+...), ``results.json`` (values, every metric's definition, the generation settings, timings)
+and ``results.csv``. ``predict`` generates the same way into ``eval/predict-<n>/`` without
+scoring. With ``--ckpt_path`` of a run, the run folder is that run's (train.py). Under DDP
 each rank generates its share and updates its metric states; files come from rank zero after
 gathering the images.
 """
@@ -40,8 +41,8 @@ class EvaluationSettings:
         guidance_scale: classifier-free guidance.
         resolution: image side; None = the model's native size.
         negative_prompt: the unconditional prompt of guidance.
-        output_dir: where images and results go; None = ``<run folder>/eval`` (test) or
-            ``<run folder>/predict``.
+        output_dir: where images and results go; None = a new ``<run folder>/eval/test-<n>``
+            (or ``predict-<n>``) for each call.
         metrics: which metrics, with which models (see metrics/settings.py).
     """
 
@@ -148,7 +149,7 @@ class EvaluationMixin:
         values = {key: metric.compute() for key, metric in self._eval_metrics.items()}  # syncs
         for key, value in values.items():
             self.log(f"test/{key}", value.float(), sync_dist=False)
-        folder = self._write_generations("eval")
+        folder = self._write_generations("test")
         if folder is not None:
             self._write_results(folder, {k: float(v) for k, v in values.items()})
         for metric in self._eval_metrics.values():
@@ -172,17 +173,25 @@ class EvaluationMixin:
         self._write_generations("predict")
 
     # ----- files (rank zero) ------------------------------------------------------------------
-    def _output_folder(self, default_name: str) -> Path:
+    def _output_folder(self, stage: str) -> Path:
+        """``output_dir``, else a new ``<run folder>/eval/<stage>-<n>`` for each call."""
         if self.evaluation.output_dir:
             return Path(self.evaluation.output_dir)
         trainer = self.trainer
-        return Path(trainer.log_dir or trainer.default_root_dir) / default_name
+        base = Path(trainer.log_dir or trainer.default_root_dir) / "eval"
+        name = None
+        if trainer.is_global_zero:  # rank zero picks; the others must not race it
+            number = 1
+            while (base / f"{stage}-{number}").exists():
+                number += 1
+            name = f"{stage}-{number}"
+        return base / trainer.strategy.broadcast(name)
 
-    def _write_generations(self, default_name: str) -> Path | None:
+    def _write_generations(self, stage: str) -> Path | None:
         """Gather every rank's images and rows; rank zero writes images/ and manifest.csv."""
         images = torch.cat(self._eval_images) if self._eval_images else None
         shards = _gather((self._eval_rows, images, dict(self._eval_timing)))
-        folder = self._output_folder(default_name)  # on every rank: trainer.log_dir broadcasts
+        folder = self._output_folder(stage)  # on every rank: log_dir and the name broadcast
         if not self.trainer.is_global_zero:
             return None
         (folder / "images").mkdir(parents=True, exist_ok=True)

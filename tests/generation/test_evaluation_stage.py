@@ -29,7 +29,6 @@ def args(subcommand: str, root: Path, *extra: str) -> list[str]:
         "--config", f"configs/{CONFIG}.yaml",
         "--config", "configs/tiny.yaml",
         "--trainer.default_root_dir", str(root),
-        "--trainer.logger.init_args.save_dir", str(root),
         *extra,
     ]  # fmt: skip
 
@@ -61,7 +60,9 @@ def test_test_with_ckpt_path_scores_the_trained_weights(
     saved = torch.load(checkpoint, weights_only=True, map_location="cpu")["state_dict"]
     state = cli.model.state_dict()
     assert saved and all(torch.equal(state[k], v) for k, v in saved.items())
-    folder = Path(cli.trainer.log_dir) / "eval"
+    run = checkpoint.parent.parent  # the run's own folder, not a new version
+    assert Path(cli.trainer.log_dir) == run
+    folder = run / "eval" / "test-1"
     rows = read_csv(folder / "manifest.csv")
     assert len(rows) == 4 * 2  # tiny.yaml: 4 DreamBench prompts x 2 images
     assert rows[3] == {
@@ -87,7 +88,7 @@ def test_test_with_ckpt_path_scores_the_trained_weights(
     (row,) = read_csv(folder / "results.csv")
     assert row["method"] == "CustomDiffusion"
     assert float(row["dino_i"]) == pytest.approx(results["metrics"]["dino_i"])
-    events = EventAccumulator(str(folder.parent))
+    events = EventAccumulator(str(run))
     events.Reload()
     assert {f"test/{k}" for k in ALL_METRICS} <= set(events.Tags()["scalars"])
     assert "test/samples" in events.Tags()["images"]
