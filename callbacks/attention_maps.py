@@ -37,6 +37,7 @@ from callbacks.context_prompts import check_context_prompts
 from callbacks.render import heatmap_overlay, labelled_grid
 from callbacks.token_positions import concept_token_ids, find_positions, word_token_ids
 from core.images import make_grid
+from generation.evaluation import preview_steps
 from models.base import PersonalizationModule
 from models.components.attention.capture import AttentionCapture
 
@@ -140,7 +141,7 @@ class AttentionMaps(AnalysisCallback):
                 images = module.generate(
                     prompts,
                     seed=self.seed,
-                    num_inference_steps=self.num_inference_steps,
+                    num_inference_steps=preview_steps(module, self.num_inference_steps),
                     guidance_scale=self.guidance_scale,
                 )
             maps = capture.maps[-len(prompts) :]  # guidance puts the unconditional rows first

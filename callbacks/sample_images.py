@@ -8,6 +8,7 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from core.images import make_grid
+from generation.evaluation import preview_steps
 from models.base import PersonalizationModule
 
 DEFAULT_PROMPTS = (
@@ -71,7 +72,7 @@ class SampleImages(L.Callback):
             images = pl_module.generate(
                 prompts,
                 seed=self.seed,
-                num_inference_steps=self.num_inference_steps,
+                num_inference_steps=preview_steps(pl_module, self.num_inference_steps),
                 guidance_scale=self.guidance_scale,
             )
         grid = make_grid(images, columns=self.images_per_prompt * 2)

@@ -30,6 +30,13 @@ from metrics.settings import MetricSettings
 MANIFEST_FIELDS = ("file", "prompt", "score_prompt", "prompt_index", "image_index", "seed")
 
 
+def preview_steps(module: Any, wanted: int) -> int:
+    """A callback's sampling steps under the module's ``evaluation.preview_steps`` cap."""
+    settings = getattr(module, "evaluation", None)
+    cap = getattr(settings, "preview_steps", None)
+    return wanted if cap is None else min(wanted, cap)
+
+
 @dataclass
 class EvaluationSettings:
     """How ``test`` / ``predict`` generate, and what ``test`` scores (model option
@@ -44,6 +51,9 @@ class EvaluationSettings:
         output_dir: where images and results go; None = a new ``<run folder>/eval/test-<n>``
             (or ``predict-<n>``) for each call.
         metrics: which metrics, with which models (see metrics/settings.py).
+        preview_steps: caps the sampling steps of the training callbacks' previews
+            (SampleImages, AttentionMaps); None: as each callback says. The tiny overlay
+            sets 2, so a smoke run's time goes to its training steps.
     """
 
     scheduler: str = "ddim"
@@ -53,9 +63,12 @@ class EvaluationSettings:
     negative_prompt: str = ""
     output_dir: str | None = None
     metrics: MetricSettings = field(default_factory=MetricSettings)
+    preview_steps: int | None = None
 
     def __post_init__(self) -> None:
         check_scheduler_name(self.scheduler)
+        if self.preview_steps is not None and self.preview_steps < 1:
+            raise ValueError(f"preview_steps must be >= 1 (or null), got {self.preview_steps}.")
         if self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}.")
         if isinstance(self.metrics, dict):  # built from plain YAML outside the CLI
