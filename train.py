@@ -23,6 +23,7 @@ from callbacks.interrupt import SaveOnInterrupt
 from callbacks.progress import StepProgressBar
 from core.errors import config_files, user_message
 from core.run_config import EVALUATING_COMMANDS, with_run_config
+from core.threads import configure_torch_threads
 from models.components.finite_guard import NonFiniteError
 from models.components.safe_checkpoints import check_loads_weights_only
 
@@ -113,6 +114,7 @@ def main(args: list[str] | None = None, run: bool = True) -> PersonalizationCLI:
     ``test`` / ``predict`` of a run's checkpoint take that run's concept and folder
     (core/run_config.py).
     """
+    configure_torch_threads()
     if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
         sys.argv = [sys.argv[0], *with_run_config(sys.argv[1:])]
     else:

@@ -29,6 +29,7 @@ from generation.class_images import prepare_class_images
 from generation.evaluation import EvaluationMixin, EvaluationSettings
 from generation.sampling import SamplingMixin
 from losses.base import Regularizer
+from models.components.external_formats import A1111_FOLDER, a1111_name, write_a1111_embedding
 from models.components.finite_guard import check_loss_parts
 from models.components.optimization import OptimizationMixin
 from models.components.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
@@ -177,13 +178,15 @@ class PersonalizationModule(
         return cache[name]
 
     def export_token_embeddings(self, path_for_concept: dict[str, Path]) -> list[Path]:
-        """Save each concept's vectors as ``{token: (num_vectors, dim)}`` safetensors files."""
+        """Save each concept's vectors as ``{token: (num_vectors, dim)}`` safetensors files,
+        and as A1111 / ComfyUI embeddings in ``a1111/`` beside them."""
         written = []
         for index, concept in enumerate(self.concepts):
             path = path_for_concept[concept.token]
             vectors = self.concept_tokens.vectors_of(index).detach().float().cpu().contiguous()
             save_file({concept.token: vectors}, str(path))
-            written.append(path)
+            a1111 = path.parent / A1111_FOLDER / f"{a1111_name(concept.token)}.safetensors"
+            written += [path, write_a1111_embedding(vectors, a1111)]
         return written
 
     # ----- the training step ------------------------------------------------------------------

@@ -22,6 +22,7 @@ from peft.utils import get_peft_model_state_dict
 from torch import nn
 
 from models.base import PersonalizationModule
+from models.components.external_formats import KOHYA_LORA, write_kohya_lora
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -33,7 +34,7 @@ def load_lora(pipe: StableDiffusionPipeline, folder: str | Path) -> None:
     folder = Path(folder)
     pipe.load_lora_weights(folder, weight_name=LORA_WEIGHTS)
     for token_file in sorted(folder.glob("*.safetensors")):
-        if token_file.name != LORA_WEIGHTS:
+        if token_file.name not in (LORA_WEIGHTS, KOHYA_LORA):
             pipe.load_textual_inversion(token_file)
 
 
@@ -122,5 +123,12 @@ class LoRA(PersonalizationModule):
         StableDiffusionPipeline.save_lora_weights(
             folder, weight_name=LORA_WEIGHTS, safe_serialization=True, **layers
         )
+        # The same adapters with kohya's keys and alphas, for A1111 / ComfyUI / kohya.
+        peft_states = {"unet": get_peft_model_state_dict(self.unet, save_embedding_layers=False)}
+        if self.train_text_encoder:
+            peft_states["text_encoder"] = get_peft_model_state_dict(
+                self.text_encoder, save_embedding_layers=False
+            )
+        kohya = write_kohya_lora(peft_states, self.alpha, folder / KOHYA_LORA)
         paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
-        return [folder / LORA_WEIGHTS, *self.export_token_embeddings(paths)]
+        return [folder / LORA_WEIGHTS, kohya, *self.export_token_embeddings(paths)]

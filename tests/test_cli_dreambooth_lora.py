@@ -23,7 +23,7 @@ CHEAP_CALLBACKS = json.dumps([
      "init_args": {"every_n_train_steps": 100, "save_last": True}},
 ])  # fmt: skip
 DREAMBOOTH_EXPORT = {"model_index.json"}
-LORA_EXPORT = {"pytorch_lora_weights.safetensors", "<v1>.safetensors"}
+LORA_EXPORT = {"pytorch_lora_weights.safetensors", "kohya_lora.safetensors", "<v1>.safetensors"}
 
 
 @pytest.mark.parametrize(

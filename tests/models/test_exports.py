@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from core.concept import ConceptSpec
 from models import CustomDiffusion, TextualInversion
 from models.base import PersonalizationModule
+from models.components.external_formats import A1111_FOLDER, a1111_name
 from models.custom_diffusion import load_custom_diffusion
 
 CD_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
@@ -94,8 +95,9 @@ def cd_images(cd: tuple[CustomDiffusion, Path, list[Path]]) -> torch.Tensor:
 # ----- Textual Inversion ---------------------------------------------------------------------
 def test_ti_export_file(ti: tuple[TextualInversion, Path, list[Path]]) -> None:
     module, folder, written = ti
-    assert written == [folder / "learned_embeds.safetensors"]
-    assert sorted(p.name for p in folder.iterdir()) == ["learned_embeds.safetensors"]
+    a1111 = folder / A1111_FOLDER / "v1.safetensors"
+    assert written == [folder / "learned_embeds.safetensors", a1111]
+    assert sorted(p.name for p in folder.iterdir()) == [A1111_FOLDER, "learned_embeds.safetensors"]
     saved = load_file(written[0])
     assert list(saved) == ["<v1>"]
     assert saved["<v1>"].shape == (2, 32)
@@ -122,10 +124,13 @@ def test_ti_two_concepts_export_one_file_each(tmp_path: Path, tiny_sd_path: Path
     _randomise(module, seed=3)
     written = module.export(tmp_path)
     names = ["learned_embeds-0.safetensors", "learned_embeds-1.safetensors"]
-    assert written == [tmp_path / n for n in names]
-    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    assert written[::2] == [tmp_path / n for n in names]  # each with its A1111 file after it
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == names
+    assert sorted(p.name for p in (tmp_path / A1111_FOLDER).iterdir()) == [
+        "v1.safetensors", "v2.safetensors"
+    ]  # fmt: skip
     pipe = fresh_pipe(tiny_sd_path)
-    for index, (path, token) in enumerate(zip(written, ["<v1>", "<v2>"])):
+    for index, (path, token) in enumerate(zip(written[::2], ["<v1>", "<v2>"])):
         assert list(load_file(path)) == [token]
         pipe.load_textual_inversion(path)
         exported = module.concept_tokens.vectors_of(index).detach()
@@ -140,8 +145,12 @@ def test_ti_two_concepts_export_one_file_each(tmp_path: Path, tiny_sd_path: Path
 # ----- Custom Diffusion ----------------------------------------------------------------------
 def test_cd_export_files(cd: tuple[CustomDiffusion, Path, list[Path]]) -> None:
     module, folder, written = cd
-    assert written == [folder / CD_WEIGHTS, folder / "<v1>.safetensors"]
-    assert sorted(p.name for p in folder.iterdir()) == sorted([CD_WEIGHTS, "<v1>.safetensors"])
+    assert written == [
+        folder / CD_WEIGHTS, folder / "<v1>.safetensors", folder / A1111_FOLDER / "v1.safetensors"
+    ]
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == sorted(
+        [CD_WEIGHTS, "<v1>.safetensors"]
+    )
     weights = load_file(folder / CD_WEIGHTS)
     cross = [n for n in module.unet.attn_processors if n.endswith("attn2.processor")]
     assert cross
@@ -212,3 +221,23 @@ def test_project_loader_installs_weights_and_tokens(
     load_custom_diffusion(pipe, folder)
     loaded = pipe_sample(pipe)
     assert torch.allclose(cd_images, loaded, atol=1e-4, rtol=0)
+
+
+def test_ti_a1111_embedding_loads_in_diffusers_and_samples_the_same(
+    ti: tuple[TextualInversion, Path, list[Path]], tiny_sd_path: Path, plain_images: torch.Tensor
+) -> None:
+    """``a1111/v1.safetensors``: {"emb_params": vectors}, the file A1111 and ComfyUI read."""
+    module, folder, written = ti
+    a1111 = folder / A1111_FOLDER / "v1.safetensors"
+    assert a1111 in written
+    saved = load_file(a1111)
+    assert list(saved) == ["emb_params"]
+    assert torch.equal(saved["emb_params"], module.concept_tokens.vectors_of(0).detach())
+    pipe = fresh_pipe(tiny_sd_path)
+    pipe.load_textual_inversion(a1111, token="<v1>")
+    _assert_matches_and_differs(module_sample(module), pipe_sample(pipe), plain_images)
+
+
+def test_a1111_names_are_file_names() -> None:
+    assert a1111_name("<v1>") == "v1" and a1111_name("sks") == "sks"
+    assert a1111_name("<my dog/2>") == "mydog2" and a1111_name("<>") == "concept"

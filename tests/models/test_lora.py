@@ -17,9 +17,11 @@ from helpers import optimizer_with_lr, tiny_datamodule, tiny_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from core.concept import ConceptSpec
 from models import LoRA
+from models.components.external_formats import A1111_FOLDER, KOHYA_LORA
 from models.lora import LORA_WEIGHTS, load_lora
 
 PROMPT = "a photo of a <v1> toy"
@@ -122,8 +124,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoRA, Path, list
 
 def test_export_files_and_keys(exported: tuple[LoRA, Path, list[Path]]) -> None:
     module, folder, written = exported
-    assert written == [folder / LORA_WEIGHTS, folder / "<v1>.safetensors"]
-    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in written)
+    assert written == [
+        folder / LORA_WEIGHTS, folder / KOHYA_LORA, folder / "<v1>.safetensors",
+        folder / A1111_FOLDER / "v1.safetensors",
+    ]  # fmt: skip
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*.*")) == sorted(
+        p.relative_to(folder) for p in written
+    )
     with safe_open(str(folder / LORA_WEIGHTS), "pt") as weights:
         keys = set(weights.keys())
         assert "lora_adapter_metadata" in (weights.metadata() or {})
@@ -162,3 +169,24 @@ def test_the_adapters_matter(exported: tuple[LoRA, Path, list[Path]], tiny_sd_pa
     pipe = fresh_pipe(tiny_sd_path)
     pipe.load_textual_inversion(folder / "<v1>.safetensors")
     assert (module_sample(module) - pipe_sample(pipe)).abs().max() > 1e-2
+
+
+def test_kohya_file_loads_in_diffusers_and_samples_the_same(
+    exported: tuple[LoRA, Path, list[Path]], tiny_sd_path: Path
+) -> None:
+    """kohya keys and alphas (alpha 8 != rank 4 here), as A1111 / ComfyUI / kohya read them."""
+    module, folder, written = exported
+    assert folder / KOHYA_LORA in written
+    state = load_file(str(folder / KOHYA_LORA))
+    assert {k.split("_", 2)[1] for k in state} == {"unet", "te1"}
+    alphas = [v for k, v in state.items() if k.endswith(".alpha")]
+    downs = [k for k in state if k.endswith(".lora_down.weight")]
+    assert len(alphas) == len(downs) == len(lora_layers(module.unet)) + len(
+        lora_layers(module.text_encoder)
+    )
+    assert all(float(a) == 8.0 for a in alphas)
+    pipe = fresh_pipe(tiny_sd_path)
+    pipe.load_lora_weights(folder, weight_name=KOHYA_LORA)
+    pipe.load_textual_inversion(folder / "<v1>.safetensors")
+    ours, loaded = module_sample(module), pipe_sample(pipe)
+    assert torch.allclose(ours, loaded, atol=1e-4, rtol=0), (ours - loaded).abs().max()
