@@ -26,7 +26,10 @@ from core.run_config import EVALUATING_COMMANDS, with_run_config
 from core.threads import configure_torch_threads
 from models.components.finite_guard import NonFiniteError
 from models.components.safe_checkpoints import check_loads_weights_only
+from pretrained.tiny_sd import TINY_MODEL_NAME
 
+# Set by run_from_command_line: a real command line, not an in-process call (tests).
+_FROM_COMMAND_LINE = [False]
 # Where runs go when neither the config nor the command line names trainer.default_root_dir.
 DEFAULT_ROOT_DIR = "runs"
 # ckpt_path values Lightning resolves itself rather than as a file.
@@ -54,6 +57,11 @@ class PersonalizationCLI(LightningCLI):
         of its own (the configs name none) writes there, and so its checkpoints and exports."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config["trainer"]
+        model_args = (config.get("model") or {}).get("init_args") or {}
+        tiny = model_args.get("pretrained_model_name_or_path") == TINY_MODEL_NAME
+        # From the command line only: a test process keeps one thread count throughout.
+        tiny_cpu_run = tiny and trainer.get("accelerator") == "cpu" and _FROM_COMMAND_LINE[0]
+        configure_torch_threads(tiny_cpu_run=tiny_cpu_run)
         if not trainer.get("default_root_dir"):
             trainer["default_root_dir"] = DEFAULT_ROOT_DIR
         loggers = trainer.get("logger")
@@ -114,7 +122,6 @@ def main(args: list[str] | None = None, run: bool = True) -> PersonalizationCLI:
     ``test`` / ``predict`` of a run's checkpoint take that run's concept and folder
     (core/run_config.py).
     """
-    configure_torch_threads()
     if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
         sys.argv = [sys.argv[0], *with_run_config(sys.argv[1:])]
     else:
@@ -152,6 +159,7 @@ def run_from_command_line(argv: list[str]) -> int:
     exit code 1); ``--debug`` or PERSONALIZE_DEBUG=1 shows the traceback instead."""
     debug = "--debug" in argv or os.environ.get("PERSONALIZE_DEBUG", "") not in ("", "0")
     args = [a for a in argv if a != "--debug"]
+    _FROM_COMMAND_LINE[0] = True
     sys.argv = [sys.argv[0], *args]  # LightningCLI reads the command line itself
     try:
         main()

@@ -24,3 +24,15 @@ def test_a_bad_value_names_the_variable(value: str, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv(THREADS_VARIABLE, value)
     with pytest.raises(ValueError, match=f"{THREADS_VARIABLE} must be a positive integer"):
         configure_torch_threads()
+
+
+def test_a_tiny_cpu_run_uses_one_thread_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv(THREADS_VARIABLE, raising=False)
+        torch.set_num_threads(2)
+        assert configure_torch_threads(tiny_cpu_run=True) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv(THREADS_VARIABLE, "2")
+        assert configure_torch_threads(tiny_cpu_run=True) == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
