@@ -7,6 +7,12 @@ and the run's ``config.yaml`` go under ``trainer.default_root_dir``; exports und
 
 from __future__ import annotations
 
+import logging
+
+# transformers says, for each image processor diffusers imports, that torchvision is missing and
+# it uses the PIL one: the intended set-up here (torchvision is not installed), not news.
+logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
+
 import os
 import sys
 import traceback
