@@ -7,16 +7,18 @@ paper does, because that token carries no concept information.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline
-from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0, CustomDiffusionAttnProcessor2_0
 from safetensors.torch import save_file
 from torch import nn
 
 from models.base import PersonalizationModule
+from models.components.single_file import SINGLE_FILE, write_single_file
 
 CUSTOM_DIFFUSION_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
 
@@ -31,21 +33,26 @@ def load_custom_diffusion(pipe: StableDiffusionPipeline, folder: str | Path) -> 
     folder = Path(folder)
     pipe.unet.load_attn_procs(folder, weight_name=CUSTOM_DIFFUSION_WEIGHTS, _pipeline=pipe)
     for token_file in sorted(folder.glob("*.safetensors")):
-        if token_file.name != CUSTOM_DIFFUSION_WEIGHTS:
+        if token_file.name not in (CUSTOM_DIFFUSION_WEIGHTS, SINGLE_FILE):
             pipe.load_textual_inversion(token_file)
 
 
 class CustomDiffusion(PersonalizationModule):
     """Trains K/V of every cross-attention layer (optionally Q and out too) and the tokens."""
 
-    def __init__(self, train_q_out: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, train_q_out: bool = False, export_single_file: bool = False, **kwargs: Any
+    ) -> None:
         """
         Args:
             train_q_out: also train the query and output projections (the paper's ablation;
                 its recipe trains K/V only).
+            export_single_file: also export the whole model, the projections merged, as one
+                original-layout checkpoint (``sd_checkpoint.safetensors``, for A1111 /
+                ComfyUI): the size of the base model, in every step export too.
         """
         super().__init__(**kwargs)
-        self.train_q_out = train_q_out
+        self.train_q_out, self.export_single_file = train_q_out, export_single_file
         self.unet.set_attn_processor(self._custom_processors())
 
     def _custom_processors(self) -> dict[str, nn.Module]:
@@ -99,5 +106,32 @@ class CustomDiffusion(PersonalizationModule):
             if not any(True for _ in processor.parameters()):
                 weights[name] = torch.empty(0)
         save_file(weights, str(folder / CUSTOM_DIFFUSION_WEIGHTS))
+        written = [folder / CUSTOM_DIFFUSION_WEIGHTS]
+        if self.export_single_file:
+            # The same model as one original-layout checkpoint (A1111 / ComfyUI): the trained
+            # projections merged into the UNet; the tokens go with it as a1111/ embeddings.
+            vocabulary = self.concept_tokens.embedding.base.weight.shape[0]
+            written.append(
+                write_single_file(
+                    folder / SINGLE_FILE, self.merged_unet(), self.vae,
+                    self.standalone_text_encoder(), vocabulary,
+                )  # fmt: skip
+            )
         paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
-        return [folder / CUSTOM_DIFFUSION_WEIGHTS, *self.export_token_embeddings(paths)]
+        return [*written, *self.export_token_embeddings(paths)]
+
+    def merged_unet(self) -> UNet2DConditionModel:
+        """A copy of the UNet with the trained projections written into its attention layers
+        and diffusers' default processors: the plain UNet Custom Diffusion's weights define."""
+        unet = copy.deepcopy(self.unet)
+        with torch.no_grad():
+            for name, processor in unet.attn_processors.items():
+                layer = unet.get_submodule(name.rsplit(".processor", 1)[0])
+                if getattr(processor, "train_kv", False):
+                    layer.to_k.weight.copy_(processor.to_k_custom_diffusion.weight)
+                    layer.to_v.weight.copy_(processor.to_v_custom_diffusion.weight)
+                if getattr(processor, "train_q_out", False):
+                    layer.to_q.weight.copy_(processor.to_q_custom_diffusion.weight)
+                    layer.to_out[0].load_state_dict(processor.to_out_custom_diffusion[0].state_dict())
+        unet.set_attn_processor(AttnProcessor2_0())  # diffusers' default (SDPA)
+        return unet

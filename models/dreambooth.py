@@ -11,15 +11,14 @@ pull one condition two ways. The export is a full pipeline folder that diffusers
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
-from transformers import CLIPTextModel
 
 from models.base import PersonalizationModule
+from models.components.external_formats import A1111_FOLDER, a1111_name, write_a1111_embedding
+from models.components.single_file import SINGLE_FILE, write_single_file
 
 
 class DreamBooth(PersonalizationModule):
@@ -29,6 +28,7 @@ class DreamBooth(PersonalizationModule):
         self,
         train_text_encoder: bool = False,
         gradient_checkpointing: bool = False,
+        export_single_file: bool = False,
         **kwargs: Any,
     ) -> None:
         """
@@ -38,6 +38,9 @@ class DreamBooth(PersonalizationModule):
                 token matrix stays frozen; the concept rows follow ``train_tokens``.
             gradient_checkpointing: recompute activations in the backward pass (UNet, and the
                 text encoder when it trains): less memory for one more forward pass.
+            export_single_file: also export the pipeline as one original-layout checkpoint
+                (``sd_checkpoint.safetensors``, for A1111 / ComfyUI): another copy of the
+                whole model, in every step export too.
         """
         kwargs.setdefault("train_tokens", False)
         if kwargs.get("num_vectors", 1) != 1:
@@ -47,6 +50,7 @@ class DreamBooth(PersonalizationModule):
             )
         super().__init__(**kwargs)
         self.train_text_encoder = train_text_encoder
+        self.export_single_file = export_single_file
         self.unet.requires_grad_(True)
         if train_text_encoder:
             self.text_encoder.requires_grad_(True)
@@ -75,24 +79,20 @@ class DreamBooth(PersonalizationModule):
             ]
         return groups
 
-    def standalone_text_encoder(self) -> CLIPTextModel:
-        """A plain copy of the text encoder whose embedding matrix holds the concept rows.
-
-        The live one reads new ids through `ConceptEmbedding`, which a saved model must not
-        contain: diffusers would neither know the wrapper nor size the matrix to the tokenizer.
-        """
-        embedding = self.concept_tokens.embedding
-        plain = copy.deepcopy(self.text_encoder)
-        base = embedding.base.weight.detach()
-        rows = embedding.vectors.detach().to(base.dtype)
-        merged = nn.Embedding.from_pretrained(torch.cat([base, rows]), freeze=False)
-        plain.set_input_embeddings(merged)
-        plain.config.vocab_size = merged.num_embeddings
-        return plain
-
     def export(self, folder: Path) -> list[Path]:
-        """A full pipeline folder (``save_pretrained``) with the DDIM sampler ``generate`` uses."""
+        """A full pipeline folder (``save_pretrained``) with the DDIM sampler ``generate`` uses,
+        each concept's ``a1111/<token>.safetensors`` embedding, and with ``export_single_file``
+        the same weights as one original-layout checkpoint (``sd_checkpoint.safetensors``)."""
         folder.mkdir(parents=True, exist_ok=True)
-        pipe = self.ddim_pipeline(self.standalone_text_encoder())
+        text_encoder = self.standalone_text_encoder()
+        pipe = self.ddim_pipeline(text_encoder)
         pipe.save_pretrained(folder, safe_serialization=True)
+        if self.export_single_file:
+            vocabulary = self.concept_tokens.embedding.base.weight.shape[0]
+            write_single_file(folder / SINGLE_FILE, pipe.unet, pipe.vae, text_encoder, vocabulary)
+        for index, concept in enumerate(self.concepts):  # the folder holds them merged already
+            name = f"{a1111_name(concept.token)}.safetensors"
+            write_a1111_embedding(
+                self.concept_tokens.vectors_of(index), folder / A1111_FOLDER / name
+            )
         return sorted(p for p in folder.rglob("*") if p.is_file())

@@ -24,6 +24,8 @@ from safetensors.torch import load_file
 
 from core.concept import ConceptSpec
 from models import DreamBooth
+from models.components.external_formats import A1111_FOLDER
+from models.components.single_file import SINGLE_FILE
 
 PROMPT = "a photo of a <v1> toy"
 TOKEN_MATRIX = "text_encoder.embeddings.token_embedding.base.weight"
@@ -135,7 +137,9 @@ def test_multi_vector_tokens_are_refused() -> None:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[DreamBooth, Path, list[Path]]:
     """Trained-looking weights: seeded noise on the UNet and text encoder, a random token."""
-    module = DreamBooth(concepts=[ConceptSpec("<v1>", "toy")], train_text_encoder=True)
+    module = DreamBooth(
+        concepts=[ConceptSpec("<v1>", "toy")], train_text_encoder=True, export_single_file=True
+    )
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for param in module.parameters():
@@ -176,3 +180,19 @@ def test_export_loads_in_diffusers_and_samples_what_generate_samples(
     assert torch.allclose(ours, loaded, atol=1e-4, rtol=0), (ours - loaded).abs().max()
     base = pipe_sample(fresh_pipe(tiny_sd_path))
     assert (ours - base).abs().max() > 1e-2  # the export carries the training
+
+
+def test_single_file_loads_with_from_single_file_and_samples_the_same(
+    exported: tuple[DreamBooth, Path, list[Path]], tiny_sd_path: Path
+) -> None:
+    """``sd_checkpoint.safetensors`` (original layout, as A1111 / ComfyUI load it) plus the
+    concept's A1111 embedding: diffusers' own single-file loader samples the module's images."""
+    module, folder, written = exported
+    assert folder / SINGLE_FILE in written and folder / A1111_FOLDER / "v1.safetensors" in written
+    pipe = StableDiffusionPipeline.from_single_file(
+        folder / SINGLE_FILE, config=str(tiny_sd_path), safety_checker=None, local_files_only=True
+    )
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.load_textual_inversion(folder / A1111_FOLDER / "v1.safetensors", token="<v1>")
+    ours, loaded = module_sample(module), pipe_sample(pipe)
+    assert torch.allclose(ours, loaded, atol=1e-4, rtol=0), (ours - loaded).abs().max()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.models.attention_processor import (
     CustomDiffusionAttnProcessor,
     CustomDiffusionAttnProcessor2_0,
@@ -18,6 +18,7 @@ from core.concept import ConceptSpec
 from models import CustomDiffusion, TextualInversion
 from models.base import PersonalizationModule
 from models.components.external_formats import A1111_FOLDER, a1111_name
+from models.components.single_file import SINGLE_FILE
 from models.custom_diffusion import load_custom_diffusion
 
 CD_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
@@ -81,7 +82,7 @@ def ti(tmp_path_factory: pytest.TempPathFactory) -> tuple[TextualInversion, Path
 
 @pytest.fixture(scope="module")
 def cd(tmp_path_factory: pytest.TempPathFactory) -> tuple[CustomDiffusion, Path, list[Path]]:
-    module = CustomDiffusion(concepts=[ConceptSpec("<v1>", "toy")])
+    module = CustomDiffusion(concepts=[ConceptSpec("<v1>", "toy")], export_single_file=True)
     _randomise(module, seed=2)
     folder = tmp_path_factory.mktemp("cd-export")
     return module, folder, module.export(folder)
@@ -146,10 +147,11 @@ def test_ti_two_concepts_export_one_file_each(tmp_path: Path, tiny_sd_path: Path
 def test_cd_export_files(cd: tuple[CustomDiffusion, Path, list[Path]]) -> None:
     module, folder, written = cd
     assert written == [
-        folder / CD_WEIGHTS, folder / "<v1>.safetensors", folder / A1111_FOLDER / "v1.safetensors"
-    ]
+        folder / CD_WEIGHTS, folder / SINGLE_FILE, folder / "<v1>.safetensors",
+        folder / A1111_FOLDER / "v1.safetensors",
+    ]  # fmt: skip
     assert sorted(p.name for p in folder.glob("*.safetensors")) == sorted(
-        [CD_WEIGHTS, "<v1>.safetensors"]
+        [CD_WEIGHTS, SINGLE_FILE, "<v1>.safetensors"]
     )
     weights = load_file(folder / CD_WEIGHTS)
     cross = [n for n in module.unet.attn_processors if n.endswith("attn2.processor")]
@@ -241,3 +243,20 @@ def test_ti_a1111_embedding_loads_in_diffusers_and_samples_the_same(
 def test_a1111_names_are_file_names() -> None:
     assert a1111_name("<v1>") == "v1" and a1111_name("sks") == "sks"
     assert a1111_name("<my dog/2>") == "mydog2" and a1111_name("<>") == "concept"
+
+
+def test_cd_single_file_merges_the_projections_and_samples_the_same(
+    cd: tuple[CustomDiffusion, Path, list[Path]], tiny_sd_path: Path, cd_images: torch.Tensor
+) -> None:
+    """``sd_checkpoint.safetensors``: K/V merged into a plain UNet, in the original layout;
+    with the A1111 embedding, diffusers' single-file loader samples the module's images."""
+    module, folder, written = cd
+    assert folder / SINGLE_FILE in written
+    pipe = StableDiffusionPipeline.from_single_file(
+        folder / SINGLE_FILE, config=str(tiny_sd_path), safety_checker=None, local_files_only=True
+    )
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_textual_inversion(folder / A1111_FOLDER / "v1.safetensors", token="<v1>")
+    loaded = pipe_sample(pipe)
+    assert torch.allclose(cd_images, loaded, atol=1e-4, rtol=0), (cd_images - loaded).abs().max()

@@ -8,7 +8,11 @@ text-encoder call through ``encode_step_text``.
 
 from __future__ import annotations
 
+import copy
+
 import torch
+from torch import nn
+from transformers import CLIPTextModel
 
 from models.components.text.encoding import TextEncoding, tokenize_padded
 from models.components.text.extra_vectors import extra_vectors_in
@@ -21,7 +25,23 @@ from models.components.text.requests import (
 
 
 class TextPathMixin:
-    """``encode_text``, ``tokenize``, ``encode_token_ids`` and ``encode_step_text``."""
+    """``encode_text``, ``tokenize``, ``encode_token_ids``, ``encode_step_text``, and the text
+    encoder as a plain model for exports (``standalone_text_encoder``)."""
+
+    def standalone_text_encoder(self) -> CLIPTextModel:
+        """A plain copy of the text encoder whose embedding matrix holds the concept rows.
+
+        The live one reads new ids through `ConceptEmbedding`, which a saved model must not
+        contain: diffusers would neither know the wrapper nor size the matrix to the tokenizer.
+        """
+        embedding = self.concept_tokens.embedding
+        plain = copy.deepcopy(self.text_encoder)
+        base = embedding.base.weight.detach()
+        rows = embedding.vectors.detach().to(base.dtype)
+        merged = nn.Embedding.from_pretrained(torch.cat([base, rows]), freeze=False)
+        plain.set_input_embeddings(merged)
+        plain.config.vocab_size = merged.num_embeddings
+        return plain
 
     def encode_text(self, prompts: list[str]) -> TextEncoding:
         """Encode prompts with the concept tokens injected (gradients reach trained vectors)."""
