@@ -34,8 +34,8 @@ from models.components.finite_guard import NonFiniteError
 from models.components.safe_checkpoints import check_loads_weights_only
 from pretrained.tiny_sd import TINY_MODEL_NAME
 
-# Set by run_from_command_line: a real command line, not an in-process call (tests).
-_FROM_COMMAND_LINE = [False]
+# True when train.py runs as a program, not when tests call it in-process.
+_from_command_line = False
 # Where runs go when neither the config nor the command line names trainer.default_root_dir.
 DEFAULT_ROOT_DIR = "runs"
 # ckpt_path values Lightning resolves itself rather than as a file.
@@ -66,7 +66,7 @@ class PersonalizationCLI(LightningCLI):
         model_args = (config.get("model") or {}).get("init_args") or {}
         tiny = model_args.get("pretrained_model_name_or_path") == TINY_MODEL_NAME
         # From the command line only: a test process keeps one thread count throughout.
-        tiny_cpu_run = tiny and trainer.get("accelerator") == "cpu" and _FROM_COMMAND_LINE[0]
+        tiny_cpu_run = tiny and trainer.get("accelerator") == "cpu" and _from_command_line
         configure_torch_threads(tiny_cpu_run=tiny_cpu_run)
         if not trainer.get("default_root_dir"):
             trainer["default_root_dir"] = DEFAULT_ROOT_DIR
@@ -165,7 +165,6 @@ def run_from_command_line(argv: list[str]) -> int:
     exit code 1); ``--debug`` or PERSONALIZE_DEBUG=1 shows the traceback instead."""
     debug = "--debug" in argv or os.environ.get("PERSONALIZE_DEBUG", "") not in ("", "0")
     args = [a for a in argv if a != "--debug"]
-    _FROM_COMMAND_LINE[0] = True
     sys.argv = [sys.argv[0], *args]  # LightningCLI reads the command line itself
     try:
         main()
@@ -189,4 +188,5 @@ def run_from_command_line(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    _from_command_line = True
     sys.exit(run_from_command_line(sys.argv[1:]))

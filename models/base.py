@@ -29,7 +29,7 @@ from generation.class_images import prepare_class_images
 from generation.evaluation import EvaluationMixin, EvaluationSettings
 from generation.sampling import SamplingMixin
 from losses.base import Regularizer
-from models.components.external_formats import A1111_FOLDER, a1111_name, write_a1111_embedding
+from models.components.external_formats import write_a1111_embedding
 from models.components.finite_guard import check_loss_parts
 from models.components.optimization import OptimizationMixin
 from models.components.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
@@ -185,8 +185,7 @@ class PersonalizationModule(
             path = path_for_concept[concept.token]
             vectors = self.concept_tokens.vectors_of(index).detach().float().cpu().contiguous()
             save_file({concept.token: vectors}, str(path))
-            a1111 = path.parent / A1111_FOLDER / f"{a1111_name(concept.token)}.safetensors"
-            written += [path, write_a1111_embedding(vectors, a1111)]
+            written += [path, write_a1111_embedding(vectors, path.parent, concept.token)]
         return written
 
     # ----- the training step ------------------------------------------------------------------
@@ -202,7 +201,7 @@ class PersonalizationModule(
             rank = self.global_rank if self._trainer is not None else 0
             base = (step * 1009 + rank) * 4096
             keys = [-1 - (base + i) for i in range(len(batch["prompts"]))]  # never a stream key
-        return SampleDraws(self.seed, [int(k) for k in keys], salt, self.device)
+        return SampleDraws(self.seed, keys, salt, self.device)
 
     def step_generator(self, step: int, salt: int = 0) -> torch.Generator:
         """One generator for draws not tied to a sample (MLM's captions), seeded by (step, rank)."""

@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from models.base import PersonalizationModule
-from models.components.external_formats import A1111_FOLDER, a1111_name, write_a1111_embedding
+from models.components.external_formats import write_a1111_embedding
 from models.components.single_file import SINGLE_FILE, write_single_file
 
 
@@ -91,8 +91,5 @@ class DreamBooth(PersonalizationModule):
             vocabulary = self.concept_tokens.embedding.base.weight.shape[0]
             write_single_file(folder / SINGLE_FILE, pipe.unet, pipe.vae, text_encoder, vocabulary)
         for index, concept in enumerate(self.concepts):  # the folder holds them merged already
-            name = f"{a1111_name(concept.token)}.safetensors"
-            write_a1111_embedding(
-                self.concept_tokens.vectors_of(index), folder / A1111_FOLDER / name
-            )
+            write_a1111_embedding(self.concept_tokens.vectors_of(index), folder, concept.token)
         return sorted(p for p in folder.rglob("*") if p.is_file())

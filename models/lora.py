@@ -100,10 +100,20 @@ class LoRA(PersonalizationModule):
             groups["text_encoder_lora"] = _lora_parameters(self.text_encoder)
         return groups
 
-    def _diffusers_layers(self, model: nn.Module) -> dict[str, Any]:
+    def _peft_states(self) -> dict[str, dict[str, Any]]:
+        """Each adapted component's peft LoRA state dict, by component name."""
+        models = {"unet": self.unet}
+        if self.train_text_encoder:
+            models["text_encoder"] = self.text_encoder
         # save_embedding_layers=False: nothing of ours targets embeddings, and "auto" would look
         # the base model up on the hub to compare vocabulary sizes.
-        peft_state = get_peft_model_state_dict(model, save_embedding_layers=False)
+        return {
+            name: get_peft_model_state_dict(model, save_embedding_layers=False)
+            for name, model in models.items()
+        }
+
+    @staticmethod
+    def _diffusers_layers(peft_state: dict[str, Any]) -> dict[str, Any]:
         return convert_state_dict_to_diffusers(
             {k: v.detach().float().contiguous() for k, v in peft_state.items()}
         )
@@ -111,12 +121,13 @@ class LoRA(PersonalizationModule):
     def export(self, folder: Path) -> list[Path]:
         """``pytorch_lora_weights.safetensors`` and one ``<token>.safetensors`` per concept."""
         folder.mkdir(parents=True, exist_ok=True)
+        peft_states = self._peft_states()
         layers: dict[str, Any] = {
-            "unet_lora_layers": self._diffusers_layers(self.unet),
+            "unet_lora_layers": self._diffusers_layers(peft_states["unet"]),
             "unet_lora_adapter_metadata": self.unet.peft_config["default"].to_dict(),
         }
         if self.train_text_encoder:
-            layers["text_encoder_lora_layers"] = self._diffusers_layers(self.text_encoder)
+            layers["text_encoder_lora_layers"] = self._diffusers_layers(peft_states["text_encoder"])
             layers["text_encoder_lora_adapter_metadata"] = self.text_encoder.peft_config[
                 "default"
             ].to_dict()
@@ -124,11 +135,6 @@ class LoRA(PersonalizationModule):
             folder, weight_name=LORA_WEIGHTS, safe_serialization=True, **layers
         )
         # The same adapters with kohya's keys and alphas, for A1111 / ComfyUI / kohya.
-        peft_states = {"unet": get_peft_model_state_dict(self.unet, save_embedding_layers=False)}
-        if self.train_text_encoder:
-            peft_states["text_encoder"] = get_peft_model_state_dict(
-                self.text_encoder, save_embedding_layers=False
-            )
         kohya = write_kohya_lora(peft_states, self.alpha, folder / KOHYA_LORA)
         paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
         return [folder / LORA_WEIGHTS, kohya, *self.export_token_embeddings(paths)]

@@ -22,6 +22,8 @@ from safetensors.torch import save_file
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from helpers import trainable_state  # noqa: E402  (tests/, this script's own folder)
+
 import train  # noqa: E402  (after the path: this file runs as a script)
 
 # method name -> its config (each runs with configs/tiny.yaml after it).
@@ -36,20 +38,11 @@ METHOD_CONFIGS = {
 STEPS = 7  # 10 samples (5 toy photos x 2 repeats) at global batch 2: crosses an epoch
 
 
-def trained_weights(module: L.LightningModule) -> dict[str, torch.Tensor]:
-    """The parameters that train, by name, as fp32 on the CPU."""
-    return {
-        name: parameter.detach().float().cpu().clone()
-        for name, parameter in module.named_parameters()
-        if parameter.requires_grad
-    }
-
-
 class TrainedAtStart(L.Callback):
     """Keeps the trained parameters as they are before the first step."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.weights = trained_weights(pl_module)
+        self.weights = trainable_state(pl_module)  # type: ignore[arg-type]
 
 
 def fit_and_save(method: str, out: Path, global_batch: int, world_size: int) -> None:
@@ -80,7 +73,7 @@ def fit_and_save(method: str, out: Path, global_batch: int, world_size: int) -> 
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     if cli.trainer.global_rank == 0:
         save_file(start.weights, str(out / f"{method}-start.safetensors"))
-        save_file(trained_weights(cli.model), str(out / f"{method}-world{world_size}.safetensors"))
+        save_file(trainable_state(cli.model), str(out / f"{method}-world{world_size}.safetensors"))
 
 
 def main(argv: list[str]) -> None:

@@ -30,8 +30,10 @@ def a1111_name(token: str) -> str:
     return stem or "concept"
 
 
-def write_a1111_embedding(vectors: torch.Tensor, path: Path) -> Path:
-    """``vectors`` (num_vectors, dim) as an A1111 / ComfyUI embedding file."""
+def write_a1111_embedding(vectors: torch.Tensor, folder: Path, token: str) -> Path:
+    """``vectors`` (num_vectors, dim) as ``folder/a1111/<name>.safetensors``, the A1111 /
+    ComfyUI embedding file of ``token``."""
+    path = folder / A1111_FOLDER / f"{a1111_name(token)}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({A1111_KEY: vectors.detach().float().cpu().contiguous()}, str(path))
     return path

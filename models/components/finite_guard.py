@@ -23,34 +23,36 @@ def _state(value: torch.Tensor) -> str:
     return "nan" if bool(torch.isnan(value).any()) else "infinite"
 
 
-def check_loss_parts(parts: dict[str, torch.Tensor], weights: dict[str, float], step: int) -> None:
-    """Raise naming the first part whose weighted value is not finite (weights default to 1).
+def _first_non_finite(named: list[tuple[str, torch.Tensor]]) -> tuple[str, torch.Tensor] | None:
+    """The first (name, tensor) holding a NaN or an infinity; one host sync when all are fine."""
+    if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
+        return None
+    return next((n, t) for n, t in named if not bool(torch.isfinite(t).all()))
 
-    One device-to-host sync for all parts; the per-part look happens only on failure."""
-    weighted = {n: v.detach().float() * weights.get(n, 1.0) for n, v in parts.items()}
-    if bool(torch.stack([torch.isfinite(v).all() for v in weighted.values()]).all()):
-        return
-    for name, value in weighted.items():
-        if not bool(torch.isfinite(value).all()):
-            raise NonFiniteError(
-                f"step {step}: loss part {name!r} (x weight {weights.get(name, 1.0):g}) is "
-                f"{_state(value)}; the run stops here, and the last checkpoint and export "
-                "on disk are from before it. Lower the learning rate or that part's weight, "
-                "then resume from the last checkpoint."
-            )
+
+def check_loss_parts(parts: dict[str, torch.Tensor], weights: dict[str, float], step: int) -> None:
+    """Raise naming the first part whose weighted value is not finite (weights default to 1)."""
+    weighted = [(n, v.detach().float() * weights.get(n, 1.0)) for n, v in parts.items()]
+    found = _first_non_finite(weighted)
+    if found is not None:
+        name, value = found
+        raise NonFiniteError(
+            f"step {step}: loss part {name!r} (x weight {weights.get(name, 1.0):g}) is "
+            f"{_state(value)}; the run stops here, and the last checkpoint and export "
+            "on disk are from before it. Lower the learning rate or that part's weight, "
+            "then resume from the last checkpoint."
+        )
 
 
 def check_trained_finite(named: Iterable[tuple[str, nn.Parameter]], step: int) -> None:
     """Raise naming the first trained parameter that holds a NaN or an infinity (one sync for
     all of them; frozen weights are not read)."""
-    trained = [(n, p.detach()) for n, p in named if p.requires_grad]
-    if not trained or bool(torch.stack([torch.isfinite(p).all() for _, p in trained]).all()):
-        return
-    for name, parameter in trained:
-        if not bool(torch.isfinite(parameter).all()):
-            raise NonFiniteError(
-                f"step {step}: the optimizer step made trained weight {name!r} "
-                f"{_state(parameter)}; the run stops before saving it, and the last "
-                "checkpoint and export on disk are from before it. Lower the learning rate, "
-                "then resume from the last checkpoint."
-            )
+    found = _first_non_finite([(n, p.detach()) for n, p in named if p.requires_grad])
+    if found is not None:
+        name, parameter = found
+        raise NonFiniteError(
+            f"step {step}: the optimizer step made trained weight {name!r} "
+            f"{_state(parameter)}; the run stops before saving it, and the last "
+            "checkpoint and export on disk are from before it. Lower the learning rate, "
+            "then resume from the last checkpoint."
+        )

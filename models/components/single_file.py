@@ -57,7 +57,7 @@ def _rename_inside(rest: str, mapping: dict[str, str]) -> str:
     return rest
 
 
-def unet_key(key: str, layers_per_block: int) -> str:
+def unet_key(key: str, layers_per_block: int, up_levels_with_attention: set[int]) -> str:
     """A diffusers UNet2DConditionModel key in LDM naming."""
     per_level = layers_per_block + 1
     for old, new in UNET_TOP.items():
@@ -81,7 +81,9 @@ def unet_key(key: str, layers_per_block: int) -> str:
     if parts[0] == "up_blocks":
         level, kind = int(parts[1]), parts[2]
         if kind == "upsamplers":  # after the level's last resnet (and its attention, if any)
-            raise KeyError(key)  # placed by `unet_to_ldm`, which knows whether attention exists
+            slot = 2 if level in up_levels_with_attention else 1
+            block = f"output_blocks.{level * per_level + layers_per_block}"
+            return f"{block}.{slot}.conv." + ".".join(parts[5:])
         index, rest = int(parts[3]), ".".join(parts[4:])
         block = f"output_blocks.{level * per_level + index}"
         if kind == "resnets":
@@ -93,18 +95,10 @@ def unet_key(key: str, layers_per_block: int) -> str:
 def unet_to_ldm(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
     """The UNet's state dict in LDM naming (``config``: its diffusers config)."""
     layers = int(config.layers_per_block)
-    converted = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] == "up_blocks" and parts[2] == "upsamplers":
-            level = int(parts[1])
-            has_attention = any(k.startswith(f"up_blocks.{level}.attentions.") for k in state)
-            slot = 2 if has_attention else 1
-            block = f"output_blocks.{level * (layers + 1) + layers}"
-            converted[f"{block}.{slot}.conv." + ".".join(parts[5:])] = value
-        else:
-            converted[unet_key(key, layers)] = value
-    return {UNET_PREFIX + k: v for k, v in converted.items()}
+    with_attention = {
+        int(k.split(".")[1]) for k in state if k.startswith("up_blocks.") and ".attentions." in k
+    }
+    return {UNET_PREFIX + unet_key(k, layers, with_attention): v for k, v in state.items()}
 
 
 def vae_key(key: str, num_levels: int) -> str:
