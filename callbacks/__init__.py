@@ -1,17 +1,21 @@
-"""Callbacks: sample images, exports, and the analysis ones (drift, attention, text)."""
+"""Callbacks: sample images, exports, and the analysis ones (drift, attention, text).
 
-from callbacks.attention_maps import AttentionMaps
-from callbacks.export import ExportWeights
-from callbacks.interrupt import SaveOnInterrupt
-from callbacks.sample_images import SampleImages
-from callbacks.semantic_drift import SemanticDrift
-from callbacks.text_semantics import TextSemantics
+Names resolve on first use (core/lazy.py), so a run imports scikit-learn (t-SNE) and
+matplotlib (plots) only when its config names a callback that draws with them.
+"""
 
-__all__ = [
-    "AttentionMaps",
-    "ExportWeights",
-    "SampleImages",
-    "SaveOnInterrupt",
-    "SemanticDrift",
-    "TextSemantics",
-]
+from __future__ import annotations
+
+from core.lazy import lazy_names
+
+_HOMES = {
+    "AttentionMaps": "callbacks.attention_maps",
+    "ExportWeights": "callbacks.export",
+    "SampleImages": "callbacks.sample_images",
+    "SaveOnInterrupt": "callbacks.interrupt",
+    "SemanticDrift": "callbacks.semantic_drift",
+    "TextSemantics": "callbacks.text_semantics",
+}
+
+__all__ = sorted(_HOMES)
+__getattr__, __dir__ = lazy_names(__name__, _HOMES, globals())

@@ -20,10 +20,22 @@ def resize_and_crop(
     image: Image.Image, resolution: int, random_crop: bool, rng: random.Random
 ) -> Image.Image:
     """Resize the shorter side to `resolution`, then crop a square (centre or random)."""
+    return crop_square(resize_short_side(image, resolution), resolution, random_crop, rng)
+
+
+def resize_short_side(image: Image.Image, resolution: int) -> Image.Image:
+    """The image scaled (bicubic) so that its shorter side is `resolution` pixels."""
     width, height = image.size
     scale = resolution / min(width, height)
     size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-    image = image.resize(size, Image.Resampling.BICUBIC)
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def crop_square(
+    image: Image.Image, resolution: int, random_crop: bool, rng: random.Random
+) -> Image.Image:
+    """A `resolution` square of an image whose shorter side is already `resolution`."""
+    size = image.size
     spare_x, spare_y = size[0] - resolution, size[1] - resolution
     left = rng.randint(0, spare_x) if random_crop else spare_x // 2
     top = rng.randint(0, spare_y) if random_crop else spare_y // 2

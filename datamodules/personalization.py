@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from core.concept import ConceptSpec
-from core.images import resize_and_crop, to_tensor
+from core.images import crop_square, resize_short_side, to_tensor
 from datamodules.extras import SampleExtra, extra_for, known_keys
 from datamodules.extras.class_images import check_class_options, class_prompt_for
 from datamodules.generation_prompts import EvalPrompts, GenerationItems, generation_loader
@@ -74,6 +74,16 @@ class InstanceDataset(Dataset):
         self.resolution, self.random_crop = resolution, random_crop
         self.flip_probability, self.rescale_augmentation = flip_probability, rescale_augmentation
         self.repeats, self.seed = repeats, seed
+        # Each photo scaled to the training size once, not at every sample (the same pixels:
+        # the scaling draws nothing at random); the crop and flips still happen per sample.
+        self._scaled: dict[tuple[int, int], Image.Image] = {}
+
+    def scaled_photo(self, concept_index: int, image_index: int) -> Image.Image:
+        key = (concept_index, image_index)
+        if key not in self._scaled:
+            photo = self.images[concept_index][image_index]
+            self._scaled[key] = resize_short_side(photo, self.resolution)
+        return self._scaled[key]
 
     def __len__(self) -> int:
         return len(self.items) * self.repeats
@@ -90,8 +100,8 @@ class InstanceDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = random.Random(f"{self.seed}/{index}")
         concept_index, image_index = self.items[index % len(self.items)]
-        image = self.images[concept_index][image_index]
-        image = resize_and_crop(image, self.resolution, self.random_crop, rng)
+        image = self.scaled_photo(concept_index, image_index)
+        image = crop_square(image, self.resolution, self.random_crop, rng)
         flipped = rng.random() < self.flip_probability
         if flipped:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

@@ -7,8 +7,7 @@ baselines import the losses, and an eager import here would close that loop.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from core.lazy import lazy_names
 
 _HOMES = {
     "PersonalizationModule": "models.base",
@@ -21,13 +20,4 @@ _HOMES = {
 }
 
 __all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'models' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+__getattr__, __dir__ = lazy_names(__name__, _HOMES, globals())

@@ -24,10 +24,18 @@ def _state(value: torch.Tensor) -> str:
 
 
 def _first_non_finite(named: list[tuple[str, torch.Tensor]]) -> tuple[str, torch.Tensor] | None:
-    """The first (name, tensor) holding a NaN or an infinity; one host sync when all are fine."""
-    if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
+    """The first (name, tensor) holding a NaN or an infinity; one host sync when all are fine.
+
+    The fast test is each tensor's norm in one fused call (a NaN or inf anywhere makes it
+    non-finite); only when one is not finite (or a norm of huge finite values overflowed) is
+    every tensor checked element by element.
+    """
+    if not named:
         return None
-    return next((n, t) for n, t in named if not bool(torch.isfinite(t).all()))
+    norms = torch._foreach_norm([t.detach().float() for _, t in named])
+    if bool(torch.stack(norms).isfinite().all()):
+        return None
+    return next(((n, t) for n, t in named if not bool(torch.isfinite(t).all())), None)
 
 
 def check_loss_parts(parts: dict[str, torch.Tensor], weights: dict[str, float], step: int) -> None:

@@ -29,6 +29,16 @@ def test_the_first_non_finite_part_is_named_with_its_step() -> None:
         check_trained_finite([("w", weight)], step=7)
 
 
+def test_huge_finite_weights_pass_and_the_nan_among_many_is_named() -> None:
+    # Their norm overflows to inf, which alone must not stop a run: each is finite.
+    huge = torch.nn.Parameter(torch.full((4,), 3e38))
+    check_trained_finite([("huge", huge)], step=1)
+    fine = [(f"ok{i}", torch.nn.Parameter(torch.randn(3))) for i in range(5)]
+    bad = torch.nn.Parameter(torch.tensor([0.0, float("nan")]))
+    with pytest.raises(NonFiniteError, match="'bad' nan"):
+        check_trained_finite([*fine, ("bad", bad), ("huge", huge)], step=2)
+
+
 def run(tmp_path: Path, **module_args: object) -> tuple[TextualInversion, Path]:
     datamodule = tiny_datamodule()
     module = TextualInversion(concepts=datamodule.concepts, **module_args)
