@@ -8,7 +8,8 @@ example scripts use (argparse, accelerate, diffusers, transformers, PIL; no Ligh
 config system, no callbacks). It loads each component with ``from_pretrained``, adds the token,
 puts diffusers' Custom Diffusion processors on the cross-attention layers, and trains K/V and the
 token with AdamW on the photos (resize, centre crop, random flip), as the project's
-``CustomDiffusion`` does, and logs the loss to TensorBoard (the scripts' default ``report_to``). ``--clock`` writes the wall time (``time.time()``) of every step's end.
+``CustomDiffusion`` does, and logs the loss to TensorBoard (the scripts' default
+``report_to``). ``--clock`` writes the wall time (``time.time()``) of every step's end.
 """
 
 from __future__ import annotations
