@@ -57,6 +57,14 @@ def run_folder_of(checkpoint: str | Path) -> Path | None:
     return None
 
 
+def next_numbered(base: Path, stem: str) -> Path:
+    """``base/<stem>-<n>`` with the first n from 1 that does not exist yet."""
+    number = 1
+    while (base / f"{stem}-{number}").exists():
+        number += 1
+    return base / f"{stem}-{number}"
+
+
 def _data_init_args(config: dict[str, Any]) -> dict[str, Any]:
     data = config.get("data") or {}
     return dict(data.get("init_args") or {}) if isinstance(data, dict) else {}

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from core.run_config import next_numbered
 from generation.schedulers import check_scheduler_name
 from metrics.images import pil_to_tensor, quantize, to_pil, to_uint8
 from metrics.settings import MetricSettings
@@ -192,12 +193,8 @@ class EvaluationMixin:
             return Path(self.evaluation.output_dir)
         trainer = self.trainer
         base = Path(trainer.log_dir or trainer.default_root_dir) / "eval"
-        name = None
-        if trainer.is_global_zero:  # rank zero picks; the others must not race it
-            number = 1
-            while (base / f"{stage}-{number}").exists():
-                number += 1
-            name = f"{stage}-{number}"
+        # Rank zero picks; the others must not race it.
+        name = next_numbered(base, stage).name if trainer.is_global_zero else None
         return base / trainer.strategy.broadcast(name)
 
     def _write_generations(self, stage: str) -> Path | None:

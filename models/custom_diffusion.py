@@ -37,6 +37,23 @@ def load_custom_diffusion(pipe: StableDiffusionPipeline, folder: str | Path) -> 
             pipe.load_textual_inversion(token_file)
 
 
+def merge_custom_diffusion(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """Write Custom Diffusion processors' trained projections into the UNet's own attention
+    layers and give it diffusers' default processors (in place): the plain UNet the weights
+    define, which any pipeline or single-file checkpoint takes."""
+    with torch.no_grad():
+        for name, processor in unet.attn_processors.items():
+            layer = unet.get_submodule(name.rsplit(".processor", 1)[0])
+            if getattr(processor, "train_kv", False):
+                layer.to_k.weight.copy_(processor.to_k_custom_diffusion.weight)
+                layer.to_v.weight.copy_(processor.to_v_custom_diffusion.weight)
+            if getattr(processor, "train_q_out", False):
+                layer.to_q.weight.copy_(processor.to_q_custom_diffusion.weight)
+                layer.to_out[0].load_state_dict(processor.to_out_custom_diffusion[0].state_dict())
+    unet.set_attn_processor(AttnProcessor2_0())  # diffusers' default (SDPA)
+    return unet
+
+
 class CustomDiffusion(PersonalizationModule):
     """Trains K/V of every cross-attention layer (optionally Q and out too) and the tokens."""
 
@@ -121,17 +138,5 @@ class CustomDiffusion(PersonalizationModule):
         return [*written, *self.export_token_embeddings(paths)]
 
     def merged_unet(self) -> UNet2DConditionModel:
-        """A copy of the UNet with the trained projections written into its attention layers
-        and diffusers' default processors: the plain UNet Custom Diffusion's weights define."""
-        unet = copy.deepcopy(self.unet)
-        with torch.no_grad():
-            for name, processor in unet.attn_processors.items():
-                layer = unet.get_submodule(name.rsplit(".processor", 1)[0])
-                if getattr(processor, "train_kv", False):
-                    layer.to_k.weight.copy_(processor.to_k_custom_diffusion.weight)
-                    layer.to_v.weight.copy_(processor.to_v_custom_diffusion.weight)
-                if getattr(processor, "train_q_out", False):
-                    layer.to_q.weight.copy_(processor.to_q_custom_diffusion.weight)
-                    layer.to_out[0].load_state_dict(processor.to_out_custom_diffusion[0].state_dict())
-        unet.set_attn_processor(AttnProcessor2_0())  # diffusers' default (SDPA)
-        return unet
+        """A copy of the UNet with the trained projections merged (`merge_custom_diffusion`)."""
+        return merge_custom_diffusion(copy.deepcopy(self.unet))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
 PROBE_TIMEOUT_S = 1.5
@@ -92,3 +93,12 @@ def resolve_hub_id(
         f"{repo_id!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
         f"{why}; set {option} to a local folder (a saved or downloaded copy), or {alternatives}."
     )
+
+
+def resolve_folder_or_hub_id(
+    name_or_path: str, option: str, alternatives: str, revision: str | None = None
+) -> str:
+    """A local folder as given; a hub id through `resolve_hub_id`."""
+    if looks_like_path(name_or_path) or Path(name_or_path).expanduser().exists():
+        return name_or_path
+    return resolve_hub_id(name_or_path, option, alternatives, revision)

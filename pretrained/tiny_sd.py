@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from core.cache import cache_root
-from pretrained.hub import looks_like_path, resolve_hub_id
+from pretrained.hub import resolve_folder_or_hub_id
 from pretrained.tiny_tokenizer import write_tiny_clip_tokenizer
 
 TINY_MODEL_NAME = "tiny-sd"
@@ -206,10 +206,8 @@ def resolve_pretrained(
         return str(ensure_tiny_pipeline())
     if name_or_path == TINY_CLIP_NAME:
         return str(ensure_tiny_clip())
-    if looks_like_path(name_or_path) or Path(name_or_path).expanduser().exists():
-        return name_or_path
     tiny = f"{tiny_name!r} for its tiny offline twin"
-    return resolve_hub_id(name_or_path, option, tiny, revision)
+    return resolve_folder_or_hub_id(name_or_path, option, tiny, revision)
 
 
 _MODEL_INDEX = """{
