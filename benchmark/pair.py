@@ -1,9 +1,11 @@
-"""Train and evaluate one (method, subject) pair with the project's own CLI, in one process.
+"""Train and evaluate one (method, subject[, seed]) pair with the project's CLI, in one process.
 
-Also the worker the runner starts per pair:
+Also the worker the runner starts per pair (a Ray task runs it as a process of its own):
 
     python -m benchmark.pair --method NAME=CONFIG --subject FOLDER:CLASS:NAME --output OUT \
-        [--config EXTRA.yaml ...] [--set trainer.max_steps=100 ...]
+        [--seed 1] [--config EXTRA.yaml ...] [--set trainer.max_steps=100 ...]
+
+A pair's folder is ``<output>/<method>/<subject>`` (``.../seed-<k>`` when the table has seeds).
 """
 
 from __future__ import annotations
@@ -34,12 +36,26 @@ def parse_method(spec: str) -> Method:
     return Method(name or config.stem, config)
 
 
-def run_folder(output: Path, method: Method, subject: Subject) -> Path:
-    return output / method.name / subject.name
+@dataclass(frozen=True)
+class Pair:
+    """One cell of the grid: a method trained on a subject, with a seed when seeds are an axis."""
+
+    method: Method
+    subject: Subject
+    seed: int | None = None
+
+    def describe(self) -> str:
+        seed = "" if self.seed is None else f" (seed {self.seed})"
+        return f"{self.method.name} on {self.subject.name}{seed}"
 
 
-def results_file(output: Path, method: Method, subject: Subject) -> Path:
-    return run_folder(output, method, subject) / RESULTS
+def run_folder(output: Path, pair: Pair) -> Path:
+    folder = output / pair.method.name / pair.subject.name
+    return folder if pair.seed is None else folder / f"seed-{pair.seed}"
+
+
+def results_file(output: Path, pair: Pair) -> Path:
+    return run_folder(output, pair) / RESULTS
 
 
 def override_args(overrides: list[str]) -> list[str]:
@@ -54,32 +70,32 @@ def override_args(overrides: list[str]) -> list[str]:
 
 
 def pair_args(
-    method: Method,
-    subject: Subject,
+    pair: Pair,
     output: Path,
     extra_configs: list[Path] | None = None,
     overrides: list[str] | None = None,
 ) -> list[str]:
-    """CLI arguments (no subcommand) that train `method` on `subject` into its run folder."""
-    folder = run_folder(output, method, subject)
-    args = ["--config", str(method.config)]
+    """CLI arguments (no subcommand) that train the pair into its run folder."""
+    folder = run_folder(output, pair)
+    args = ["--config", str(pair.method.config)]
     for config in extra_configs or []:
         args += ["--config", str(config)]
     args += [
-        "--data.init_args.instance_data_dir", str(subject.folder),
-        "--data.init_args.class_word", subject.class_word,
+        "--data.init_args.instance_data_dir", str(pair.subject.folder),
+        "--data.init_args.class_word", pair.subject.class_word,
         "--trainer.default_root_dir", str(folder),
         "--trainer.logger.init_args.save_dir", str(folder.parent),
-        "--trainer.logger.init_args.name", subject.name,
+        "--trainer.logger.init_args.name", folder.name,
         "--trainer.logger.init_args.version", "train",
         "--model.init_args.evaluation.output_dir", str(folder / RESULTS.parent),
     ]  # fmt: skip
+    if pair.seed is not None:  # the run's seed and the DataModule's (augmentation, order)
+        args += ["--seed_everything", str(pair.seed), "--data.init_args.seed", str(pair.seed)]
     return args + override_args(overrides or [])
 
 
 def run_pair(
-    method: Method,
-    subject: Subject,
+    pair: Pair,
     output: Path,
     extra_configs: list[Path] | None = None,
     overrides: list[str] | None = None,
@@ -87,26 +103,28 @@ def run_pair(
     """``fit`` then ``test`` on the trained model; returns the results.json path."""
     from train import main  # the CLI pulls in every model; only a worker needs it
 
-    cli = main(pair_args(method, subject, output, extra_configs, overrides), run=False)
+    cli = main(pair_args(pair, output, extra_configs, overrides), run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     cli.trainer.test(cli.model, datamodule=cli.datamodule)
-    results = results_file(output, method, subject)
+    results = results_file(output, pair)
     if not results.is_file():
-        raise RuntimeError(f"The test stage of {method.name} on {subject.name} wrote no {results}.")
+        raise RuntimeError(f"The test stage of {pair.describe()} wrote no {results}.")
     return results
 
 
 def worker_command(
-    method: Method,
-    subject: Subject,
+    pair: Pair,
     output: Path,
     extra_configs: list[Path] | None = None,
     overrides: list[str] | None = None,
 ) -> list[str]:
     """The ``python -m benchmark.pair`` arguments that run this pair in a new process."""
+    method, subject = pair.method, pair.subject
     args = ["--method", f"{method.name}={method.config.resolve()}"]
     args += ["--subject", f"{subject.folder.resolve()}:{subject.class_word}:{subject.name}"]
     args += ["--output", str(output.resolve())]
+    if pair.seed is not None:
+        args += ["--seed", str(pair.seed)]
     for config in extra_configs or []:
         args += ["--config", str(config.resolve())]
     for item in overrides or []:
@@ -119,13 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", required=True, help="NAME=CONFIG or CONFIG")
     parser.add_argument("--subject", required=True, help="FOLDER:CLASS_WORD[:NAME]")
     parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--config", action="append", default=[], type=Path)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args(argv)
-    run_pair(
-        parse_method(args.method), parse_subject(args.subject), args.output, args.config,
-        args.overrides,
-    )  # fmt: skip
+    pair = Pair(parse_method(args.method), parse_subject(args.subject), args.seed)
+    run_pair(pair, args.output, args.config, args.overrides)
 
 
 if __name__ == "__main__":

@@ -1,31 +1,42 @@
-"""Plan the (method, subject) pairs, run those not finished yet, then write the table.
+"""Plan the (method, subject, seed) pairs, run those not finished yet, then write the table.
 
-Serial on one device (one pair at a time, each in its own process, or all in this process with
-``--in-process``); with ``--gpus 0,1,...`` one pair per GPU at a time (CUDA_VISIBLE_DEVICES).
-A pair counts as finished when its results.json exists, so a second call only runs what is
-missing; a pair that fails is reported and left for the next call.
+Each pair is a Ray task running ``python -m benchmark.pair`` as a process of its own, asking
+for one GPU where the cluster has GPUs (``--gpus-per-pair`` to change it, e.g. 0.5 to put two
+small runs on a card): a local Ray instance by default (``--gpus 0,1`` limits it to those GPUs,
+``--num-cpus`` to that many CPUs), or a running cluster with ``--address``. ``--in-process``
+runs the pairs one after the other in this process instead (no Ray). A pair counts as finished
+when its results.json exists, so a second call only runs what is missing; a pair that fails is
+reported with its log and left for the next call while the others go on.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import time
-from collections import deque
 from pathlib import Path
 
-from benchmark.pair import Method, parse_method, results_file, run_folder, run_pair, worker_command
+from benchmark.pair import (
+    Method,
+    Pair,
+    parse_method,
+    results_file,
+    run_folder,
+    run_pair,
+    worker_command,
+)
+from benchmark.ray_pool import Command, PoolSettings, run_all
 from benchmark.subjects import Subject, dreambench_subjects, parse_subject
 from benchmark.table import write_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-Pair = tuple[Method, Subject]
+WORKER_LOG = "worker.log"
 
 
 def plan(
-    methods: list[Method], subjects: list[Subject], output: Path
+    methods: list[Method],
+    subjects: list[Subject],
+    output: Path,
+    seeds: list[int] | None = None,
 ) -> tuple[list[Pair], list[Pair]]:
     """(pairs still to run, pairs already finished)."""
     names = [m.name for m in methods]
@@ -34,8 +45,10 @@ def plan(
     subject_names = [s.name for s in subjects]
     if len(set(subject_names)) != len(subject_names):
         raise ValueError(f"Subject names repeat ({subject_names}); name them: FOLDER:CLASS:NAME.")
-    pairs = [(m, s) for m in methods for s in subjects]
-    done = [p for p in pairs if results_file(output, *p).is_file()]
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise ValueError(f"Seeds repeat ({seeds}); give each once: --seeds 0 1 2.")
+    pairs = [Pair(m, s, seed) for m in methods for s in subjects for seed in seeds or [None]]
+    done = [p for p in pairs if results_file(output, p).is_file()]
     return [p for p in pairs if p not in done], done
 
 
@@ -43,54 +56,34 @@ def _run_in_process(
     pairs: list[Pair], output: Path, configs: list[Path], overrides: list[str]
 ) -> list[Pair]:
     failed = []
-    for method, subject in pairs:
-        print(f"[benchmark] {method.name} on {subject.name}", flush=True)
+    for pair in pairs:
+        print(f"[benchmark] {pair.describe()}", flush=True)
         try:
-            run_pair(method, subject, output, configs, overrides)
+            run_pair(pair, output, configs, overrides)
         except Exception as error:  # noqa: BLE001 - one failed pair must not stop the others
-            print(f"[benchmark] FAILED {method.name} on {subject.name}: {error!r}", flush=True)
-            failed.append((method, subject))
+            print(f"[benchmark] FAILED {pair.describe()}: {error!r}", flush=True)
+            failed.append(pair)
     return failed
 
 
-def _run_workers(
+def _run_on_ray(
     pairs: list[Pair],
     output: Path,
     configs: list[Path],
     overrides: list[str],
-    gpus: list[str | None],
+    settings: PoolSettings,
 ) -> list[Pair]:
-    """One worker process per pair, at most one per GPU slot at a time."""
-    queue, running, failed = deque(pairs), {}, []
-    while queue or running:
-        for slot in gpus:
-            if slot not in running and queue:
-                method, subject = queue.popleft()
-                folder = run_folder(output, method, subject)
-                folder.mkdir(parents=True, exist_ok=True)
-                env = dict(os.environ)
-                if slot is not None:
-                    env["CUDA_VISIBLE_DEVICES"] = slot
-                log = (folder / "worker.log").open("w")
-                command = [
-                    sys.executable,
-                    *worker_command(method, subject, output, configs, overrides),
-                ]
-                print(f"[benchmark] {method.name} on {subject.name} (gpu {slot})", flush=True)
-                process = subprocess.Popen(
-                    command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-                )
-                running[slot] = (process, (method, subject), log)
-        for slot, (process, pair, log) in list(running.items()):
-            if process.poll() is not None:
-                log.close()
-                del running[slot]
-                if process.returncode != 0:
-                    print(f"[benchmark] FAILED {pair[0].name} on {pair[1].name}: see "
-                          f"{run_folder(output, *pair) / 'worker.log'}", flush=True)  # fmt: skip
-                    failed.append(pair)
-        time.sleep(0.2)
-    return failed
+    """Every pair a Ray task; the ones that failed."""
+    commands = {
+        pair.describe(): Command(
+            [sys.executable, *worker_command(pair, output, configs, overrides)],
+            REPO_ROOT,
+            run_folder(output.resolve(), pair) / WORKER_LOG,
+        )
+        for pair in pairs
+    }
+    outcome = run_all(commands, settings)
+    return [pair for pair in pairs if outcome[pair.describe()] is not None]
 
 
 def run_benchmark(
@@ -99,19 +92,22 @@ def run_benchmark(
     output: Path,
     configs: list[Path] | None = None,
     overrides: list[str] | None = None,
-    gpus: list[str] | None = None,
+    pool: PoolSettings | None = None,
     in_process: bool = False,
+    seeds: list[int] | None = None,
 ) -> dict[str, list[Pair]]:
     """Run every unfinished pair and write the table; returns ran / skipped / failed pairs."""
     configs, overrides = list(configs or []), list(overrides or [])
-    todo, done = plan(methods, subjects, output)
-    for method, subject in done:
-        print(f"[benchmark] skip {method.name} on {subject.name}: results.json exists", flush=True)
-    if in_process:
+    todo, done = plan(methods, subjects, output, seeds)
+    for pair in done:
+        print(f"[benchmark] skip {pair.describe()}: results.json exists", flush=True)
+    if not todo:
+        failed = []
+    elif in_process:
         failed = _run_in_process(todo, output, configs, overrides)
     else:
-        failed = _run_workers(todo, output, configs, overrides, list(gpus) if gpus else [None])
-    tables = write_table(output, methods, subjects)
+        failed = _run_on_ray(todo, output, configs, overrides, pool or PoolSettings())
+    tables = write_table(output, methods, subjects, seeds)
     print(f"[benchmark] table: {tables[0]}", flush=True)
     return {"ran": [p for p in todo if p not in failed], "skipped": done, "failed": failed}
 
@@ -125,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("runs/benchmark"))
     parser.add_argument("--config", action="append", default=[], type=Path, help="extra overlay")
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="KEY=VALUE")
-    parser.add_argument("--gpus", help="comma-separated GPU ids: one pair per GPU at a time")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds: a third axis, mean ± std")
+    parser.add_argument("--address", help="a running Ray cluster (ray://host:10001 or auto)")
+    parser.add_argument("--gpus", help="local Ray only: these GPU ids (comma-separated)")
+    parser.add_argument("--num-cpus", type=int, help="local Ray only: the CPUs it may use")
+    parser.add_argument("--gpus-per-pair", type=float, help="default: 1 where there are GPUs")
+    parser.add_argument("--cpus-per-pair", type=float, default=1.0)
     parser.add_argument("--in-process", action="store_true", help="serial, in this process")
     args = parser.parse_args(argv)
     subjects = [parse_subject(spec) for spec in args.subjects]
@@ -133,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         subjects += dreambench_subjects(args.dreambench, args.dreambench_subjects)
     if not subjects:
         parser.error("give --subjects FOLDER:CLASS ... and/or --dreambench ROOT")
+    pool = PoolSettings(
+        address=args.address, num_cpus=args.num_cpus,
+        gpus=args.gpus.split(",") if args.gpus else None,
+        gpus_per_task=args.gpus_per_pair, cpus_per_task=args.cpus_per_pair,
+    )  # fmt: skip
     outcome = run_benchmark(
         [parse_method(spec) for spec in args.methods], subjects, args.output, args.config,
-        args.overrides, args.gpus.split(",") if args.gpus else None, args.in_process,
+        args.overrides, pool, args.in_process, args.seeds,
     )  # fmt: skip
     return 1 if outcome["failed"] else 0

@@ -2,7 +2,8 @@
 
     python scripts/run_benchmark.py --methods configs/custom_diffusion.yaml \
         configs/textual_inversion.yaml --dreambench ../shared/data/dreambench \
-        --dreambench-subjects dog cat backpack --output runs/benchmark [--gpus 0,1]
+        --dreambench-subjects dog cat backpack --output runs/benchmark [--seeds 0 1 2]
+        [--address auto]   # a running Ray cluster; default: a local Ray instance
     # smoke test on CPU: add --config configs/tiny.yaml --set trainer.max_steps=2
 """
 
