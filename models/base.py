@@ -31,6 +31,13 @@ from generation.sampling import SamplingMixin
 from losses.base import Regularizer
 from models.components.external_formats import write_a1111_embedding
 from models.components.finite_guard import check_loss_parts
+from models.components.memory import (
+    MemorySettings,
+    autocast_calls,
+    check_mixed_precision,
+    enable_gradient_checkpointing,
+    store_frozen_in,
+)
 from models.components.optimization import OptimizationMixin
 from models.components.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
 from models.components.sample_draws import (
@@ -75,6 +82,7 @@ class PersonalizationModule(
         revision: str | None = None,
         variant: str | None = None,
         evaluation: EvaluationSettings = EvaluationSettings(),  # noqa: B008 (never mutated)
+        memory: MemorySettings = MemorySettings(),  # noqa: B008 (frozen)
     ) -> None:
         """
         Args:
@@ -99,6 +107,9 @@ class PersonalizationModule(
             seed: seeds noise and timesteps per step, so a resumed run draws the same ones.
             evaluation: how ``test`` / ``predict`` generate and what ``test`` scores
                 (generation/evaluation.py; test_step and predict_step come from its mixin).
+            memory: half-stored frozen weights, gradient checkpointing, 8-bit AdamW, a
+                compiled UNet (models/components/memory.py); applied in ``setup``, once the
+                baseline has made its trained parameters.
         """
         super().__init__()
         if not concepts:
@@ -138,6 +149,8 @@ class PersonalizationModule(
         self.prior_loss_weight = prior_loss_weight
         self.seed = seed
         self.evaluation = evaluation
+        self.memory = memory
+        self._memory_applied = False
         self.strict_loading = False  # checkpoints hold only what trains
         self._latent_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -356,7 +369,9 @@ class PersonalizationModule(
         return needs
 
     def setup(self, stage: str) -> None:
-        """Ask the DataModule to build the batch data the regularizers (and baseline) need."""
+        """Apply the memory switches; ask the DataModule to build the batch data the
+        regularizers (and baseline) need."""
+        self.apply_memory_settings()
         for regularizer in self.regularizers:
             # A regularizer that loads helpers (e.g. the text projection) or checks the model
             # does it here, so bad settings fail before the first step.
@@ -364,6 +379,24 @@ class PersonalizationModule(
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None and hasattr(datamodule, "request"):
             self.attach_datamodule(datamodule, stage)
+
+    def apply_memory_settings(self) -> None:
+        """The ``memory`` switches, once; by now every trained parameter exists (the baselines
+        make theirs in ``__init__``), so "frozen" means exactly what does not train."""
+        if self._memory_applied:
+            return
+        settings = self.memory
+        if self._trainer is not None:
+            check_mixed_precision(settings, self.trainer.precision)
+        if settings.half is not None:
+            vae_parts = list(self.vae.children())
+            store_frozen_in([self.unet, self.text_encoder, self.vae], settings.half)
+            autocast_calls([self.unet, self.text_encoder, *vae_parts], settings.half)
+        if settings.gradient_checkpointing:
+            enable_gradient_checkpointing(self.unet, self.text_encoder)
+        if settings.compile_unet:
+            self.unet.compile(backend=settings.compile_backend)
+        self._memory_applied = True
 
     def attach_datamodule(self, datamodule: Any, stage: str = "fit") -> None:
         """What setup does with the DataModule: request the batch data the regularizers (and

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from models.components.finite_guard import check_trained_finite
+from models.components.memory import adam_8bit
 
 
 class OptimizationMixin:
@@ -31,6 +32,8 @@ class OptimizationMixin:
             if group["name"] in self.learning_rates:
                 group["lr"] = self.learning_rates[group["name"]]
         optimizer = self.optimizer_factory(param_groups)
+        if self.memory.adam_8bit:  # the same groups and settings, the state in 8 bits
+            optimizer = adam_8bit(optimizer)
         factor = self._lr_scale_factor() if self.scale_lr else 1.0
         for group in optimizer.param_groups:
             group["lr"] *= factor
