@@ -10,6 +10,7 @@ path on every node (a shared file system, as SLURM clusters and most Kubernetes 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,8 @@ def run_all(commands: dict[str, Command], settings: PoolSettings) -> dict[str, s
     else why it failed (the exit code, or Ray's error when the task was lost). Each is
     reported as it finishes, a failure with the end of its log."""
     ray = _import_ray()
+    # ray.init installs its own SIGTERM handler and shutdown leaves it: put ours back after.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     started = _start(ray, settings)
     try:
         gpus = settings.gpus_per_task
@@ -105,6 +108,8 @@ def run_all(commands: dict[str, Command], settings: PoolSettings) -> dict[str, s
     finally:
         if started:
             ray.shutdown()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
 
 
 def report(label: str, failure: str | None, command: Command) -> None:

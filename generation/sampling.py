@@ -8,11 +8,15 @@ they agree on the sampler and its settings.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
 from torch import nn
 
 from generation.schedulers import make_scheduler
+
+if TYPE_CHECKING:  # the pipeline module is imported when a run first samples
+    from diffusers import StableDiffusionPipeline
 
 
 class SamplingMixin:
@@ -26,6 +30,8 @@ class SamplingMixin:
 
     def ddim_pipeline(self, text_encoder: nn.Module) -> StableDiffusionPipeline:
         """This module's components with `text_encoder` and DDIM, so sampling and export agree."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
         return StableDiffusionPipeline(
             vae=self.vae,
             text_encoder=text_encoder,

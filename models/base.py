@@ -164,6 +164,11 @@ class PersonalizationModule(
         """Write the learned weights in formats diffusers loads; return the files written."""
         raise NotImplementedError(f"{type(self).__name__} must implement export().")
 
+    def frozen_components(self) -> list[nn.Module]:
+        """The pretrained models whose frozen weights ``memory.frozen_dtype`` stores in half
+        precision (a baseline with more, e.g. VisualEncoder's image encoder, adds them)."""
+        return [self.unet, self.text_encoder, self.vae]
+
     def trained_components(self) -> tuple[nn.Module, ...]:
         """Pretrained components that train as a whole and so run in train mode (none here)."""
         return ()
@@ -389,9 +394,11 @@ class PersonalizationModule(
         if self._trainer is not None:
             check_mixed_precision(settings, self.trainer.precision)
         if settings.half is not None:
-            vae_parts = list(self.vae.children())
-            store_frozen_in([self.unet, self.text_encoder, self.vae], settings.half)
-            autocast_calls([self.unet, self.text_encoder, *vae_parts], settings.half)
+            called = self.frozen_components()
+            store_frozen_in(called, settings.half)
+            # The VAE is used through encode/decode, not its forward: hook what they call.
+            parts = [p for m in called for p in (m.children() if m is self.vae else [m])]
+            autocast_calls(parts, settings.half)
         if settings.gradient_checkpointing:
             enable_gradient_checkpointing(self.unet, self.text_encoder)
         if settings.compile_unet:

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0, CustomDiffusionAttnProcessor2_0
 from safetensors.torch import save_file
 from torch import nn
 
 from models.base import PersonalizationModule
 from models.components.single_file import SINGLE_FILE, write_single_file
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
 CUSTOM_DIFFUSION_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
 

@@ -12,10 +12,9 @@ does not train the target's representation), but their files are written anyway:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -23,6 +22,9 @@ from torch import nn
 
 from models.base import PersonalizationModule
 from models.components.external_formats import KOHYA_LORA, write_kohya_lora
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -131,6 +133,8 @@ class LoRA(PersonalizationModule):
             layers["text_encoder_lora_adapter_metadata"] = self.text_encoder.peft_config[
                 "default"
             ].to_dict()
+        from diffusers import StableDiffusionPipeline  # its module loads when a run exports
+
         StableDiffusionPipeline.save_lora_weights(
             folder, weight_name=LORA_WEIGHTS, safe_serialization=True, **layers
         )

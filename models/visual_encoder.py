@@ -22,10 +22,9 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -39,6 +38,9 @@ from models.components.vision.subject_encoder import (
     default_image_encoder,
     load_image_encoder,
 )
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
 VISUAL_ENCODER_WEIGHTS = "visual_encoder.safetensors"
 REFERENCE_KEY = "reference_pixel_values"
@@ -104,6 +106,10 @@ class VisualEncoder(PersonalizationModule):
         embedding.register_forward_hook(self._inject)
 
     # ----- what trains and how it is saved ----------------------------------------------------
+    def frozen_components(self) -> list[nn.Module]:
+        """The CLIP image encoder too (IP-Adapter's ViT-H: 632M frozen parameters)."""
+        return [*super().frozen_components(), self.subject_encoder.image_encoder]
+
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"mapper": list(self.subject_encoder.mapper.parameters())}
 

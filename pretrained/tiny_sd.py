@@ -17,14 +17,7 @@ from typing import TypeVar
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import (
-    CLIPConfig,
-    CLIPImageProcessor,
-    CLIPModel,
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTokenizer,
-)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from core.cache import cache_root
 from pretrained.hub import resolve_folder_or_hub_id
@@ -105,7 +98,7 @@ def _tiny_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def _sd_scheduler() -> DDPMScheduler:
+def sd_noise_scheduler() -> DDPMScheduler:
     """SD 1.5's training noise schedule (scaled-linear betas, epsilon prediction)."""
     return DDPMScheduler(
         num_train_timesteps=1000,
@@ -130,8 +123,8 @@ def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
     text_encoder.save_pretrained(folder / "text_encoder")
-    _sd_scheduler().save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text(_MODEL_INDEX)
+    sd_noise_scheduler().save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(MODEL_INDEX_JSON)
     return folder
 
 
@@ -143,6 +136,8 @@ def save_tiny_clip(folder: Path) -> Path:
     (CLIP-T, CLIP-I) find the same relation here: the tiny projection applies to the tiny
     encoder's states. Saved with its tokenizer and a (PIL) image processor.
     """
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel  # only to build it
+
     sd_folder = ensure_tiny_pipeline()
     text_encoder = CLIPTextModel.from_pretrained(sd_folder / "text_encoder")
     tokenizer = CLIPTokenizer.from_pretrained(sd_folder / "tokenizer")
@@ -206,11 +201,15 @@ def resolve_pretrained(
         return str(ensure_tiny_pipeline())
     if name_or_path == TINY_CLIP_NAME:
         return str(ensure_tiny_clip())
+    if name_or_path == "sd15-random":  # SD 1.5's shapes, random weights (memory, speed)
+        from pretrained.sd15_random import ensure_sd15_random
+
+        return str(ensure_sd15_random())
     tiny = f"{tiny_name!r} for its tiny offline twin"
     return resolve_folder_or_hub_id(name_or_path, option, tiny, revision)
 
 
-_MODEL_INDEX = """{
+MODEL_INDEX_JSON = """{
   "_class_name": "StableDiffusionPipeline",
   "_diffusers_version": "0.42.1",
   "feature_extractor": [null, null],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def test_ray_runs_the_grid_reports_a_failed_pair_and_a_second_call_skips_finishe
     output = tmp_path / "bench"
     overlay = [Path("configs/tiny.yaml")]
     pool = PoolSettings(num_cpus=2)  # a local Ray instance with 2 CPUs: two pairs at a time
+    handler_before = signal.getsignal(signal.SIGTERM)
     first = run_benchmark([*methods, broken], subjects, output, overlay, QUICK, pool)
     assert len(first["ran"]) == 4 and not first["skipped"]
     assert sorted(p.describe() for p in first["failed"]) == ["broken on robodog", "broken on robot"]
@@ -93,6 +95,8 @@ def test_ray_runs_the_grid_reports_a_failed_pair_and_a_second_call_skips_finishe
     )
     assert len(markdown) == 2 + 3
 
+    # Ray's SIGTERM handler does not outlive the run (a later SIGTERM means what it did).
+    assert signal.getsignal(signal.SIGTERM) is handler_before
     stamps = {p: results_file(output, p).stat().st_mtime_ns for p in first["ran"]}
     second = run_benchmark(methods, subjects, output, overlay, QUICK, pool)
     assert not second["ran"] and len(second["skipped"]) == 4

@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
-from helpers import tiny_datamodule, tiny_trainer
+from helpers import REPO_ROOT, tiny_datamodule, tiny_trainer
 
 from callbacks import AttentionMaps, SampleImages, SemanticDrift
 from core.concept import ConceptSpec
+from datamodules.personalization import ConceptData
 from losses.spl import SemanticPreservationLoss
 from models import XTI, CustomDiffusion, DreamBooth, LoRA, TextualInversion, VisualEncoder
 from models.base import PersonalizationModule
@@ -39,13 +40,15 @@ def build(name: str, **memory: object) -> PersonalizationModule:
 
 
 def frozen_parameters(module: PersonalizationModule) -> list[torch.Tensor]:
-    parts = (module.unet, module.vae, module.text_encoder)
+    parts = module.frozen_components()
     return [p for part in parts for p in part.parameters() if not p.requires_grad]
 
 
-@pytest.mark.parametrize("name", ["textual_inversion", "custom_diffusion", "dreambooth", "lora"])
+@pytest.mark.parametrize("name", list(BASELINES))
 def test_bf16_storage_trains_with_fp32_trained_weights(name: str, tmp_path: Path) -> None:
-    datamodule = tiny_datamodule()
+    # VisualEncoder trains across subjects sharing the token (two more synthetic ones).
+    shared = {"shared_tokens": True, "additional_concepts": [ConceptData("<v1>")] * 2}
+    datamodule = tiny_datamodule(**(shared if name == "visual_encoder" else {}))
     module = BASELINES[name](concepts=datamodule.concepts, memory=MemorySettings("bf16"))
     start = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
     trainer = tiny_trainer(tmp_path, max_steps=2, precision="bf16-mixed")
@@ -56,6 +59,9 @@ def test_bf16_storage_trains_with_fp32_trained_weights(name: str, tmp_path: Path
     assert all(not torch.equal(start[n], p) for n, p in trained.items())  # all of them moved
     frozen = frozen_parameters(module)
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    if name == "visual_encoder":  # its 632M-parameter image encoder is one of them
+        encoder = module.subject_encoder.image_encoder
+        assert all(p.dtype == torch.bfloat16 for p in encoder.parameters())
 
 
 def test_bf16_storage_with_a_regularizer_and_the_analysis_callbacks(tmp_path: Path) -> None:
@@ -170,3 +176,21 @@ def test_compiled_unet_gives_the_same_loss_and_keeps_its_names() -> None:
     loss, _ = one_step_gradients(module)
     assert loss == pytest.approx(plain_loss, abs=1e-6)
     assert set(module.state_dict()) == keys  # checkpoints and exports see the same names
+
+
+@pytest.mark.skipif(not HAS_BITSANDBYTES, reason="bitsandbytes is not installed (low-memory)")
+def test_the_low_memory_overlay_trains_a_recipe(tmp_path: Path) -> None:
+    from train import main
+
+    cli = main([
+        "fit", "--config", str(REPO_ROOT / "configs" / "custom_diffusion.yaml"),
+        "--config", str(REPO_ROOT / "configs" / "tiny.yaml"),
+        "--config", str(REPO_ROOT / "configs" / "low_memory.yaml"),
+        "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.callbacks=[]", "--trainer.enable_checkpointing", "false",
+    ])  # fmt: skip
+    module = cli.model
+    assert module.memory == MemorySettings("bf16", gradient_checkpointing=True, adam_8bit=True)
+    assert module.unet.is_gradient_checkpointing
+    assert type(cli.trainer.optimizers[0]).__name__ == "AdamW8bit"
+    assert all(p.dtype == torch.bfloat16 for p in frozen_parameters(module))
