@@ -48,6 +48,27 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 class PersonalizationCLI(LightningCLI):
     """Links the DataModule's concepts into the model and loads checkpoints weights-only."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        argv = kwargs.get("args")
+        argv = sys.argv[1:] if argv is None else argv
+        words = [a for a in argv if isinstance(a, str)] if isinstance(argv, list) else []
+        self._requested = next((w for w in words if not w.startswith("-")), None)
+        super().__init__(*args, **kwargs)
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        """Only the requested subcommand's parser (each costs ~0.2 s of start-up to build);
+        all four when none is given (``--help``) or it is unknown (the error lists them)."""
+        everything = self.subcommands()
+        if self._requested not in everything:
+            super()._add_subcommands(parser, **kwargs)
+            return
+        wanted = {self._requested: everything[self._requested]}
+        self.subcommands = lambda: wanted  # type: ignore[method-assign]  (this instance only)
+        try:
+            super()._add_subcommands(parser, **kwargs)
+        finally:
+            del self.subcommands
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.concepts", "model.init_args.concepts", apply_on="instantiate")
 

@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         clock = Path(root) / "clock.json"
         env = dict(os.environ, HF_HUB_OFFLINE="1", PERSONALIZE_NUM_THREADS="1")
         env.update({CLOCK_ENV: str(clock), "OMP_NUM_THREADS": "1"})
+        # As on a user's machine: compiled modules cached (a sandbox may turn that off, and
+        # then every start compiles the project's ~100 modules again).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         os.environ[CLOCK_ENV] = str(clock)
         recipe = recipe_without_callbacks(Path(root))
         for index in range(args.runs):  # alternate, so drift in the machine hits both alike
