@@ -91,6 +91,11 @@ def _draw_background(size: int, rng: random.Random) -> Image.Image:
 
 def _draw_one_image(index: int, resolution: int, seed: int) -> Image.Image:
     """Image `index` of the concept; its RNG depends only on (seed, index)."""
+    return _draw_one_scene(index, resolution, seed)[0]
+
+
+def _draw_one_scene(index: int, resolution: int, seed: int) -> tuple[Image.Image, Image.Image]:
+    """(image, the toy's coverage as an 'L' image) of image `index`: the true mask."""
     rng = random.Random(f"synthetic-concept/{seed}/{index}")
     big = resolution * SUPERSAMPLE
     scene = _draw_background(big, rng)
@@ -107,7 +112,13 @@ def _draw_one_image(index: int, resolution: int, seed: int) -> Image.Image:
     x = rng.randint(0, big - toy.width)
     y = rng.randint(0, big - toy.height)
     scene.alpha_composite(toy, (x, y))
-    return scene.convert("RGB").resize((resolution, resolution), Image.Resampling.LANCZOS)
+    coverage = Image.new("L", scene.size, 0)
+    coverage.paste(toy.getchannel("A"), (x, y))
+    size = (resolution, resolution)
+    return (
+        scene.convert("RGB").resize(size, Image.Resampling.LANCZOS),
+        coverage.resize(size, Image.Resampling.BILINEAR),
+    )
 
 
 def draw_synthetic_concept(
@@ -124,3 +135,12 @@ def draw_synthetic_concept(
     if resolution < 16:
         raise ValueError(f"resolution must be >= 16, got {resolution}")
     return [_draw_one_image(i, resolution, seed) for i in range(num_images)]
+
+
+def synthetic_concept_masks(
+    num_images: int = 5, resolution: int = 64, seed: int = 0
+) -> list[np.ndarray]:
+    """The true foreground of each `draw_synthetic_concept` image: (H, W) bool, the pixels
+    the toy covers at least half (segmentation is measured against it)."""
+    scenes = [_draw_one_scene(i, resolution, seed)[1] for i in range(num_images)]
+    return [np.asarray(coverage) >= 128 for coverage in scenes]

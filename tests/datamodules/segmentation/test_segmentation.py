@@ -1,0 +1,73 @@
+"""Segmentation backends: the weight-free fallback against the synthetic toy's true masks,
+and the mask folder's checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datamodules.segmentation.base import check_foreground, iou
+from datamodules.segmentation.fallback import GrabCutSegmenter
+from datamodules.segmentation.masks import MaskFolder
+from datamodules.synthetic_concept import draw_synthetic_concept, synthetic_concept_masks
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_fallback_finds_the_synthetic_toy(seed: int) -> None:
+    images = draw_synthetic_concept(10, 128, seed)
+    truths = synthetic_concept_masks(10, 128, seed)
+    segmenter = GrabCutSegmenter()
+    scores = [
+        iou(segmenter.foreground(image, "toy"), truth) for image, truth in zip(images, truths)
+    ]
+    assert min(scores) >= 0.8, scores
+    assert np.mean(scores) >= 0.9, scores
+
+
+def test_the_fallback_is_deterministic_and_keeps_the_photo_size() -> None:
+    (image,) = draw_synthetic_concept(1, 96, 3)
+    first = GrabCutSegmenter().foreground(image.resize((150, 96)), "toy")
+    second = GrabCutSegmenter().foreground(image.resize((150, 96)), "toy")
+    assert first.shape == (96, 150) and first.dtype == bool
+    assert np.array_equal(first, second)
+
+
+def test_the_true_masks_match_the_images() -> None:
+    masks = synthetic_concept_masks(3, 64, 0)
+    assert [m.shape for m in masks] == [(64, 64)] * 3
+    assert all(0.02 < m.mean() < 0.8 for m in masks)
+
+
+def write_masks(folder: Path, names: list[str], value: int | None = None) -> None:
+    folder.mkdir()
+    for index, name in enumerate(names):
+        mask = np.zeros((20, 30), np.uint8)
+        mask[5:15, 8 + index : 20 + index] = 255
+        if value is not None:
+            mask[:] = value
+        Image.fromarray(mask).save(folder / f"{Path(name).stem}.png")
+
+
+def test_a_mask_folder_reads_masks_by_photo_name(tmp_path: Path) -> None:
+    write_masks(tmp_path / "masks", ["00.jpg", "01.jpg"])
+    masks = MaskFolder(tmp_path / "masks", ["00.jpg", "01.jpg"])
+    mask = masks.mask_for("01.jpg", (30, 20))
+    assert mask.shape == (20, 30) and mask.sum() == 10 * 12
+    assert mask[5, 9] and not mask[5, 8]
+
+
+def test_mask_folder_errors_name_the_problem(tmp_path: Path) -> None:
+    write_masks(tmp_path / "masks", ["00.jpg", "02.jpg"])
+    with pytest.raises(FileNotFoundError, match=r"no mask for photo\(s\) \['01'\].*01.png"):
+        MaskFolder(tmp_path / "masks", ["00.jpg", "01.jpg"])
+    write_masks(tmp_path / "empty", ["00.jpg"], value=0)
+    with pytest.raises(ValueError, match="is empty"):
+        MaskFolder(tmp_path / "empty", ["00.jpg"]).mask_for("00.jpg", (30, 20))
+    write_masks(tmp_path / "full", ["00.jpg"], value=255)
+    with pytest.raises(ValueError, match="all foreground"):
+        MaskFolder(tmp_path / "full", ["00.jpg"]).mask_for("00.jpg", (30, 20))
+    with pytest.raises(ValueError, match="is empty"):
+        check_foreground(np.zeros((4, 4), bool), "x")
