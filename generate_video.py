@@ -30,6 +30,7 @@ logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
 import torch
 import yaml
 
+from core.concept import ConceptSpec
 from core.errors import user_message
 from core.run_config import RUN_CONFIG, next_numbered
 from generation.video import (
@@ -88,11 +89,9 @@ def concept_phrase(config: dict[str, Any]) -> str:
     from datamodules.personalization import SYNTHETIC_CLASS_WORD
 
     data = (config.get("data") or {}).get("init_args") or {}
-    token = data.get("concept_token") or "<v1>"
-    word = data.get("class_word") or (
-        None if data.get("instance_data_dir") else SYNTHETIC_CLASS_WORD
-    )
-    return f"{token} {word}" if word else token
+    # A run with photos always has a class word (the DataModule requires one).
+    word = data.get("class_word") or SYNTHETIC_CLASS_WORD
+    return ConceptSpec(data.get("concept_token") or "<v1>", word).phrase
 
 
 def export_kind(folder: Path) -> str:

@@ -23,10 +23,15 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from pretrained.tiny_sd import MODEL_INDEX_JSON, ensure_built, sd_noise_scheduler, seeded
+from pretrained.tiny_sd import (
+    MODEL_INDEX_JSON,
+    SD15_RANDOM_NAME,
+    ensure_built,
+    sd_noise_scheduler,
+    seeded,
+)
 from pretrained.tiny_tokenizer import END_TOKEN, START_TOKEN, write_tiny_clip_tokenizer
 
-SD15_RANDOM_NAME = "sd15-random"
 SD15_VOCAB_SIZE = 49408
 
 # runwayml/stable-diffusion-v1-5 unet/config.json and vae/config.json (the non-default fields).

@@ -24,6 +24,7 @@ from pretrained.hub import resolve_folder_or_hub_id
 from pretrained.tiny_tokenizer import write_tiny_clip_tokenizer
 
 TINY_MODEL_NAME = "tiny-sd"
+SD15_RANDOM_NAME = "sd15-random"  # SD 1.5's shapes, random weights (pretrained/sd15_random.py)
 TINY_CLIP_NAME = "tiny-clip"  # a CLIPModel whose text tower is the tiny SD text encoder
 TINY_RESOLUTION = 32  # pixels; the tiny VAE downsamples by 2, so latents are 16x16
 _BUILD_VERSION = "1"  # bump when the architecture below changes, so caches are rebuilt
@@ -201,7 +202,7 @@ def resolve_pretrained(
         return str(ensure_tiny_pipeline())
     if name_or_path == TINY_CLIP_NAME:
         return str(ensure_tiny_clip())
-    if name_or_path == "sd15-random":  # SD 1.5's shapes, random weights (memory, speed)
+    if name_or_path == SD15_RANDOM_NAME:
         from pretrained.sd15_random import ensure_sd15_random
 
         return str(ensure_sd15_random())
