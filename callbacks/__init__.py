@@ -10,6 +10,7 @@ from core.lazy import lazy_names
 
 _HOMES = {
     "AttentionMaps": "callbacks.attention_maps",
+    "AugmentedDataGrids": "callbacks.augmented_data",
     "ExportWeights": "callbacks.export",
     "SampleImages": "callbacks.sample_images",
     "SaveOnInterrupt": "callbacks.interrupt",

@@ -18,10 +18,15 @@ from torch.utils.data import Dataset
 
 from core.concept import ConceptSpec
 from core.images import crop_square, resize_short_side, to_tensor
+from datamodules.augmentation.build import AugmentedSet
+from datamodules.augmentation.settings import AugmentationSettings
+from datamodules.augmentation.sources import ConceptPhotos, photo_names
+from datamodules.augmented_data import AugmentedData
 from datamodules.extras import SampleExtra, extra_for, known_keys
 from datamodules.extras.class_images import check_class_options, class_prompt_for
 from datamodules.generation_prompts import EvalPrompts, GenerationItems, generation_loader
 from datamodules.instance_images import check_photo_sizes, load_image_folder
+from datamodules.multi_prompts import named_concepts
 from datamodules.prompts import FAR_AWAY_WORDS, SIMPLE_TEMPLATES, ZOOMED_IN_WORDS, check_templates
 from datamodules.sampler import ResumableDataLoader, batches_done, resumable_loader
 from datamodules.synthetic_concept import draw_synthetic_concept
@@ -37,6 +42,15 @@ _SYNTHETIC_MIN_SIDE = 64  # the toy is drawn at least this large, then resized
 
 
 @dataclass(frozen=True)
+class ComposedImage:
+    """A training image with its own prompt (M-Aug) and the concept it counts for."""
+
+    image: Image.Image
+    prompt: str
+    concept_index: int
+
+
+@dataclass(frozen=True)
 class ConceptData:
     """One concept: its token, class word, photos (None = the synthetic toy), initializer."""
 
@@ -44,6 +58,7 @@ class ConceptData:
     class_word: str = SYNTHETIC_CLASS_WORD  # required with photos; "toy" is the synthetic one
     instance_data_dir: str | None = None
     initializer_word: str | None = None
+    mask_dir: str | None = None  # masks named like the photos (CLIF's augmented data)
 
     @property
     def spec(self) -> ConceptSpec:
@@ -65,9 +80,14 @@ class InstanceDataset(Dataset):
         repeats: int,
         seed: int,
         extras: list[SampleExtra] | None = None,
+        composed: list[ComposedImage] | None = None,
     ) -> None:
         self.extras = list(extras or [])
         self.items = [(c, i) for c, imgs in enumerate(images) for i in range(len(imgs))]
+        # Images that come with their own prompt (CLIF's M-Aug), after the photos; they are
+        # never flipped or rescaled (the prompt says which concept is on the left).
+        self.composed = list(composed or [])
+        self.items += [(item.concept_index, -1 - j) for j, item in enumerate(self.composed)]
         self.images, self.concepts, self.templates = images, concepts, templates
         if not 0.0 <= flip_probability <= 1.0:
             raise ValueError(f"flip_probability is a chance in [0, 1], got {flip_probability}.")
@@ -95,11 +115,14 @@ class InstanceDataset(Dataset):
             prefixes += [*FAR_AWAY_WORDS, *ZOOMED_IN_WORDS]
         phrase = self.concepts[concept_index].spec.phrase
         templates = [t.format(phrase) for t in self.templates]
-        return list(dict.fromkeys(prefix + t for t in templates for prefix in prefixes))
+        own = [c.prompt for c in self.composed if c.concept_index == concept_index]
+        return list(dict.fromkeys([prefix + t for t in templates for prefix in prefixes] + own))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = random.Random(f"{self.seed}/{index}")
         concept_index, image_index = self.items[index % len(self.items)]
+        if image_index < 0:
+            return self._composed_sample(index, -1 - image_index)
         image = self.scaled_photo(concept_index, image_index)
         image = crop_square(image, self.resolution, self.random_crop, rng)
         flipped = rng.random() < self.flip_probability
@@ -126,6 +149,26 @@ class InstanceDataset(Dataset):
         sample["image_index"] = image_index
         for extra in self.extras:
             extra.add(sample, concept_index, extras_rng)
+        del sample["image_index"]
+        return sample
+
+    def _composed_sample(self, index: int, composed_index: int) -> dict[str, Any]:
+        item = self.composed[composed_index]
+        image = item.image
+        if image.size != (self.resolution, self.resolution):
+            image = image.resize((self.resolution, self.resolution), Image.Resampling.BICUBIC)
+        sample = {
+            "pixel_values": to_tensor(image),
+            "prompts": item.prompt,
+            "loss_mask": torch.ones(1, self.resolution, self.resolution),
+            "concept_index": item.concept_index,
+            "cache_key": f"composed/{composed_index}",
+            "sample_key": index,
+            "image_index": 0,
+        }
+        extras_rng = random.Random(f"{self.seed}/{index}/extras")
+        for extra in self.extras:
+            extra.add(sample, item.concept_index, extras_rng)
         del sample["image_index"]
         return sample
 
@@ -159,6 +202,8 @@ class PersonalizationDataModule(L.LightningDataModule):
         class_generation_steps: int = 50,
         eval_prompts: EvalPrompts = EvalPrompts(),  # noqa: B008 (frozen)
         shared_tokens: bool = False,
+        mask_dir: str | None = None,
+        augmentation: AugmentationSettings | None = None,
     ) -> None:
         """
         Args:
@@ -196,6 +241,10 @@ class PersonalizationDataModule(L.LightningDataModule):
             shared_tokens: let concepts share a token, as several subjects of one placeholder
                 (VisualEncoder learns one image-to-token mapping across subjects); the model
                 is given each distinct token once.
+            mask_dir: the (first) concept's masks, named like its photos (white = concept),
+                for the augmented data; other concepts give theirs in additional_concepts.
+            augmentation: CLIF's G/R/M-Aug data (datamodules/augmentation/settings.py), built
+                once and cached; None builds none (the ``clif`` pairs then cannot be asked for).
         """
         super().__init__()
         if class_word is not None and not class_word.strip():
@@ -207,7 +256,9 @@ class PersonalizationDataModule(L.LightningDataModule):
                     "class_word dog): the prompts say '<v1> <class word>'."
                 )
             class_word = SYNTHETIC_CLASS_WORD
-        first = ConceptData(concept_token, class_word, instance_data_dir, initializer_word)
+        first = ConceptData(
+            concept_token, class_word, instance_data_dir, initializer_word, mask_dir
+        )
         self.concept_data = [first, *(additional_concepts or [])]
         for extra in additional_concepts or []:
             if extra.instance_data_dir is not None and extra.class_word == SYNTHETIC_CLASS_WORD:
@@ -249,7 +300,15 @@ class PersonalizationDataModule(L.LightningDataModule):
             check_photo_sizes(images, concept.instance_data_dir, self.resolution)
         # The test/predict prompts; a bad prompt file fails here, before any model is built.
         self.eval_prompts = eval_prompts
-        self.eval_prompt_set, self.eval_templates = self.eval_prompts.templates(class_word)
+        self.eval_prompt_set, self.eval_templates = self.eval_prompts.templates(
+            class_word, len(self.concepts)
+        )
+        self.augmentation = augmentation
+        self.augmented = (
+            None
+            if augmentation is None
+            else AugmentedData(augmentation, self._concept_photos(), self.resolution, self.seed)
+        )
 
     @property
     def concepts(self) -> list[ConceptSpec]:
@@ -262,6 +321,36 @@ class PersonalizationDataModule(L.LightningDataModule):
             return load_image_folder(concept.instance_data_dir)
         side = max(self.resolution, _SYNTHETIC_MIN_SIDE)
         return draw_synthetic_concept(self.synthetic_num_images, side, self.seed + index)
+
+    def _concept_photos(self) -> list[ConceptPhotos]:
+        return [
+            ConceptPhotos(c.spec, images, photo_names(c.instance_data_dir, len(images)), c.mask_dir)
+            for c, images in zip(self.concept_data, self.images)
+        ]
+
+    def images_to_generate(self) -> list[tuple[str, str, int]]:
+        """(folder, prompt, count) of images the base model must make before training (G-Aug's
+        general concepts); the module's setup generates them."""
+        return self.augmented.to_generate() if self.augmented is not None else []
+
+    def prepare_data(self) -> None:
+        """Build (or find cached) the augmented data, unless images must be generated first."""
+        if self.augmented is not None and self.augmented.ready():
+            self.augmented.get()
+
+    def augmented_set(self) -> AugmentedSet:
+        """CLIF's augmented pairs; a ValueError naming the option when none were asked for."""
+        if self.augmented is None:
+            raise ValueError(
+                "no augmented data was configured: set data.init_args.augmentation (e.g. "
+                "{g_aug: 40, r_aug: 40, m_aug: 40, general_data_dir: general_images})."
+            )
+        trainer = self.trainer
+        if trainer is None:
+            return self.augmented.get()
+        return self.augmented.get(
+            trainer.global_rank, lambda: trainer.strategy.barrier("augmented_data")
+        )
 
     def provided_batch_keys(self) -> set[str]:
         """Batch keys built now: the base ones plus those of the extras requested so far."""
@@ -317,6 +406,17 @@ class PersonalizationDataModule(L.LightningDataModule):
         pools = getattr(extra, "pools_as_texts", None)
         return None if pools is None else pools()
 
+    def _composed(self, training: bool) -> list[ComposedImage]:
+        """M-Aug images joining the training photos (augmentation.train_on_m_aug)."""
+        settings = self.augmentation
+        if not training or settings is None or not settings.train_on_m_aug:
+            return []
+        built = self.augmented_set()
+        return [
+            ComposedImage(built.image(item), item.prompt, item.concepts[0])
+            for item in built.of_kind("m_aug")
+        ]
+
     def _dataset(self, augment: bool, repeats: int) -> InstanceDataset:
         return InstanceDataset(
             self.images,
@@ -329,6 +429,7 @@ class PersonalizationDataModule(L.LightningDataModule):
             repeats=repeats,
             seed=self.seed,
             extras=self.extras,
+            composed=self._composed(augment),
         )
 
     def _loader(self, dataset: InstanceDataset, training: bool) -> ResumableDataLoader:
@@ -350,8 +451,9 @@ class PersonalizationDataModule(L.LightningDataModule):
         return self._loader(self._dataset(augment=False, repeats=1), training=False)
 
     def test_dataloader(self) -> Any:
-        """The first concept's evaluation prompts x images, fixed seeds (see eval_prompts)."""
-        items = GenerationItems(self.eval_templates, self.concepts[0], self.eval_prompts)
+        """The evaluation prompts x images, fixed seeds (see eval_prompts): the first concept's,
+        or the concepts a multi-concept set names ("{0}", "{1}", ... index ``concepts``)."""
+        items = GenerationItems(self.eval_templates, self.concepts, self.eval_prompts)
         world = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         return generation_loader(items, self.eval_prompts.batch_size, *world)
 
@@ -361,3 +463,9 @@ class PersonalizationDataModule(L.LightningDataModule):
     def reference_images(self, concept_index: int = 0) -> list[Image.Image]:
         """A concept's instance images: what CLIP-I / DINO-I compare the generations with."""
         return self.images[concept_index]
+
+    @property
+    def eval_concepts(self) -> list[int] | None:
+        """The concepts a multi-concept evaluation set names, each scored against its own
+        reference_images; None for a single-concept set (the first concept's references)."""
+        return named_concepts(self.eval_templates)

@@ -106,18 +106,9 @@ def generate_class_images(
     return written
 
 
-def prepare_class_images(module: PersonalizationModule, datamodule: Any) -> list[Path]:
-    """From the module's setup: generate the DataModule's missing class images, if any.
-
-    Unset options are left to the DataModule's request, which names the option to set.
-    """
-    folder = getattr(datamodule, "class_data_dir", None)
-    prompt = getattr(datamodule, "class_prompt", None)
-    if folder is None or prompt is None:
-        return []
+def base_model_sampler(module: PersonalizationModule, resolution: int, steps: int) -> GenerateFn:
+    """``generate(prompts, seeds)`` with the (still untrained) module, from its setup."""
     trainer = module.trainer
-    resolution = int(datamodule.resolution)
-    steps = int(getattr(datamodule, "class_generation_steps", 50))
 
     def generate(prompts: list[str], seeds: list[int]) -> torch.Tensor:
         # Setup runs before Lightning moves the model, so move it now rather than sample on CPU.
@@ -136,12 +127,44 @@ def prepare_class_images(module: PersonalizationModule, datamodule: Any) -> list
         finally:
             module.train(was_training)
 
+    return generate
+
+
+def _fill(module: PersonalizationModule, folder: str, prompt: str, count: int, steps: int,
+          resolution: int) -> list[Path]:  # fmt: skip
+    trainer = module.trainer
     return generate_class_images(
-        generate,
+        base_model_sampler(module, resolution, steps),
         folder,
         prompt,
-        int(datamodule.num_class_images),
+        count,
         rank=trainer.global_rank,
         world_size=trainer.world_size,
         barrier=lambda: trainer.strategy.barrier("class_images"),
     )
+
+
+def prepare_class_images(module: PersonalizationModule, datamodule: Any) -> list[Path]:
+    """From the module's setup: generate the DataModule's missing class images, if any.
+
+    Unset options are left to the DataModule's request, which names the option to set.
+    """
+    folder = getattr(datamodule, "class_data_dir", None)
+    prompt = getattr(datamodule, "class_prompt", None)
+    if folder is None or prompt is None:
+        return []
+    steps = int(getattr(datamodule, "class_generation_steps", 50))
+    count = int(datamodule.num_class_images)
+    return _fill(module, folder, prompt, count, steps, int(datamodule.resolution))
+
+
+def prepare_generated_images(module: PersonalizationModule, datamodule: Any) -> list[Path]:
+    """From the module's setup: the other images the DataModule wants from the base model
+    (``images_to_generate()``: CLIF's general concepts), each folder filled to its count."""
+    wanted = getattr(datamodule, "images_to_generate", lambda: [])()
+    settings = getattr(datamodule, "augmentation", None)
+    steps = int(getattr(settings, "general_generation_steps", 25))
+    written: list[Path] = []
+    for folder, prompt, count in wanted:
+        written += _fill(module, folder, prompt, count, steps, int(datamodule.resolution))
+    return written

@@ -11,6 +11,8 @@ from core.lazy import lazy_names
 
 _HOMES = {
     "PersonalizationModule": "models.base",
+    "CLIFMultiConceptLoRA": "models.clif_decoder",
+    "CLIFTextTuning": "models.clif_text",
     "CustomDiffusion": "models.custom_diffusion",
     "DreamBooth": "models.dreambooth",
     "LoRA": "models.lora",

@@ -15,20 +15,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.utils import convert_state_dict_to_diffusers
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
 from torch import nn
 
 from models.base import PersonalizationModule
 from models.components.external_formats import KOHYA_LORA, write_kohya_lora
+from models.components.lora_adapters import (
+    LORA_WEIGHTS,
+    TEXT_ENCODER_TARGETS,
+    UNET_TARGETS,
+    check_lora_options,
+    has_adapters,
+    lora_config,
+    lora_parameters,
+    peft_state,
+    save_lora_layers,
+)
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
-UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+__all__ = ["LORA_WEIGHTS", "LoRA", "load_lora"]
 
 
 def load_lora(pipe: StableDiffusionPipeline, folder: str | Path) -> None:
@@ -38,10 +44,6 @@ def load_lora(pipe: StableDiffusionPipeline, folder: str | Path) -> None:
     for token_file in sorted(folder.glob("*.safetensors")):
         if token_file.name not in (LORA_WEIGHTS, KOHYA_LORA):
             pipe.load_textual_inversion(token_file)
-
-
-def _lora_parameters(module: nn.Module) -> list[nn.Parameter]:
-    return [p for name, p in module.named_parameters() if "lora_" in name and p.requires_grad]
 
 
 class LoRA(PersonalizationModule):
@@ -62,13 +64,10 @@ class LoRA(PersonalizationModule):
             train_text_encoder: also put adapters on the text encoder's attention projections
                 (learning-rate group ``text_encoder_lora``; the UNet's is ``lora``).
         """
-        if rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {rank}; the recipe uses rank: 4.")
-        if alpha is not None and alpha <= 0:
-            raise ValueError(f"LoRA alpha must be > 0 (or null for alpha = rank), got {alpha}.")
+        alpha = check_lora_options(rank, alpha)
         kwargs.setdefault("train_tokens", False)
         super().__init__(**kwargs)
-        self.rank, self.alpha = rank, float(alpha if alpha is not None else rank)
+        self.rank, self.alpha = rank, alpha
         self.train_text_encoder = train_text_encoder
         # A's Gaussian init comes from our seed, not the global RNG: the same config starts
         # from the same adapters (and a resumed run continues the run it came from).
@@ -83,62 +82,35 @@ class LoRA(PersonalizationModule):
         # Lightning does not call train() when fitting starts: put the trained parts in train mode.
         self.train(self.training)
 
-    def _lora_config(self, targets: tuple[str, ...]) -> LoraConfig:
-        # Gaussian A, zero B (diffusers' recipe): training starts from the unchanged model.
-        return LoraConfig(
-            r=self.rank,
-            lora_alpha=self.alpha,
-            init_lora_weights="gaussian",
-            target_modules=list(targets),
-        )
+    def _lora_config(self, targets: tuple[str, ...]) -> Any:
+        return lora_config(self.rank, self.alpha, targets)
 
     def trained_components(self) -> tuple[nn.Module, ...]:
         return (self.unet, self.text_encoder) if self.train_text_encoder else (self.unet,)
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = super().trainable_groups()
-        groups["lora"] = _lora_parameters(self.unet)
+        groups["lora"] = lora_parameters(self.unet)
         if self.train_text_encoder:
-            groups["text_encoder_lora"] = _lora_parameters(self.text_encoder)
+            groups["text_encoder_lora"] = lora_parameters(self.text_encoder)
         return groups
 
     def _peft_states(self) -> dict[str, dict[str, Any]]:
-        """Each adapted component's peft LoRA state dict, by component name."""
-        models = {"unet": self.unet}
-        if self.train_text_encoder:
-            models["text_encoder"] = self.text_encoder
-        # save_embedding_layers=False: nothing of ours targets embeddings, and "auto" would look
-        # the base model up on the hub to compare vocabulary sizes.
-        return {
-            name: get_peft_model_state_dict(model, save_embedding_layers=False)
-            for name, model in models.items()
-        }
+        """Each adapted component's peft LoRA state dict, by component name (the text
+        encoder's also when its adapters are frozen, as CLIF's stage 2 keeps stage 1's)."""
+        return {name: peft_state(model) for name, model in self._adapted().items()}
 
-    @staticmethod
-    def _diffusers_layers(peft_state: dict[str, Any]) -> dict[str, Any]:
-        return convert_state_dict_to_diffusers(
-            {k: v.detach().float().contiguous() for k, v in peft_state.items()}
-        )
+    def _adapted(self) -> dict[str, nn.Module]:
+        models: dict[str, nn.Module] = {"unet": self.unet}
+        if has_adapters(self.text_encoder):
+            models["text_encoder"] = self.text_encoder
+        return models
 
     def export(self, folder: Path) -> list[Path]:
         """``pytorch_lora_weights.safetensors`` and one ``<token>.safetensors`` per concept."""
         folder.mkdir(parents=True, exist_ok=True)
-        peft_states = self._peft_states()
-        layers: dict[str, Any] = {
-            "unet_lora_layers": self._diffusers_layers(peft_states["unet"]),
-            "unet_lora_adapter_metadata": self.unet.peft_config["default"].to_dict(),
-        }
-        if self.train_text_encoder:
-            layers["text_encoder_lora_layers"] = self._diffusers_layers(peft_states["text_encoder"])
-            layers["text_encoder_lora_adapter_metadata"] = self.text_encoder.peft_config[
-                "default"
-            ].to_dict()
-        from diffusers import StableDiffusionPipeline  # its module loads when a run exports
-
-        StableDiffusionPipeline.save_lora_weights(
-            folder, weight_name=LORA_WEIGHTS, safe_serialization=True, **layers
-        )
+        lora_file = save_lora_layers(folder, self._adapted())
         # The same adapters with kohya's keys and alphas, for A1111 / ComfyUI / kohya.
-        kohya = write_kohya_lora(peft_states, self.alpha, folder / KOHYA_LORA)
+        kohya = write_kohya_lora(self._peft_states(), self.alpha, folder / KOHYA_LORA)
         paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
-        return [folder / LORA_WEIGHTS, kohya, *self.export_token_embeddings(paths)]
+        return [lora_file, kohya, *self.export_token_embeddings(paths)]

@@ -1,0 +1,120 @@
+"""What the augmented data is made from: each concept's photos with their masks and regions.
+
+A concept's masks come from its mask folder when it has one, else from the configured
+segmenter; every mask is checked (empty or all-foreground masks are errors naming the photo).
+Regions for R-Aug: named parts when the ``sam`` backend can look for them, then regions by
+place (superpixels, or SAM's automatic masks), one region per label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from core.concept import ConceptSpec
+from core.images import resize_short_side
+from datamodules.augmentation.cutout import Cutout, make_cutout
+from datamodules.augmentation.settings import AugmentationSettings
+from datamodules.segmentation.base import check_foreground
+from datamodules.segmentation.masks import MaskFolder
+from datamodules.segmentation.regions import Region, over_segment
+
+
+@dataclass(frozen=True)
+class ConceptPhotos:
+    """One concept's inputs: its spec, photos, their file names, and its mask folder."""
+
+    spec: ConceptSpec
+    photos: list[Image.Image]
+    names: list[str]
+    mask_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.photos:
+            raise ValueError(
+                f"concept {self.spec.token!r} has no photos; give it a folder with its photos."
+            )
+
+
+@dataclass(frozen=True)
+class SegmentedPhoto:
+    photo: Image.Image  # scaled to the working size
+    mask: np.ndarray  # (H, W) bool
+    name: str
+
+    def cutout(self, phrase: str) -> Cutout:
+        return make_cutout(self.photo, self.mask, phrase)
+
+
+def working_photo(photo: Image.Image, size: int) -> Image.Image:
+    """The photo with its shorter side at `size` (cut-outs are never pasted larger)."""
+    return resize_short_side(photo.convert("RGB"), size)
+
+
+def build_segmenter(settings: AugmentationSettings) -> Any:
+    """The configured backend; SAM's models load only when it is chosen."""
+    if settings.segmenter == "sam":
+        from datamodules.segmentation.sam import SamSegmenter
+
+        return SamSegmenter(settings.sam_model, settings.grounding_model)
+    from datamodules.segmentation.fallback import GrabCutSegmenter
+
+    return GrabCutSegmenter()
+
+
+def segment_concept(
+    concept: ConceptPhotos, size: int, segmenter: Any | None
+) -> list[SegmentedPhoto]:
+    """Each photo at the working size with its checked mask."""
+    folder = MaskFolder(concept.mask_dir, concept.names) if concept.mask_dir else None
+    segmented = []
+    for photo, name in zip(concept.photos, concept.names, strict=True):
+        photo = working_photo(photo, size)
+        if folder is not None:
+            mask = folder.mask_for(name, photo.size)
+        else:
+            where = f"photo {name} of {concept.spec.token!r} (segmenter output)"
+            mask = check_foreground(segmenter.foreground(photo, concept.spec.class_word), where)
+        segmented.append(SegmentedPhoto(photo, mask, name))
+    return segmented
+
+
+def one_region_per_label(regions: list[Region]) -> list[Region]:
+    """Regions that share a label become one (two "upper left" superpixels are one place)."""
+    merged: dict[str, Region] = {}
+    for region in regions:
+        key = region.prompt("{}")
+        if key in merged:
+            union = merged[key].mask | region.mask
+            merged[key] = dataclasses.replace(merged[key], mask=union)
+        else:
+            merged[key] = region
+    return list(merged.values())
+
+
+def regions_of(
+    photo: SegmentedPhoto, part_names: list[str], settings: AugmentationSettings, finder: Any
+) -> list[Region]:
+    """R-Aug's regions of one photo: found parts (sam only), then regions by place."""
+    rgb = np.asarray(photo.photo)
+    regions: list[Region] = []
+    if finder is not None:
+        regions += finder.find_parts(photo.photo, photo.mask, part_names)
+        regions += finder.regions(photo.photo, photo.mask, settings.num_regions)
+    else:
+        regions += over_segment(rgb, photo.mask, settings.num_regions)
+    return one_region_per_label(regions)
+
+
+def photo_names(folder: str | Path | None, count: int) -> list[str]:
+    """The photos' file names (the synthetic toy's are numbered)."""
+    if folder is None:
+        return [f"synthetic_{i:02d}.png" for i in range(count)]
+    from datamodules.instance_images import list_image_files
+
+    return [file.name for file in list_image_files(folder)]

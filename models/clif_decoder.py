@@ -1,0 +1,86 @@
+"""CLIF stage 2 (section 4.3): a shared UNet LoRA plus the tokens, from stage 1's export.
+
+The concepts' vectors start from stage 1's ``<token>.safetensors`` and keep training; stage 1's
+text-encoder LoRA (when it trained one) is loaded with diffusers' own loader and frozen, so
+the text encoder is bit for bit what stage 1 left. The photos and the M-Aug images
+(``data.init_args.augmentation.train_on_m_aug``) train one LoRA for all the concepts. The
+export is LoRA's: the UNet LoRA and stage 1's text-encoder LoRA in one
+``pytorch_lora_weights.safetensors``, and the tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from models.components.lora_adapters import LORA_WEIGHTS
+from models.lora import LoRA
+
+
+def load_stage1_tokens(module: LoRA, folder: Path) -> None:
+    """Copy each concept's vectors from stage 1's export (an error names a missing one)."""
+    for index, concept in enumerate(module.concepts):
+        path = folder / f"{concept.token}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"stage 1's export {folder} has no {path.name}: stage 2 must learn the same "
+                "concepts (tokens) as stage 1 did."
+            )
+        vectors = load_file(str(path))[concept.token]
+        target = module.concept_tokens.vectors_of(index)
+        if vectors.shape != target.shape:
+            raise ValueError(
+                f"{path} holds vectors {tuple(vectors.shape)}, this run's {concept.token} has "
+                f"{tuple(target.shape)}; use stage 1's num_vectors."
+            )
+        with torch.no_grad():
+            target.copy_(vectors.to(target.dtype))
+
+
+def load_stage1_text_lora(module: LoRA, folder: Path) -> bool:
+    """Stage 1's text-encoder LoRA into the text encoder, frozen; False when there is none."""
+    if not (folder / LORA_WEIGHTS).is_file():
+        return False
+    from diffusers import StableDiffusionPipeline
+
+    state, alphas = StableDiffusionPipeline.lora_state_dict(str(folder), weight_name=LORA_WEIGHTS)
+    if not any(key.startswith("text_encoder.") for key in state):
+        return False
+    metadata = getattr(state, "metadata", None)
+    StableDiffusionPipeline.load_lora_into_text_encoder(
+        state, alphas, text_encoder=module.text_encoder, prefix="text_encoder",
+        adapter_name="default", metadata=metadata,
+    )  # fmt: skip
+    module.text_encoder.requires_grad_(False)
+    return True
+
+
+class CLIFMultiConceptLoRA(LoRA):
+    """LoRA on the UNet (shared by the concepts) + tokens, text encoder frozen from stage 1."""
+
+    def __init__(self, stage1: str, **kwargs: Any) -> None:
+        """
+        Args:
+            stage1: stage 1's export folder (``<run>/export``), its tokens and text LoRA.
+        """
+        if kwargs.pop("train_text_encoder", False):
+            raise ValueError(
+                "CLIF stage 2 keeps the text encoder frozen (stage 1 tuned it); drop "
+                "model.init_args.train_text_encoder."
+            )
+        kwargs.setdefault("train_tokens", True)
+        super().__init__(train_text_encoder=False, **kwargs)
+        folder = Path(stage1)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"stage1 folder {stage1!r} does not exist; give stage 1's export folder "
+                "(runs/<stage 1 run>/export)."
+            )
+        load_stage1_tokens(self, folder)
+        self.stage1 = str(folder)
+        self.text_lora_from_stage1 = load_stage1_text_lora(self, folder)
+        # Loading an adapter freezes the module it touches: the tokens train again.
+        self.concept_tokens.embedding.vectors.requires_grad_(bool(kwargs["train_tokens"]))

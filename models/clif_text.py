@@ -1,0 +1,106 @@
+"""CLIF stage 1 (section 4.2): contrastive text tuning of the concept tokens, no UNet call.
+
+The loss is the ``clif`` InfoNCE (losses/clif.py) between the augmented images (G- and R-Aug)
+and their prompts. What trains: the concept tokens and, by default as the paper says, a
+peft LoRA on the text encoder's attention projections (``train_text_encoder: false`` trains
+the tokens only, as the official code does). The export is what stage 2 starts from and what
+diffusers loads: ``<token>.safetensors`` per concept, and with the LoRA
+``pytorch_lora_weights.safetensors`` holding text-encoder layers only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from losses.clif import CLIF_BATCH_KEYS, ContrastiveLanguageImageLoss
+from models.base import PersonalizationModule
+from models.components.lora_adapters import (
+    TEXT_ENCODER_TARGETS,
+    check_lora_options,
+    lora_config,
+    lora_parameters,
+    save_lora_layers,
+)
+from models.components.sample_draws import SampleDraws
+from models.components.text.requests import encode_request
+
+STAGE1_REQUESTER = "CLIF stage 1 (models.CLIFTextTuning)"
+
+
+class CLIFTextTuning(PersonalizationModule):
+    """Tokens (+ text-encoder LoRA) trained by the contrastive loss alone."""
+
+    def __init__(
+        self,
+        train_text_encoder: bool = True,
+        rank: int = 4,
+        alpha: float | None = None,
+        clip_model: str | None = None,
+        temperature: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            train_text_encoder: a LoRA on the text encoder trains with the tokens (the
+                paper); false trains the tokens only (the official code). Group
+                ``text_encoder_lora``.
+            rank, alpha: that LoRA's rank and alpha (None: alpha = rank).
+            clip_model, temperature: the contrastive loss's (see losses/clif.py).
+        """
+        if kwargs.get("regularizers"):
+            raise ValueError(
+                "CLIF stage 1 trains on the contrastive loss alone (it makes no UNet call); "
+                "remove model.init_args.regularizers, or add the clif loss to another baseline."
+            )
+        alpha = check_lora_options(rank, alpha)
+        super().__init__(**kwargs)
+        self.contrastive = ContrastiveLanguageImageLoss(1.0, clip_model, temperature)
+        self.train_text_encoder, self.rank, self.alpha = train_text_encoder, rank, alpha
+        if train_text_encoder:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                self.text_encoder.add_adapter(lora_config(rank, alpha, TEXT_ENCODER_TARGETS))
+            # peft marks everything but its adapters frozen, the concept vectors included.
+            self.concept_tokens.embedding.vectors.requires_grad_(kwargs.get("train_tokens", True))
+        self.train(self.training)
+
+    def trained_components(self) -> tuple[nn.Module, ...]:
+        return (self.text_encoder,) if self.train_text_encoder else ()
+
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups = super().trainable_groups()
+        if self.train_text_encoder:
+            groups["text_encoder_lora"] = lora_parameters(self.text_encoder)
+        return groups
+
+    def batch_requirements(self) -> dict[str, frozenset[str]]:
+        return {**super().batch_requirements(), STAGE1_REQUESTER: CLIF_BATCH_KEYS}
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.contrastive.prepare(self)
+
+    def contrastive_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """One text-encoder call on the pairs' prompts, then the InfoNCE."""
+        (request,) = self.contrastive.text_requests(batch, self)
+        return self.contrastive.loss_from(batch, encode_request(self, request), self)
+
+    def compute_losses(self, batch: dict[str, Any], draws: SampleDraws) -> dict[str, Any]:
+        loss = self.contrastive_loss(batch)
+        return {"parts": {"clif": loss}, "total": loss}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("val/loss/clif", self.contrastive_loss(batch), batch_size=len(batch["prompts"]))
+
+    def export(self, folder: Path) -> list[Path]:
+        """``<token>.safetensors`` per concept, and the text-encoder LoRA when it trains."""
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        if self.train_text_encoder:
+            written.append(save_lora_layers(folder, {"text_encoder": self.text_encoder}))
+        paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
+        return written + self.export_token_embeddings(paths)

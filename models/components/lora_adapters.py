@@ -1,0 +1,71 @@
+"""peft LoRA adapters as the project adds and saves them (LoRA, CLIF's two stages).
+
+Gaussian A and zero B (diffusers' recipe), so training starts from the unchanged model; the
+export is diffusers' key format with the adapters' peft config as metadata, so an alpha other
+than the rank survives ``pipe.load_lora_weights``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from torch import nn
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def check_lora_options(rank: int, alpha: float | None) -> float:
+    """alpha as used (None: alpha = rank, as diffusers' DreamBooth-LoRA script sets it)."""
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}; the recipe uses rank: 4.")
+    if alpha is not None and alpha <= 0:
+        raise ValueError(f"LoRA alpha must be > 0 (or null for alpha = rank), got {alpha}.")
+    return float(alpha if alpha is not None else rank)
+
+
+def lora_config(rank: int, alpha: float, targets: tuple[str, ...]) -> LoraConfig:
+    return LoraConfig(
+        r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets)
+    )
+
+
+def lora_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The module's trainable LoRA weights."""
+    return [p for name, p in module.named_parameters() if "lora_" in name and p.requires_grad]
+
+
+def has_adapters(module: nn.Module) -> bool:
+    return bool(getattr(module, "peft_config", None))
+
+
+def peft_state(module: nn.Module) -> dict[str, Any]:
+    # save_embedding_layers=False: nothing of ours targets embeddings, and "auto" would look
+    # the base model up on the hub to compare vocabulary sizes.
+    return get_peft_model_state_dict(module, save_embedding_layers=False)
+
+
+def diffusers_layers(state: dict[str, Any]) -> dict[str, Any]:
+    return convert_state_dict_to_diffusers(
+        {k: v.detach().float().contiguous() for k, v in state.items()}
+    )
+
+
+def save_lora_layers(folder: Path, components: dict[str, nn.Module]) -> Path:
+    """``pytorch_lora_weights.safetensors`` of the adapted components ({"unet": ...,
+    "text_encoder": ...}), through diffusers' own writer."""
+    layers: dict[str, Any] = {}
+    for name, module in components.items():
+        layers[f"{name}_lora_layers"] = diffusers_layers(peft_state(module))
+        layers[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
+    from diffusers import StableDiffusionPipeline  # its module loads when a run exports
+
+    StableDiffusionPipeline.save_lora_weights(
+        folder, weight_name=LORA_WEIGHTS, safe_serialization=True, **layers
+    )
+    return folder / LORA_WEIGHTS
