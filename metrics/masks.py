@@ -17,7 +17,14 @@ from torch import nn
 
 from metrics.images import to_pil
 from metrics.settings import DEFAULT_GROUNDING_DINO, DEFAULT_SAM, check_choice
-from pretrained.eval_models import load_eval_model
+from pretrained.grounded_sam import (
+    best_boxes,
+    best_masks,
+    grounding_text,
+    load_grounding_dino,
+    load_sam,
+    sam_masks,
+)
 
 
 class MaskSource(nn.Module):
@@ -96,61 +103,23 @@ class GroundedSamMasks(MaskSource):
     def __init__(
         self, grounding_model: str = DEFAULT_GROUNDING_DINO, sam_model: str = DEFAULT_SAM
     ) -> None:
-        from transformers import AutoProcessor, GroundingDinoForObjectDetection, SamModel
-
         super().__init__()
         self.grounding_name, self.sam_name = grounding_model, sam_model
-        self.detector, self.detector_processor = load_eval_model(
-            grounding_model,
-            lambda p: (
-                GroundingDinoForObjectDetection.from_pretrained(p),
-                AutoProcessor.from_pretrained(p),
-            ),
-            "DINO-FG (Grounding-DINO)",
-            "evaluation.metrics.grounding_dino_model",
+        self.detector, self.detector_processor = load_grounding_dino(
+            grounding_model, "DINO-FG (Grounding-DINO)", "evaluation.metrics.grounding_dino_model"
         )
-        self.sam, self.sam_processor = load_eval_model(
-            sam_model,
-            lambda p: (SamModel.from_pretrained(p), AutoProcessor.from_pretrained(p)),
-            "DINO-FG (SAM)",
-            "evaluation.metrics.sam_model",
+        self.sam, self.sam_processor = load_sam(
+            sam_model, "DINO-FG (SAM)", "evaluation.metrics.sam_model"
         )
-        self.detector.eval().requires_grad_(False)
-        self.sam.eval().requires_grad_(False)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, class_word: str) -> torch.Tensor:
-        device = next(self.detector.parameters()).device
         pil = to_pil(images)
-        text = [f"{class_word.strip().lower()}."] * len(pil)
-        inputs = self.detector_processor(images=pil, text=text, return_tensors="pt").to(device)
-        outputs = self.detector(**inputs)
-        # Score of a query: its best text-token probability (Grounding-DINO's box score).
-        scores = outputs.logits.sigmoid().amax(dim=-1)  # (B, queries)
-        best = scores.argmax(dim=1)
-        boxes = outputs.pred_boxes[torch.arange(len(pil)), best].float().cpu()  # cx, cy, w, h
-        height, width = images.shape[-2:]
-        xyxy = torch.stack(
-            [
-                (boxes[:, 0] - boxes[:, 2] / 2) * width,
-                (boxes[:, 1] - boxes[:, 3] / 2) * height,
-                (boxes[:, 0] + boxes[:, 2] / 2) * width,
-                (boxes[:, 1] + boxes[:, 3] / 2) * height,
-            ],
-            dim=1,
-        )
-        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
-        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
-        sam_inputs = self.sam_processor(
-            images=pil, input_boxes=[[box.tolist()] for box in xyxy], return_tensors="pt"
-        ).to(device)
-        sam_out = self.sam(**sam_inputs, multimask_output=True)
-        masks = self.sam_processor.image_processor.post_process_masks(
-            sam_out.pred_masks.cpu(), sam_inputs["original_sizes"].cpu(),
-            sam_inputs["reshaped_input_sizes"].cpu(),
-        )  # fmt: skip
-        best_mask = sam_out.iou_scores[:, 0].argmax(dim=-1).cpu()  # (B,)
-        chosen = torch.stack([m[0, i] for m, i in zip(masks, best_mask)]).float()[:, None]
+        texts = [grounding_text(class_word)] * len(pil)
+        boxes, _ = best_boxes(self.detector, self.detector_processor, pil, texts)
+        found = sam_masks(self.sam, self.sam_processor, pil, boxes=[[b.tolist()] for b in boxes])
+        chosen = torch.stack([best_masks(masks, scores)[0] for masks, scores in found])
+        chosen = chosen.float()[:, None]
         empty = chosen.flatten(1).sum(dim=1) == 0
         chosen[empty] = 1.0  # SAM found nothing: score the whole image rather than a black one
         return chosen.to(images.device)

@@ -29,11 +29,12 @@ from datamodules.augmentation.settings import AugmentationSettings
 from datamodules.augmentation.sources import (
     ConceptPhotos,
     SegmentedPhoto,
-    build_segmenter,
+    build_backends,
     regions_of,
     segment_concept,
 )
 from datamodules.instance_images import list_image_files
+from datamodules.segmentation.part_lists import parts_for
 
 BUILD_VERSION = 1  # bump when what a build makes changes, so older sets are not reused
 MANIFEST = "manifest.json"
@@ -113,12 +114,6 @@ def check_buildable(settings: AugmentationSettings, num_concepts: int) -> None:
         )
 
 
-def _part_names(concept: ConceptPhotos, settings: AugmentationSettings) -> list[str]:
-    from datamodules.segmentation.part_lists import parts_for
-
-    return parts_for(concept.spec.class_word, settings.parts.get(concept.spec.token))
-
-
 def _generate(
     concepts: list[ConceptPhotos],
     general: dict[str, list[Image.Image]],
@@ -127,11 +122,8 @@ def _generate(
     seed: int,
 ) -> Iterator[tuple[AugmentedItem, Image.Image]]:
     """Every (item, image) of the set, in a fixed order."""
-    # SAM also looks for the named parts, so it loads even when every concept has masks.
-    needed = settings.segmenter == "sam" or any(not c.mask_dir for c in concepts)
-    segmenter = build_segmenter(settings) if needed else None
+    segmenter, finder = build_backends(settings, any(not c.mask_dir for c in concepts))
     segmented = [segment_concept(c, size, segmenter) for c in concepts]
-    finder = segmenter if settings.segmenter == "sam" else None
     for c, (concept, photos) in enumerate(zip(concepts, segmented)):
         phrase = concept.spec.phrase
         names = sorted(general)
@@ -145,8 +137,9 @@ def _generate(
                 sample.image,
             )
         if settings.r_aug:
-            parts = _part_names(concept, settings) if finder is not None else []
-            regions = [(p, r) for p in photos for r in regions_of(p, parts, settings, finder)]
+            parts = parts_for(concept.spec.class_word, settings.parts.get(concept.spec.token))
+            regions = [(p, r) for p in photos
+                       for r in regions_of(p, parts, settings.num_regions, finder)]  # fmt: skip
             if not regions:
                 raise ValueError(f"no region of {concept.spec.token!r} was found for R-Aug.")
         for i in range(settings.r_aug):

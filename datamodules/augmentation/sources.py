@@ -3,7 +3,7 @@
 A concept's masks come from its mask folder when it has one, else from the configured
 segmenter; every mask is checked (empty or all-foreground masks are errors naming the photo).
 Regions for R-Aug: named parts when the ``sam`` backend can look for them, then regions by
-place (superpixels, or SAM's automatic masks), one region per label.
+place (superpixels, or SAM's pieces from a point grid), one region per label.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from datamodules.augmentation.cutout import Cutout, make_cutout
 from datamodules.augmentation.settings import AugmentationSettings
 from datamodules.segmentation.base import check_foreground
 from datamodules.segmentation.masks import MaskFolder
-from datamodules.segmentation.regions import Region, over_segment
+from datamodules.segmentation.factory import build_segmenter
+from datamodules.segmentation.regions import Region, RegionFinder, SuperpixelRegions
 
 
 @dataclass(frozen=True)
@@ -56,15 +57,14 @@ def working_photo(photo: Image.Image, size: int) -> Image.Image:
     return resize_short_side(photo.convert("RGB"), size)
 
 
-def build_segmenter(settings: AugmentationSettings) -> Any:
-    """The configured backend; SAM's models load only when it is chosen."""
+def build_backends(settings: AugmentationSettings, needs_masks: bool) -> tuple[Any, RegionFinder]:
+    """(foreground segmenter or None when every concept has masks, R-Aug's region finder).
+    SAM's models load only when chosen, once for both roles."""
     if settings.segmenter == "sam":
-        from datamodules.segmentation.sam import SamSegmenter
-
-        return SamSegmenter(settings.sam_model, settings.grounding_model)
-    from datamodules.segmentation.fallback import GrabCutSegmenter
-
-    return GrabCutSegmenter()
+        sam = build_segmenter("sam", sam_model=settings.sam_model,
+                              grounding_model=settings.grounding_model)  # fmt: skip
+        return sam, sam
+    return (build_segmenter("fallback") if needs_masks else None), SuperpixelRegions()
 
 
 def segment_concept(
@@ -98,16 +98,12 @@ def one_region_per_label(regions: list[Region]) -> list[Region]:
 
 
 def regions_of(
-    photo: SegmentedPhoto, part_names: list[str], settings: AugmentationSettings, finder: Any
+    photo: SegmentedPhoto, part_names: list[str], num_regions: int, finder: RegionFinder
 ) -> list[Region]:
-    """R-Aug's regions of one photo: found parts (sam only), then regions by place."""
-    rgb = np.asarray(photo.photo)
-    regions: list[Region] = []
-    if finder is not None:
-        regions += finder.find_parts(photo.photo, photo.mask, part_names)
-        regions += finder.regions(photo.photo, photo.mask, settings.num_regions)
-    else:
-        regions += over_segment(rgb, photo.mask, settings.num_regions)
+    """R-Aug's regions of one photo: its named parts found (SAM only), then regions by place;
+    one region per label."""
+    regions = finder.find_parts(photo.photo, photo.mask, part_names)
+    regions += finder.regions(photo.photo, photo.mask, num_regions)
     return one_region_per_label(regions)
 
 
