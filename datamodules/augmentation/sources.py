@@ -21,8 +21,8 @@ from core.images import resize_short_side
 from datamodules.augmentation.cutout import Cutout, make_cutout
 from datamodules.augmentation.settings import AugmentationSettings
 from datamodules.segmentation.base import check_foreground
-from datamodules.segmentation.masks import MaskFolder
 from datamodules.segmentation.factory import build_segmenter
+from datamodules.segmentation.masks import MaskFolder
 from datamodules.segmentation.regions import Region, RegionFinder, SuperpixelRegions
 
 

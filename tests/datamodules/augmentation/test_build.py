@@ -139,8 +139,8 @@ def test_m_aug_with_one_concept_and_a_concept_without_photos_are_errors(tmp_path
 def test_the_sam_backend_builds_with_the_tiny_models(tmp_path: Path) -> None:
     # Random weights: the masks mean nothing, but the whole path runs, the labels come from
     # the part list or are places, and the models' names are part of the key.
-    options = settings(tmp_path, segmenter="sam", sam_model="tiny-sam", m_aug=2,
-                       grounding_model="tiny-grounding-dino", parts={"<v1>": ["wheel"]})  # fmt: skip
+    sam = {"sam_model": "tiny-sam", "grounding_model": "tiny-grounding-dino"}
+    options = settings(tmp_path, segmenter="sam", m_aug=2, parts={"<v1>": ["wheel"]}, **sam)
     concepts = [concept("<v1>", 0, count=2), concept("<v2>", 1, count=2)]
     try:
         built = load_or_build(concepts, GENERAL, options, 48, 0, progress=False)
