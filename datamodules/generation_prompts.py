@@ -3,18 +3,21 @@
 Image k of prompt p always gets seed ``seed + p * images_per_prompt + k``, whatever the batch
 size or the number of processes, so two runs (or two methods) generate from the same noise.
 Under DDP each rank takes every world-size-th item, with no padding: a duplicated image would
-count twice in the scores.
+count twice in the scores. Items of a multi-concept set ("a {0} and a {1} on the beach", see
+datamodules/multi_prompts.py) also say which concepts they name, so each concept's images are
+scored against that concept's own photos.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from core.concept import ConceptSpec
+from datamodules.multi_prompts import check_concept_count, named_concepts, placeholder_indices
 from datamodules.prompt_sets import resolve_prompt_set
 
 
@@ -24,8 +27,12 @@ class EvalPrompts:
 
     Attributes:
         source: ``dreambench`` (DreamBench's 25 live-subject prompts for dogs and cats, its 25
-            object prompts otherwise), ``dreambench_object``, ``dreambench_live``, or a text
-            file with one prompt per line, "{}" marking the concept.
+            object prompts otherwise), ``dreambench_object``, ``dreambench_live``, ``multi``
+            (18 prompts composing the first two concepts, "a {0} and a {1} on the beach"), or a
+            text file with one prompt per line, "{}" marking the concept (or "{0}", "{1}", ...
+            the concepts of a multi-concept file). A run of several concepts still gets the
+            first concept's single-concept set unless it chooses ``multi`` or such a file: the
+            single-concept scores stay comparable with one-concept runs.
         images_per_prompt: DreamBench's protocol uses 4; ClassDiffusion samples 20.
         batch_size: images generated per step.
         seed: seed of the first image; see the module docstring.
@@ -49,29 +56,50 @@ class EvalPrompts:
                 f"eval_prompts.max_prompts must be >= 1 or null, got {self.max_prompts}."
             )
 
-    def templates(self, class_word: str) -> tuple[str, list[str]]:
-        """(set name, templates); reads and checks a prompt file now, so errors come early."""
+    def templates(self, class_word: str, num_concepts: int = 1) -> tuple[str, list[str]]:
+        """(set name, templates); reads and checks a prompt file now, so errors come early
+        (also a multi-concept set naming more concepts than the run's ``num_concepts``)."""
         name, templates = resolve_prompt_set(self.source, class_word)
-        return name, templates[: self.max_prompts]
+        templates = templates[: self.max_prompts]
+        check_concept_count(templates, num_concepts, repr(name))
+        return name, templates
 
 
 class GenerationItems(Dataset):
-    """One item per image to generate: the prompt, the prompt to score, indices and seed."""
+    """One item per image to generate: the prompt, the prompt to score, indices and seed.
 
-    def __init__(self, templates: list[str], concept: ConceptSpec, settings: EvalPrompts) -> None:
+    A single-concept template's "{}" is the first concept; a multi-concept template's "{i}" is
+    concept i of ``concepts``, and its items add ``concepts``: the indices it names, space
+    separated ("0 1"), as the manifest records them.
+    """
+
+    def __init__(
+        self,
+        templates: list[str],
+        concepts: ConceptSpec | Sequence[ConceptSpec],
+        settings: EvalPrompts,
+    ) -> None:
+        concepts = [concepts] if isinstance(concepts, ConceptSpec) else list(concepts)
+        check_concept_count(templates, len(concepts), "given")
+        multi = named_concepts(templates) is not None
+        phrases = [c.phrase for c in concepts]
+        # What CLIP-T / BLIP-T compare with: each concept token replaced by its class word.
+        class_words = [c.class_word for c in concepts]
         per_prompt = settings.images_per_prompt
-        self.items = [
-            {
-                "prompt": template.format(concept.phrase),
-                # What CLIP-T / BLIP-T compare with: the concept token replaced by the class word.
-                "score_prompt": template.format(concept.class_word),
-                "prompt_index": p,
-                "image_index": k,
-                "seed": settings.seed + p * per_prompt + k,
-            }
-            for p, template in enumerate(templates)
-            for k in range(per_prompt)
-        ]
+        self.items: list[dict[str, Any]] = []
+        for p, template in enumerate(templates):
+            named = {"concepts": " ".join(map(str, placeholder_indices(template)))} if multi else {}
+            for k in range(per_prompt):
+                self.items.append(
+                    {
+                        "prompt": template.format(*phrases),
+                        "score_prompt": template.format(*class_words),
+                        "prompt_index": p,
+                        "image_index": k,
+                        "seed": settings.seed + p * per_prompt + k,
+                        **named,
+                    }
+                )
 
     def __len__(self) -> int:
         return len(self.items)

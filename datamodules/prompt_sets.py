@@ -1,9 +1,12 @@
-"""Evaluation prompt sets: DreamBench's 25 object or 25 live-subject prompts, or a user's file.
+"""Evaluation prompt sets: DreamBench's 25 object or 25 live-subject prompts, the multi-concept
+set ``multi``, or a user's file.
 
 Prompts are templates in which "{}" stands for the concept phrase ("<v1> dog"), the convention
 of the training templates; DreamBench writes them as 'a {0} {1} in the jungle'.format(token,
 class). Which of its two sets a subject gets is decided by its class word, as in the paper:
-live subjects (dogs and cats) get the outfit prompts, objects the scene prompts.
+live subjects (dogs and cats) get the outfit prompts, objects the scene prompts. Multi-concept
+templates mark concept i with "{i}" instead (datamodules/multi_prompts.py); a file is one kind
+or the other: once a line holds "{0}", every line must mark its concepts by index.
 """
 
 from __future__ import annotations
@@ -11,9 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.dreambench import DREAMBENCH_LIVE, DREAMBENCH_OBJECT, LIVE_CLASS_WORDS
+from datamodules.multi_prompts import MULTI_CONCEPT_PROMPTS, check_multi_templates, is_multi_concept
 from datamodules.prompts import check_templates
 
-NAMED_SETS = {"dreambench_object": DREAMBENCH_OBJECT, "dreambench_live": DREAMBENCH_LIVE}
+NAMED_SETS = {
+    "dreambench_object": DREAMBENCH_OBJECT,
+    "dreambench_live": DREAMBENCH_LIVE,
+    "multi": MULTI_CONCEPT_PROMPTS,
+}
 
 
 def dreambench_set_for(class_word: str) -> str:
@@ -24,17 +32,21 @@ def dreambench_set_for(class_word: str) -> str:
 
 
 def load_prompt_file(path: str | Path) -> list[str]:
-    """One template per line ("a {} on the moon"); blank lines and '#' comments are skipped."""
+    """One template per line ("a {} on the moon", or "a {0} next to a {1}" for a multi-concept
+    file); blank lines and '#' comments are skipped."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(
             f"Prompt file {str(file)!r} does not exist; give a text file with one prompt per "
-            "line, each holding '{}' where the concept goes, or 'dreambench'."
+            "line, each holding '{}' where the concept goes (or '{0}', '{1}', ... for several "
+            "concepts), or 'dreambench' or 'multi'."
         )
     lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
     templates = [line for line in lines if line and not line.startswith("#")]
     if not templates:
         raise ValueError(f"Prompt file {str(file)!r} holds no prompts (one per line).")
+    if any(is_multi_concept(template) for template in templates):
+        return check_multi_templates(templates, repr(str(file)))
     for number, template in enumerate(templates, start=1):
         if "{}" not in template:
             raise ValueError(

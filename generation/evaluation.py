@@ -5,10 +5,13 @@ with fixed seeds, scores the images with the metrics of ``evaluation.metrics`` a
 subject's instance photos, logs ``test/<metric>`` to TensorBoard and writes, under a new
 ``<run folder>/eval/test-<n>/`` per call: ``images/``, ``manifest.csv`` (file, prompt, seed,
 ...), ``results.json`` (values, every metric's definition, the generation settings, timings)
-and ``results.csv``. ``predict`` generates the same way into ``eval/predict-<n>/`` without
-scoring. With ``--ckpt_path`` of a run, the run folder is that run's (train.py). Under DDP
-each rank generates its share and updates its metric states; files come from rank zero after
-gathering the images.
+and ``results.csv``. A multi-concept prompt set ("a {0} and a {1} on the beach") adds the
+named concepts to each manifest row (``concepts``, indices "0 1") and scores CLIP-I, DINO-I,
+DINO-FG and Gram-D against each concept's own photos: ``<metric>_c<i>`` per concept i and
+their mean as ``<metric>`` (metrics/per_concept.py). ``predict`` generates the same way into
+``eval/predict-<n>/`` without scoring. With ``--ckpt_path`` of a run, the run folder is that
+run's (train.py). Under DDP each rank generates its share and updates its metric states; files
+come from rank zero after gathering the images.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import torch
 import torch.distributed as dist
 
 from core.run_config import next_numbered
+from generation import concept_scores
+from generation.concept_scores import CONCEPTS_FIELD
 from generation.schedulers import check_scheduler_name
-from metrics.images import pil_to_tensor, quantize, to_pil, to_uint8
+from metrics.images import quantize, to_pil, to_uint8
 from metrics.settings import MetricSettings
 
 MANIFEST_FIELDS = ("file", "prompt", "score_prompt", "prompt_index", "image_index", "seed")
@@ -123,8 +128,9 @@ class EvaluationMixin:
         )
         self._eval_timing["generation"] += time.perf_counter() - start
         self._eval_images.append(to_uint8(images).cpu())
+        fields = [k for k in (*MANIFEST_FIELDS, CONCEPTS_FIELD) if k in batch]
         for i in range(len(batch["prompt"])):
-            self._eval_rows.append({k: _item(batch[k][i]) for k in MANIFEST_FIELDS if k != "file"})
+            self._eval_rows.append({k: _item(batch[k][i]) for k in fields})
         return quantize(images)
 
     # ----- test -------------------------------------------------------------------------------
@@ -140,13 +146,12 @@ class EvaluationMixin:
                 "references of CLIP-I / DINO-I (trainer.test(model, datamodule=...))."
             )
         start = time.perf_counter()
-        self._eval_metrics = build_metrics(self.evaluation.metrics)
-        references = [pil_to_tensor(image) for image in datamodule.reference_images(0)]
-        class_word = self.concepts[0].class_word
+        named = getattr(datamodule, "eval_concepts", None)  # None: a single-concept set
+        self._eval_metrics = build_metrics(self.evaluation.metrics, named)
         with torch.autocast(self.device.type, enabled=False):
             for metric in self._eval_metrics.values():
                 metric.to(self.device)
-                metric.set_references(references, class_word)
+            concept_scores.set_references(self._eval_metrics, datamodule, self.concepts, named)
         self._eval_timing["metric_setup"] = time.perf_counter() - start
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -154,13 +159,13 @@ class EvaluationMixin:
         with torch.autocast(self.device.type, enabled=False):
             for key, metric in self._eval_metrics.items():
                 start = time.perf_counter()
-                metric.update(images, list(batch["score_prompt"]))
+                concept_scores.update(metric, images, batch)
                 self._eval_timing[key] = (
                     self._eval_timing.get(key, 0.0) + time.perf_counter() - start
                 )
 
     def on_test_epoch_end(self) -> None:
-        values = {key: metric.compute() for key, metric in self._eval_metrics.items()}  # syncs
+        values = concept_scores.compute(self._eval_metrics)  # syncs
         for key, value in values.items():
             self.log(f"test/{key}", value.float(), sync_dist=False)
         folder = self._write_generations("test")
@@ -214,7 +219,11 @@ class EvaluationMixin:
                 image.save(folder / "images" / name)
                 rows.append({"file": f"images/{name}", **row})
         rows.sort(key=lambda r: (r["prompt_index"], r["image_index"]))
-        _write_csv(folder / "manifest.csv", rows, list(MANIFEST_FIELDS))
+        fields = [
+            *MANIFEST_FIELDS,
+            *([CONCEPTS_FIELD] if any(CONCEPTS_FIELD in r for r in rows) else []),
+        ]
+        _write_csv(folder / "manifest.csv", rows, fields)
         self._eval_shard_timing = [timing for _, _, timing in shards]
         self._eval_row_count = len(rows)
         self._log_grid(shards)
@@ -248,7 +257,7 @@ class EvaluationMixin:
         images = self._eval_row_count
         generation_seconds = sum(t["generation"] for t in timing)
         metric_seconds = {
-            key: sum(t.get(key, 0.0) for t in timing) / max(images, 1) for key in values
+            key: sum(t.get(key, 0.0) for t in timing) / max(images, 1) for key in self._eval_metrics
         }
         settings = asdict(self.evaluation)
         settings.pop("metrics")
@@ -273,6 +282,7 @@ class EvaluationMixin:
                 "class_word": concept.class_word,
                 "num_reference_images": len(datamodule.reference_images(0)),
             },
+            **concept_scores.concepts_record(datamodule, self.concepts),
             "timing": {
                 "world_size": trainer.world_size,
                 "generation_seconds": generation_seconds,

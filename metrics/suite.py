@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from metrics.base import EvalMetric
@@ -11,11 +12,18 @@ from metrics.clip_t import CLIPTextScore
 from metrics.dino_fg import DINOForegroundSimilarity
 from metrics.dino_i import DINOImageSimilarity
 from metrics.gram_d import GramDistance
+from metrics.per_concept import REFERENCE_METRICS, PerConcept
 from metrics.settings import MetricSettings
 
 
-def build_metrics(settings: MetricSettings) -> dict[str, EvalMetric]:
-    """Load the models and build the metrics, in the order of ``settings.metrics``."""
+def build_metrics(
+    settings: MetricSettings, concepts: Sequence[int] | None = None
+) -> dict[str, EvalMetric | PerConcept]:
+    """Load the models and build the metrics, in the order of ``settings.metrics``.
+
+    With ``concepts`` (a multi-concept prompt set's), each reference metric becomes a
+    `PerConcept` of one metric per concept; None: one metric each, as for a single concept.
+    """
     scale, resize, crop = settings.score_scale, settings.dino_resize, settings.dino_crop
     builders: dict[str, Any] = {
         "clip_t": lambda: CLIPTextScore(settings.clip_model, scale),
@@ -34,4 +42,12 @@ def build_metrics(settings: MetricSettings) -> dict[str, EvalMetric]:
         ),
         "gram_d": lambda: GramDistance(settings.gram_model, resize, crop),
     }
-    return {key: builders[key]() for key in dict.fromkeys(settings.metrics)}
+    keys = dict.fromkeys(settings.metrics)
+    if concepts is None:
+        return {key: builders[key]() for key in keys}
+    return {
+        key: PerConcept.build(key, builders[key], concepts)
+        if key in REFERENCE_METRICS
+        else builders[key]()
+        for key in keys
+    }
