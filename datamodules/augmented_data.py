@@ -48,6 +48,7 @@ class AugmentedData:
             settings = dataclasses.replace(settings, general_data_dir=folder)
         self.settings, self.concepts, self.seed = settings, concepts, seed
         self._set: AugmentedSet | None = None
+        self._synced = False
 
     def to_generate(self) -> list[tuple[str, str, int]]:
         """(folder, prompt, count) of each general concept whose folder is short."""
@@ -86,17 +87,20 @@ class AugmentedData:
         """Whether the set can be built now (no general image left to generate)."""
         return not self.to_generate()
 
-    def get(self, rank: int = 0, barrier: Callable[[], None] = lambda: None) -> AugmentedSet:
-        """The set, built by rank zero (the others wait at ``barrier`` and load it)."""
-        if self._set is None:
-            general = self.general_images()
-            if rank == 0:
-                self._set = load_or_build(
-                    self.concepts, general, self.settings, self.size, self.seed
-                )
+    def get(self, rank: int = 0, barrier: Callable[[], None] | None = None) -> AugmentedSet:
+        """The set, built by rank zero; the others wait at ``barrier`` and load it. Each rank
+        passes the barrier once, at its first call with one (rank zero may have built the set
+        in ``prepare_data`` already, where no other rank runs)."""
+        if self._set is None and rank == 0:
+            self._set = load_or_build(
+                self.concepts, self.general_images(), self.settings, self.size, self.seed
+            )
+        if barrier is not None and not self._synced:
             barrier()
-            if rank != 0:
-                self._set = load_or_build(
-                    self.concepts, general, self.settings, self.size, self.seed, progress=False
-                )
+            self._synced = True
+        if self._set is None:
+            self._set = load_or_build(
+                self.concepts, self.general_images(), self.settings, self.size, self.seed,
+                progress=False,
+            )  # fmt: skip
         return self._set

@@ -34,6 +34,20 @@ METHOD_CONFIGS = {
     "lora": "configs/lora.yaml",
     "spl": "configs/classdiffusion/custom_diffusion.yaml",
     "dd_loss": "configs/accord/custom_diffusion.yaml",
+    # No UNet call: the InfoNCE's negatives come from both ranks through the gradient-carrying
+    # gather, so two ranks at batch 1 see the batch-2 loss one process sees.
+    "clif_stage1": "configs/clif/stage1_text.yaml",
+}
+# Options a method needs beyond the shared ones: folders under the test's own directory.
+EXTRA_OPTIONS = {
+    "clif_stage1": lambda out: [
+        "--data.init_args.augmentation.general_data_dir", str(out / "general_images"),
+        "--data.init_args.augmentation.general_images_per_concept", "1",
+        "--data.init_args.augmentation.cache_dir", str(out / "augmented"),
+        "--data.init_args.augmentation.g_aug", "4",
+        "--data.init_args.augmentation.r_aug", "4",
+        "--data.init_args.augmentation.m_aug", "0",
+    ],
 }
 STEPS = 7  # 10 samples (5 toy photos x 2 repeats) at global batch 2: crosses an epoch
 
@@ -65,6 +79,7 @@ def fit_and_save(method: str, out: Path, global_batch: int, world_size: int) -> 
         "--model.init_args.optimizer.init_args.lr", "1e-3",
         # One class-image folder for both runs: the same prior images (made by the first run).
         "--data.init_args.class_data_dir", str(out / "class_images"),
+        *EXTRA_OPTIONS.get(method, lambda out: [])(out),
     ]  # fmt: skip
     cli = train.main(args, run=False)
     start = TrainedAtStart()
