@@ -9,6 +9,7 @@ place (superpixels, or SAM's pieces from a point grid), one region per label.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from datamodules.segmentation.base import check_foreground
 from datamodules.segmentation.factory import build_segmenter
 from datamodules.segmentation.masks import MaskFolder
 from datamodules.segmentation.regions import Region, RegionFinder, SuperpixelRegions
+
+MIN_SEGMENTED = 0.03  # of the photo: a segmenter's mask below this missed the concept
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,11 @@ def build_backends(settings: AugmentationSettings, needs_masks: bool) -> tuple[A
 def segment_concept(
     concept: ConceptPhotos, size: int, segmenter: Any | None
 ) -> list[SegmentedPhoto]:
-    """Each photo at the working size with its checked mask."""
+    """Each photo at the working size with its checked mask. A segmenter's mask under
+    MIN_SEGMENTED of the photo is taken as a failure (the fallback keeps a cat's ear when the
+    dark body matches the dark ground): that photo is left out with a warning naming it."""
     folder = MaskFolder(concept.mask_dir, concept.names) if concept.mask_dir else None
-    segmented = []
+    segmented, failed = [], []
     for photo, name in zip(concept.photos, concept.names, strict=True):
         photo = working_photo(photo, size)
         if folder is not None:
@@ -80,7 +85,22 @@ def segment_concept(
         else:
             where = f"photo {name} of {concept.spec.token!r} (segmenter output)"
             mask = check_foreground(segmenter.foreground(photo, concept.spec.class_word), where)
+            if mask.mean() < MIN_SEGMENTED:
+                failed.append(name)
+                continue
         segmented.append(SegmentedPhoto(photo, mask, name))
+    if failed and not segmented:
+        raise ValueError(
+            f"segmentation found {concept.spec.token!r} in none of its photos {failed}; give "
+            "masks named like the photos (its mask_dir) or use augmentation.segmenter: sam."
+        )
+    if failed:
+        warnings.warn(
+            f"segmentation kept under {MIN_SEGMENTED:.0%} of photo(s) {failed} of "
+            f"{concept.spec.token!r}; they are left out of the augmented data (give masks "
+            "named like the photos in the concept's mask_dir to use them).",
+            stacklevel=2,
+        )
     return segmented
 
 

@@ -155,3 +155,32 @@ def test_the_sam_backend_builds_with_the_tiny_models(tmp_path: Path) -> None:
         assert label in allowed[item.concepts[0]] or is_place, item.prompt
     assert built.folder.name != load_or_build(concepts, GENERAL, settings(tmp_path, m_aug=2), 48,
                                               0, progress=False).folder.name  # fmt: skip
+
+
+class TinyMasks:
+    """A segmenter whose mask of photo 1 is a sliver (what a failed fallback gives)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def foreground(self, image: Image.Image, class_word: str) -> np.ndarray:
+        mask = np.zeros((image.height, image.width), bool)
+        if self.calls == 1:
+            mask[:4, :4] = True
+        else:
+            mask[8:-8, 8:-8] = True
+        self.calls += 1
+        return mask
+
+
+def test_a_photo_the_segmenter_missed_is_left_out_with_a_warning() -> None:
+    from datamodules.augmentation.sources import segment_concept
+
+    with pytest.warns(UserWarning, match=r"photo\(s\) \['01.png'\] of '<v1>'"):
+        kept = segment_concept(concept("<v1>", 0), 48, TinyMasks())
+    assert [photo.name for photo in kept] == ["00.png", "02.png"]
+    missing = TinyMasks()
+    missing.calls = 1
+    one = ConceptPhotos(ConceptSpec("<v1>", "cat"), draw_synthetic_concept(1, 64, 0), ["00.png"])
+    with pytest.raises(ValueError, match="in none of its photos"):
+        segment_concept(one, 48, missing)
