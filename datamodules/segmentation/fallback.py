@@ -2,9 +2,10 @@
 
 Ordinary object photos (DreamBench's) show one object with room around it. Pixels whose colour
 is far from every colour of the image border are likely the object, as is the photo's centre;
-pixels like the border are likely background, and the outermost ring background; GrabCut (OpenCV) refines those seeds
-with colour models and edges. Kept: the connected parts of a real size, holes filled. It fails
-where the object touches most of the border or shares its colours; a mask folder or SAM then.
+pixels like the border are likely background, and the outermost ring background; GrabCut
+(OpenCV) refines those seeds with colour models and edges. Kept: the connected parts of a real
+size, holes filled. It fails where the object touches most of the border or shares its
+colours; a mask folder or SAM then.
 """
 
 from __future__ import annotations
