@@ -12,6 +12,8 @@ samples its resident set size (torch's CPU tensors bypass tracemalloc, so RSS it
 and its rise during the steps over the RSS before them ("step MB", what training adds on top
 of the loaded model; compare it with the plain row). MLM joins when its contextualizer has been
 pretrained (``configs/diverse_context/contextualizer.yaml``), else it is listed as skipped.
+``clif`` adds CLIF's InfoNCE to Custom Diffusion; ``clif_s1`` is CLIF's stage 1 step (tokens
+and text-encoder LoRA, no UNet call) over the same plain Custom Diffusion step.
 Not a test: timings are measured, not asserted; targets are printed beside them.
 """
 
@@ -27,18 +29,21 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datamodules.augmentation.settings import AugmentationSettings  # noqa: E402
 from datamodules.personalization import PersonalizationDataModule  # noqa: E402
 from losses.base import Regularizer  # noqa: E402
+from losses.clif import ContrastiveLanguageImageLoss  # noqa: E402
 from losses.dd_loss import DenoisingDecoupleLoss  # noqa: E402
 from losses.pd_loss import PriorDecoupleLoss  # noqa: E402
 from losses.spl import SemanticPreservationLoss  # noqa: E402
 from losses.sude import SubjectDerivedLoss  # noqa: E402
-from models import CustomDiffusion  # noqa: E402
+from models import CLIFTextTuning, CustomDiffusion  # noqa: E402
 
 
 def _mlm() -> list[Regularizer]:
@@ -54,7 +59,14 @@ VARIANTS: dict[str, Callable[[], list[Regularizer]]] = {
     "dd": lambda: [DenoisingDecoupleLoss()],
     "sude": lambda: [SubjectDerivedLoss()],
     "mlm": _mlm,
+    "clif": lambda: [ContrastiveLanguageImageLoss(weight=0.1)],
+    "clif_s1": list,  # CLIF's stage 1 (models.CLIFTextTuning): the contrastive loss alone
 }
+# CLIF's pairs: R-Aug only (G-Aug's general images are generated under a Trainer), built once
+# and cached like any run's; what the loss costs does not depend on the kind of pair.
+CLIF_DATA = {"augmentation": AugmentationSettings(g_aug=0, r_aug=20, m_aug=0,
+                                                  contrastive_kinds=("r_aug",))}  # fmt: skip
+DATA_OPTIONS: dict[str, dict[str, Any]] = {"clif": CLIF_DATA, "clif_s1": CLIF_DATA}
 TARGETS = {"spl": 1.05, "pd": 1.05, "mlm": 1.15, "dd": 2.7}  # issue 4, on CPU
 WARMUP = 3
 
@@ -64,15 +76,19 @@ class Variant:
 
     def __init__(self, name: str, model: str, batch_size: int, resolution: int | None) -> None:
         self.name = name
-        self.module = CustomDiffusion(
+        module_class = CLIFTextTuning if name == "clif_s1" else CustomDiffusion
+        self.module = module_class(
             pretrained_model_name_or_path=model,
             concepts=PersonalizationDataModule(resolution=8).concepts,
             regularizers=VARIANTS[name](),
         )
         side = resolution or self.module.unet.config.sample_size * self.module.vae_scale_factor
         data = PersonalizationDataModule(
-            resolution=side, batch_size=batch_size, repeats=10_000, rescale_augmentation=True
-        )
+            resolution=side, batch_size=batch_size, repeats=10_000, rescale_augmentation=True,
+            **DATA_OPTIONS.get(name, {}),
+        )  # fmt: skip
+        if name == "clif_s1":
+            self.module.contrastive.prepare(self.module)
         # What the module's setup does under a Trainer: prepare the losses, request their data
         # and encode the constant texts it can give.
         for regularizer in self.module.regularizers:

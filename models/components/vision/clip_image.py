@@ -8,13 +8,27 @@ makes them ([-1, 1], square) and are resized and normalised the way CLIP's proce
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPImageProcessor, CLIPModel
+from transformers import CLIPModel
 from transformers.utils import logging as hf_logging
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from pretrained.tiny_sd import TINY_CLIP_NAME, resolve_pretrained
+
+
+def _normalisation(path: str) -> tuple[list[float], list[float]]:
+    """The image processor's mean and std (read from its config: the processor class itself
+    wants torchvision), CLIP's published ones when the folder has none."""
+    config = Path(path) / "preprocessor_config.json"
+    if config.is_file():
+        values = json.loads(config.read_text())
+        return values.get("image_mean", OPENAI_CLIP_MEAN), values.get("image_std", OPENAI_CLIP_STD)
+    return list(OPENAI_CLIP_MEAN), list(OPENAI_CLIP_STD)
 
 
 class ClipImageFeatures(nn.Module):
@@ -29,7 +43,7 @@ class ClipImageFeatures(nn.Module):
         hf_logging.set_verbosity_error()
         try:
             clip = CLIPModel.from_pretrained(path)
-            processor = CLIPImageProcessor.from_pretrained(path)
+            mean_values, std_values = _normalisation(path)
         except (OSError, ValueError) as error:
             raise OSError(
                 f"Could not load the CLIP image tower from {clip_model!r}: {error}\nGive the "
@@ -43,8 +57,8 @@ class ClipImageFeatures(nn.Module):
         # CLIP's own temperature: logits = exp(logit_scale) * cosine (100 for OpenAI's CLIP).
         self.logit_scale = float(clip.logit_scale.detach().exp().clamp(max=100.0))
         self.image_size = int(clip.config.vision_config.image_size)
-        mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(processor.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(mean_values, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(std_values, dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
         self.requires_grad_(False)
