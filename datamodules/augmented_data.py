@@ -19,6 +19,7 @@ from datamodules.augmentation.build import AugmentedSet, check_buildable, load_o
 from datamodules.augmentation.settings import AugmentationSettings
 from datamodules.augmentation.sources import ConceptPhotos
 from datamodules.instance_images import list_image_files, load_rgb_image
+from datamodules.segmentation.masks import MaskFolder
 
 
 def general_folder(root: str, name: str) -> Path:
@@ -36,6 +37,11 @@ class AugmentedData:
         seed: int,
     ) -> None:
         check_buildable(settings, len(concepts))
+        for concept in concepts:  # bad user masks fail now, before any model is loaded
+            if concept.mask_dir:
+                folder = MaskFolder(concept.mask_dir, concept.names)
+                for photo, name in zip(concept.photos, concept.names, strict=True):
+                    folder.mask_for(name, photo.size)
         if settings.g_aug and settings.general_data_dir is None:
             raise ValueError(
                 "augmentation.g_aug > 0 needs augmentation.general_data_dir, a folder with one "

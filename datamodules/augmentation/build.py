@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -193,12 +194,15 @@ def load_or_build(
         (staging / kind).mkdir(parents=True, exist_ok=True)
     start, items = time.perf_counter(), []
     total = sum(planned_counts(settings, len(concepts)).values())
-    bar = tqdm(total=total, desc="CLIF augmented data", unit="img", disable=not progress)
-    for item, image in _generate(concepts, general, settings, size, seed):
-        image.save(staging / item.file)
-        items.append(item)
-        bar.update(1)
-    bar.close()
+    try:
+        with tqdm(total=total, desc="CLIF augmented data", unit="img", disable=not progress) as bar:
+            for item, image in _generate(concepts, general, settings, size, seed):
+                image.save(staging / item.file)
+                items.append(item)
+                bar.update(1)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed build leaves nothing behind
+        raise
     seconds = time.perf_counter() - start
     manifest = {
         "key": key,
