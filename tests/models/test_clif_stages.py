@@ -197,3 +197,23 @@ def test_the_clif_loss_joins_another_baseline(tmp_path: Path) -> None:
                               regularizers=[ContrastiveLanguageImageLoss()])  # fmt: skip
     with pytest.raises(ValueError, match="set data.init_args.augmentation"):
         tiny_trainer(tmp_path / "b", max_steps=1).fit(module, datamodule=plain)
+
+
+def test_stage1_and_stage2_resume_exactly(stage1: dict, tmp_path: Path) -> None:
+    from baseline_checks import assert_resume_is_exact
+
+    general = stage1["root"] / "general"  # filled by the shared run: no generation here
+
+    def build_stage1() -> tuple[Any, Any]:
+        datamodule = two_toys(tmp_path, general_data_dir=str(general), m_aug=0)
+        module = CLIFTextTuning(concepts=datamodule.concepts, optimizer=optimizer_with_lr(2e-2))
+        return module, datamodule
+
+    def build_stage2() -> tuple[Any, Any]:
+        datamodule = two_toys(tmp_path, g_aug=0, r_aug=0, m_aug=4, train_on_m_aug=True)
+        module = CLIFMultiConceptLoRA(stage1=str(stage1["export"]), concepts=datamodule.concepts,
+                                      optimizer=optimizer_with_lr(1e-2))  # fmt: skip
+        return module, datamodule
+
+    assert_resume_is_exact(build_stage1, tmp_path / "stage1")
+    assert_resume_is_exact(build_stage2, tmp_path / "stage2")
