@@ -46,7 +46,10 @@ class ExportWeights(L.Callback):
             raise
         # Beside the step-<N> folders: every file is complete before it is renamed in.
         for file in staging.iterdir():
-            os.replace(file, final / file.name)
+            if file.is_dir():  # a1111/: a folder replaces the one an earlier run left whole
+                swap_in(file, final / file.name)
+            else:
+                os.replace(file, final / file.name)
         staging.rmdir()
 
     def on_train_batch_start(self, *args: Any) -> None:

@@ -57,6 +57,11 @@ class CLIFTextTuning(PersonalizationModule):
                 "remove model.init_args.regularizers, or add the clif loss to another baseline."
             )
         alpha = check_lora_options(rank, alpha)
+        if not train_text_encoder and kwargs.get("learning_rates"):
+            # The recipe's rate for the LoRA stays in the config when the flag turns it off.
+            rates = dict(kwargs["learning_rates"])
+            rates.pop("text_encoder_lora", None)
+            kwargs["learning_rates"] = rates
         super().__init__(**kwargs)
         self.contrastive = ContrastiveLanguageImageLoss(1.0, clip_model, temperature)
         self.train_text_encoder, self.rank, self.alpha = train_text_encoder, rank, alpha

@@ -68,3 +68,13 @@ def test_a_checkpoint_failing_midway_keeps_the_last_good_files(
     assert (exports / "step-2").is_dir()
     assert not (exports / "step-4").exists()  # its checkpoint never made it to disk
     assert not [p for p in tmp_path.rglob("*partial*")] + [p for p in exports.glob(".*")]
+
+
+def test_a_second_run_into_the_same_folder_replaces_the_final_export(tmp_path: Path) -> None:
+    # Runs without a logger share default_root_dir/export; its a1111/ folder is replaced whole.
+    fit(tmp_path, steps=2)
+    first = (tmp_path / "export" / "a1111" / "v1.safetensors").read_bytes()
+    fit(tmp_path, steps=4)
+    second = (tmp_path / "export" / "a1111" / "v1.safetensors").read_bytes()
+    assert first != second
+    assert not (tmp_path / "export" / ".final.partial").exists()
