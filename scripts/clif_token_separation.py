@@ -81,7 +81,8 @@ def main() -> None:
                 *config, "--config", "configs/tiny.yaml", *concept_args(args.photos),
                 "--trainer.max_steps", str(args.steps), "--trainer.callbacks=[]",
                 "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
-                "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", root,
+                "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+                "--trainer.default_root_dir", root,
                 "--data.init_args.batch_size", "4",
             ]  # fmt: skip
             if "clif" in config[1]:
