@@ -260,6 +260,14 @@ if not torch.cuda.is_available():  # where there is no GPU, asking for one is a 
     )
 
 
+def assert_one_clear_line(code: int, err: str, expected: str) -> None:
+    """Exit code 2 and exactly one ``error:`` line holding ``expected``, no traceback."""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1 and expected in lines[0], err[-2000:]
+    assert "Traceback" not in err
+
+
 def snapshot(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -282,12 +290,7 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(
     before = snapshot(tmp_path)
     args = ["fit", "--config", CUSTOM_DIFFUSION, "--config", TINY]
     args += ["--trainer.default_root_dir", str(tmp_path / "runs"), *extra]
-    code = run_from_command_line(args)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2, err[-2000:]
-    assert len(lines) == 1 and expected in lines[0], err[-2000:]
-    assert "Traceback" not in err
+    assert_one_clear_line(run_from_command_line(args), capsys.readouterr().err, expected)
     after = snapshot(tmp_path)
     assert {k: after.get(k) for k in before} == before  # nothing earlier changed or went
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from metrics.settings import DEFAULT_GROUNDING_DINO, DEFAULT_SAM  # Grounded-SAM's, as DINO-FG
+
 SEGMENTERS = ("fallback", "sam")
 KINDS = ("g_aug", "r_aug", "m_aug")
 # The paper's examples of general concepts (policeman, dog, denim jacket) and a few more.
@@ -46,8 +48,8 @@ class AugmentationSettings:
     r_aug: int = 40
     m_aug: int = 40
     segmenter: str = "fallback"
-    sam_model: str = "facebook/sam-vit-base"
-    grounding_model: str | None = "IDEA-Research/grounding-dino-tiny"
+    sam_model: str = DEFAULT_SAM
+    grounding_model: str | None = DEFAULT_GROUNDING_DINO
     general_concepts: tuple[str, ...] = GENERAL_CONCEPTS
     general_data_dir: str | None = None
     general_images_per_concept: int = 4

@@ -22,6 +22,7 @@ from datamodules.segmentation.regions import (
     SuperpixelRegions,
     position_of,
 )
+from metrics.settings import DEFAULT_GROUNDING_DINO, DEFAULT_SAM  # Grounded-SAM's models
 from pretrained.grounded_sam import (
     Box,
     best_boxes,
@@ -32,8 +33,6 @@ from pretrained.grounded_sam import (
     sam_masks,
 )
 
-DEFAULT_SAM = "facebook/sam-vit-base"
-DEFAULT_GROUNDING = "IDEA-Research/grounding-dino-tiny"
 SAM_OPTION, GROUNDING_OPTION = "augmentation.sam_model", "augmentation.grounding_model"
 CENTRE_SHARE = 0.8  # the prompt box without a detector: this share of each side, centred
 BOX_THRESHOLD = 0.3  # a part's box must score this (Grounded-SAM's usual 0.3 to 0.35)
@@ -104,7 +103,7 @@ class SamSegmenter:
     def __init__(
         self,
         sam_model: str = DEFAULT_SAM,
-        grounding_model: str | None = DEFAULT_GROUNDING,
+        grounding_model: str | None = DEFAULT_GROUNDING_DINO,
         box_threshold: float = BOX_THRESHOLD,
         grid: int = GRID,
         device: str | torch.device = "cpu",

@@ -1,0 +1,153 @@
+"""The training samples: each concept's photos (cropped, flipped, rescaled as configured) with
+a simple prompt, then any composed images with their own prompt (CLIF's M-Aug); index i
+seeds its own augmentation, so a resumed run draws the same samples."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from core.concept import ConceptSpec
+from core.images import crop_square, resize_short_side, to_tensor
+from datamodules.extras import SampleExtra
+from datamodules.prompts import FAR_AWAY_WORDS, ZOOMED_IN_WORDS
+from datamodules.transforms import random_rescale
+
+SYNTHETIC_CLASS_WORD = "toy"
+
+
+@dataclass(frozen=True)
+class ComposedImage:
+    """A training image with its own prompt (M-Aug) and the concept it counts for."""
+
+    image: Image.Image
+    prompt: str
+    concept_index: int
+
+
+@dataclass(frozen=True)
+class ConceptData:
+    """One concept: its token, class word, photos (None = the synthetic toy), initializer."""
+
+    token: str = "<v1>"
+    class_word: str = SYNTHETIC_CLASS_WORD  # required with photos; "toy" is the synthetic one
+    instance_data_dir: str | None = None
+    initializer_word: str | None = None
+    mask_dir: str | None = None  # masks named like the photos (CLIF's augmented data)
+
+    @property
+    def spec(self) -> ConceptSpec:
+        return ConceptSpec(self.token, self.class_word, self.initializer_word)
+
+
+class InstanceDataset(Dataset):
+    """Samples (image, prompt, loss mask) of the concepts; index i seeds its augmentation."""
+
+    def __init__(
+        self,
+        images: list[list[Image.Image]],
+        concepts: list[ConceptData],
+        templates: list[str],
+        resolution: int,
+        random_crop: bool,
+        flip_probability: float,
+        rescale_augmentation: bool,
+        repeats: int,
+        seed: int,
+        extras: list[SampleExtra] | None = None,
+        composed: list[ComposedImage] | None = None,
+    ) -> None:
+        self.extras = list(extras or [])
+        self.items = [(c, i) for c, imgs in enumerate(images) for i in range(len(imgs))]
+        # Images that come with their own prompt (CLIF's M-Aug), after the photos; they are
+        # never flipped or rescaled (the prompt says which concept is on the left).
+        self.composed = list(composed or [])
+        self.items += [(item.concept_index, -1 - j) for j, item in enumerate(self.composed)]
+        self.images, self.concepts, self.templates = images, concepts, templates
+        if not 0.0 <= flip_probability <= 1.0:
+            raise ValueError(f"flip_probability is a chance in [0, 1], got {flip_probability}.")
+        self.resolution, self.random_crop = resolution, random_crop
+        self.flip_probability, self.rescale_augmentation = flip_probability, rescale_augmentation
+        self.repeats, self.seed = repeats, seed
+        # Each photo scaled to the training size once, not at every sample (the same pixels:
+        # the scaling draws nothing at random); the crop and flips still happen per sample.
+        self._scaled: dict[tuple[int, int], Image.Image] = {}
+
+    def scaled_photo(self, concept_index: int, image_index: int) -> Image.Image:
+        key = (concept_index, image_index)
+        if key not in self._scaled:
+            photo = self.images[concept_index][image_index]
+            self._scaled[key] = resize_short_side(photo, self.resolution)
+        return self._scaled[key]
+
+    def __len__(self) -> int:
+        return len(self.items) * self.repeats
+
+    def possible_prompts(self, concept_index: int) -> list[str]:
+        """Every prompt ``__getitem__`` can give a sample of this concept."""
+        prefixes = [""]
+        if self.rescale_augmentation:
+            prefixes += [*FAR_AWAY_WORDS, *ZOOMED_IN_WORDS]
+        phrase = self.concepts[concept_index].spec.phrase
+        templates = [t.format(phrase) for t in self.templates]
+        own = [c.prompt for c in self.composed if c.concept_index == concept_index]
+        return list(dict.fromkeys([prefix + t for t in templates for prefix in prefixes] + own))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = random.Random(f"{self.seed}/{index}")
+        concept_index, image_index = self.items[index % len(self.items)]
+        if image_index < 0:
+            return self._composed_sample(index, -1 - image_index)
+        image = self.scaled_photo(concept_index, image_index)
+        image = crop_square(image, self.resolution, self.random_crop, rng)
+        flipped = rng.random() < self.flip_probability
+        if flipped:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        prompt = rng.choice(self.templates).format(self.concepts[concept_index].spec.phrase)
+        mask = torch.ones(1, self.resolution, self.resolution)
+        cache_key = "" if self.random_crop else f"{concept_index}/{image_index}/{int(flipped)}"
+        if self.rescale_augmentation:
+            image, mask_array, prefix = random_rescale(image, self.resolution, rng)
+            mask = torch.from_numpy(mask_array)[None]
+            prompt, cache_key = prefix + prompt, ""
+        sample = {
+            "pixel_values": to_tensor(image),
+            "prompts": prompt,
+            "loss_mask": mask,
+            "concept_index": concept_index,
+            "cache_key": cache_key,
+            "sample_key": index,
+        }
+        # Extras draw from their own stream, so adding one leaves the base sample unchanged.
+        extras_rng = random.Random(f"{self.seed}/{index}/extras")
+        # Which photo this is, for extras keyed by photo (captions); not itself a batch key.
+        sample["image_index"] = image_index
+        for extra in self.extras:
+            extra.add(sample, concept_index, extras_rng)
+        del sample["image_index"]
+        return sample
+
+    def _composed_sample(self, index: int, composed_index: int) -> dict[str, Any]:
+        item = self.composed[composed_index]
+        image = item.image
+        if image.size != (self.resolution, self.resolution):
+            image = image.resize((self.resolution, self.resolution), Image.Resampling.BICUBIC)
+        sample = {
+            "pixel_values": to_tensor(image),
+            "prompts": item.prompt,
+            "loss_mask": torch.ones(1, self.resolution, self.resolution),
+            "concept_index": item.concept_index,
+            "cache_key": f"composed/{composed_index}",
+            "sample_key": index,
+            "image_index": 0,
+        }
+        extras_rng = random.Random(f"{self.seed}/{index}/extras")
+        for extra in self.extras:
+            extra.add(sample, item.concept_index, extras_rng)
+        del sample["image_index"]
+        return sample
