@@ -3,6 +3,7 @@ fix, exit code 2, no traceback, and nothing already written changes."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,6 +116,7 @@ def test_clif_bad_input_is_one_clear_line_and_changes_nothing(
 ) -> None:
     config, make_args, expected = CASES[case]
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # the command line sets it: put it back
     earlier = tmp_path / "runs" / "earlier" / "export"  # what an earlier run left
     earlier.mkdir(parents=True)
     (earlier / "<v1>.safetensors").write_bytes(b"weights")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -282,6 +283,7 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(
 ) -> None:
     make_args, expected = CASES[case]
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # the command line sets it: put it back
     earlier = tmp_path / "runs" / "earlier"  # what an earlier run left
     (earlier / "export").mkdir(parents=True)
     (earlier / "export" / "learned_embeds.safetensors").write_bytes(b"weights")
