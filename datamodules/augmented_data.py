@@ -18,7 +18,8 @@ from PIL import Image
 from datamodules.augmentation.build import AugmentedSet, check_buildable, load_or_build
 from datamodules.augmentation.settings import AugmentationSettings
 from datamodules.augmentation.sources import ConceptPhotos
-from datamodules.instance_images import list_image_files, load_rgb_image
+from datamodules.extras.class_images import list_class_images
+from datamodules.instance_images import load_rgb_image
 from datamodules.segmentation.masks import MaskFolder
 
 
@@ -56,17 +57,16 @@ class AugmentedData:
         self._set: AugmentedSet | None = None
         self._synced = False
 
-    def to_generate(self) -> list[tuple[str, str, int]]:
-        """(folder, prompt, count) of each general concept whose folder is short."""
+    def to_generate(self) -> list[tuple[str, str, int, int]]:
+        """(folder, prompt, count, side) of each general concept whose folder is short."""
         settings, wanted = self.settings, self.settings.general_images_per_concept
         if not settings.g_aug or settings.general_data_dir is None:
             return []
         missing = []
         for name in settings.general_concepts:
             folder = general_folder(settings.general_data_dir, name)
-            have = len(list_image_files(folder)) if folder.is_dir() else 0
-            if have < wanted:
-                missing.append((str(folder), f"a photo of a {name}", wanted))
+            if len(list_class_images(folder)) < wanted:  # (none yet, or an interrupted fill)
+                missing.append((str(folder), f"a photo of a {name}", wanted, self.size))
         return missing
 
     def general_images(self) -> dict[str, list[Image.Image]]:
@@ -84,7 +84,7 @@ class AugmentedData:
         return {
             name: [
                 load_rgb_image(f)
-                for f in list_image_files(general_folder(settings.general_data_dir, name))[:wanted]
+                for f in list_class_images(general_folder(settings.general_data_dir, name))[:wanted]
             ]
             for name in settings.general_concepts
         }

@@ -196,9 +196,9 @@ class PersonalizationDataModule(L.LightningDataModule):
             for c, images in zip(self.concept_data, self.images)
         ]
 
-    def images_to_generate(self) -> list[tuple[str, str, int]]:
-        """(folder, prompt, count) of images the base model must make before training (G-Aug's
-        general concepts); the module's setup generates them."""
+    def images_to_generate(self) -> list[tuple[str, str, int, int]]:
+        """(folder, prompt, count, side) of images the base model must make before training
+        (G-Aug's general concepts); the module's setup generates them."""
         return self.augmented.to_generate() if self.augmented is not None else []
 
     def prepare_data(self) -> None:

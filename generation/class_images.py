@@ -165,6 +165,6 @@ def prepare_generated_images(module: PersonalizationModule, datamodule: Any) -> 
     settings = getattr(datamodule, "augmentation", None)
     steps = int(getattr(settings, "general_generation_steps", 25))
     written: list[Path] = []
-    for folder, prompt, count in wanted:
-        written += _fill(module, folder, prompt, count, steps, int(datamodule.resolution))
+    for folder, prompt, count, side in wanted:
+        written += _fill(module, folder, prompt, count, steps, side)
     return written

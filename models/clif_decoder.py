@@ -10,6 +10,7 @@ export is LoRA's: the UNet LoRA and stage 1's text-encoder LoRA in one
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,16 @@ from safetensors.torch import load_file
 
 from models.components.lora_adapters import LORA_WEIGHTS
 from models.lora import LoRA
+
+DIGEST_KEY = "clif_stage1_digest"
+
+
+def stage1_digest(folder: Path) -> str:
+    """sha256 over stage 1's token and LoRA files (names and bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def load_stage1_tokens(module: LoRA, folder: Path) -> None:
@@ -46,10 +57,13 @@ def load_stage1_text_lora(module: LoRA, folder: Path) -> bool:
         return False
     from diffusers import StableDiffusionPipeline
 
-    state, alphas = StableDiffusionPipeline.lora_state_dict(str(folder), weight_name=LORA_WEIGHTS)
+    # The file's peft config (metadata) carries stage 1's rank and alpha; without it diffusers
+    # would take alpha = rank and scale the text encoder differently from stage 1's.
+    state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(
+        str(folder), weight_name=LORA_WEIGHTS, return_lora_metadata=True
+    )
     if not any(key.startswith("text_encoder.") for key in state):
         return False
-    metadata = getattr(state, "metadata", None)
     StableDiffusionPipeline.load_lora_into_text_encoder(
         state, alphas, text_encoder=module.text_encoder, prefix="text_encoder",
         adapter_name="default", metadata=metadata,
@@ -71,16 +85,32 @@ class CLIFMultiConceptLoRA(LoRA):
                 "CLIF stage 2 keeps the text encoder frozen (stage 1 tuned it); drop "
                 "model.init_args.train_text_encoder."
             )
-        kwargs.setdefault("train_tokens", True)
-        super().__init__(train_text_encoder=False, **kwargs)
         folder = Path(stage1)
-        if not folder.is_dir():
+        if not folder.is_dir():  # before the (slow) model load
             raise FileNotFoundError(
                 f"stage1 folder {stage1!r} does not exist; give stage 1's export folder "
                 "(runs/<stage 1 run>/export)."
             )
+        kwargs.setdefault("train_tokens", True)
+        super().__init__(train_text_encoder=False, **kwargs)
+        # What stage 1 handed over: a resumed or tested stage 2 must start from the same.
+        self.stage1_digest = stage1_digest(folder)
         load_stage1_tokens(self, folder)
         self.stage1 = str(folder)
         self.text_lora_from_stage1 = load_stage1_text_lora(self, folder)
         # Loading an adapter freezes the module it touches: the tokens train again.
         self.concept_tokens.embedding.vectors.requires_grad_(bool(kwargs["train_tokens"]))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[DIGEST_KEY] = self.stage1_digest
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get(DIGEST_KEY)
+        if stored is not None and stored != self.stage1_digest:
+            raise ValueError(
+                f"stage 1's export {self.stage1} changed since this checkpoint was written (its "
+                "tokens or text LoRA differ), so the frozen text encoder would not be the one "
+                "stage 2 trained with; point model.init_args.stage1 at the export it started from."
+            )
+        super().on_load_checkpoint(checkpoint)

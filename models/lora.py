@@ -40,7 +40,8 @@ __all__ = ["LORA_WEIGHTS", "LoRA", "load_lora"]
 def load_lora(pipe: StableDiffusionPipeline, folder: str | Path) -> None:
     """Install an export into a diffusers pipeline with diffusers' own loaders."""
     folder = Path(folder)
-    pipe.load_lora_weights(folder, weight_name=LORA_WEIGHTS)
+    if (folder / LORA_WEIGHTS).is_file():  # (CLIF's tokens-only stage 1 writes tokens only)
+        pipe.load_lora_weights(folder, weight_name=LORA_WEIGHTS)
     for token_file in sorted(folder.glob("*.safetensors")):
         if token_file.name not in (LORA_WEIGHTS, KOHYA_LORA):
             pipe.load_textual_inversion(token_file)
@@ -111,6 +112,7 @@ class LoRA(PersonalizationModule):
         folder.mkdir(parents=True, exist_ok=True)
         lora_file = save_lora_layers(folder, self._adapted())
         # The same adapters with kohya's keys and alphas, for A1111 / ComfyUI / kohya.
-        kohya = write_kohya_lora(self._peft_states(), self.alpha, folder / KOHYA_LORA)
+        alphas = {n: float(m.peft_config["default"].lora_alpha) for n, m in self._adapted().items()}
+        kohya = write_kohya_lora(self._peft_states(), alphas, folder / KOHYA_LORA)
         paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
         return [lora_file, kohya, *self.export_token_embeddings(paths)]

@@ -65,7 +65,7 @@ CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
         "holds no images",
     ),  # fmt: skip
     "m_aug with one concept": (
-        STAGE1,
+        STAGE2,
         lambda r: ["--data.init_args.additional_concepts", "[]"],
         "M-Aug puts two concepts side by side",
     ),

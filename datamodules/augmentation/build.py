@@ -82,9 +82,11 @@ def set_key(
 ) -> str:
     digest = hashlib.sha256()
     options = {"version": BUILD_VERSION, "size": size, "seed": seed, **settings.build_options()}
-    digest.update(json.dumps(options, sort_keys=True).encode())
+    options["method"] = method_constants()
+    digest.update(json.dumps(options, sort_keys=True, default=str).encode())
     for concept in concepts:
-        digest.update(json.dumps([concept.spec.token, concept.spec.class_word]).encode())
+        parts = parts_for(concept.spec.class_word, settings.parts.get(concept.spec.token))
+        digest.update(json.dumps([concept.spec.token, concept.spec.class_word, parts]).encode())
         for photo in concept.photos:
             _hash_image(digest, photo)
         if concept.mask_dir:
@@ -95,6 +97,20 @@ def set_key(
         for image in general[name]:
             _hash_image(digest, image)
     return digest.hexdigest()[:20]
+
+
+def method_constants() -> dict[str, Any]:
+    """The constants that shape what a build makes, so changing one rebuilds the sets (with
+    BUILD_VERSION for changes in the code itself)."""
+    from datamodules.augmentation import g_aug, m_aug, r_aug, sources
+    from datamodules.segmentation import fallback, regions
+
+    return {
+        "fallback": [fallback.WORK_SIZE, fallback.BORDER_COLOURS, fallback.ITERATIONS,
+                     fallback.CENTRE_PRIOR],
+        "regions": [regions.MIN_SHARE, regions.MAX_SHARE, sources.MIN_SEGMENTED],
+        "scales": [g_aug.SCALE_RANGE, r_aug.SCALE_RANGE, m_aug.SCALE_RANGE, m_aug.BACKGROUNDS],
+    }  # fmt: skip
 
 
 def planned_counts(settings: AugmentationSettings, num_concepts: int) -> dict[str, int]:

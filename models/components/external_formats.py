@@ -40,14 +40,16 @@ def write_a1111_embedding(vectors: torch.Tensor, folder: Path, token: str) -> Pa
 
 
 def kohya_lora_state(
-    peft_states: dict[str, dict[str, torch.Tensor]], alpha: float
+    peft_states: dict[str, dict[str, torch.Tensor]], alpha: float | dict[str, float]
 ) -> dict[str, torch.Tensor]:
     """Kohya keys (``lora_unet_...``, ``lora_te1_...``) and alphas from peft state dicts.
 
     Args:
         peft_states: per component ("unet", "text_encoder"), its peft LoRA state dict.
-        alpha: the adapters' lora_alpha (one value for every adapter here).
+        alpha: the adapters' lora_alpha: one value, or one per component (CLIF's stage 2
+            keeps stage 1's text-encoder LoRA beside its own UNet LoRA).
     """
+    alphas = alpha if isinstance(alpha, dict) else dict.fromkeys(peft_states, alpha)
     prefixed = {
         f"{component}.{key}": value.detach().float().cpu().contiguous()
         for component, state in peft_states.items()
@@ -55,13 +57,17 @@ def kohya_lora_state(
     }
     converted = convert_state_dict_to_kohya(prefixed)
     return {
-        key: torch.tensor(float(alpha)) if key.endswith(".alpha") else value
+        key: torch.tensor(float(alphas[_component_of(key)])) if key.endswith(".alpha") else value
         for key, value in converted.items()
     }
 
 
+def _component_of(kohya_key: str) -> str:
+    return "unet" if kohya_key.startswith("lora_unet_") else "text_encoder"
+
+
 def write_kohya_lora(
-    peft_states: dict[str, dict[str, torch.Tensor]], alpha: float, path: Path
+    peft_states: dict[str, dict[str, torch.Tensor]], alpha: float | dict[str, float], path: Path
 ) -> Path:
     save_file(kohya_lora_state(peft_states, alpha), str(path))
     return path

@@ -14,10 +14,12 @@ import torch.nn.functional as F
 from export_sampling import fresh_pipe, module_sample, pipe_sample
 from helpers import optimizer_with_lr, snapshot, tiny_datamodule, tiny_trainer
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from datamodules.augmentation.settings import AugmentationSettings
 from datamodules.personalization import ConceptData
 from models import CLIFMultiConceptLoRA, CLIFTextTuning, TextualInversion
+from models.components.external_formats import KOHYA_LORA
 from models.lora import LORA_WEIGHTS, load_lora
 
 PROMPTS = ["a photo of a <v1> toy", "a photo of a <v2> toy"]
@@ -67,7 +69,9 @@ def stage1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One stage-1 run (8 steps) shared by the tests below."""
     root = tmp_path_factory.mktemp("clif1")
     datamodule = two_toys(root)
-    module = CLIFTextTuning(concepts=datamodule.concepts, optimizer=optimizer_with_lr(2e-2))
+    # alpha != rank: stage 2 must take stage 1's scale from the file, not assume alpha = rank.
+    module = CLIFTextTuning(concepts=datamodule.concepts, optimizer=optimizer_with_lr(2e-2),
+                            rank=4, alpha=8.0)  # fmt: skip
     before, cosine_before = snapshot(module), token_cosine(module)
     counter = CountUNetCalls(module.unet)
     tiny_trainer(root, max_steps=8, callbacks=[counter]).fit(module, datamodule=datamodule)
@@ -116,7 +120,7 @@ def test_the_stage1_export_loads_in_diffusers(stage1: dict, tiny_sd_path: Path) 
     assert torch.allclose(pipe_sample(pipe), module_sample(module), atol=1e-4)
 
 
-def test_tokens_only_leaves_the_text_encoder_alone(tmp_path: Path) -> None:
+def test_tokens_only_leaves_the_text_encoder_alone(tmp_path: Path, tiny_sd_path: Path) -> None:
     datamodule = two_toys(tmp_path, m_aug=0)
     module = CLIFTextTuning(concepts=datamodule.concepts, train_text_encoder=False,
                             optimizer=optimizer_with_lr(2e-2))  # fmt: skip
@@ -127,6 +131,10 @@ def test_tokens_only_leaves_the_text_encoder_alone(tmp_path: Path) -> None:
     assert changed == {"text_encoder.embeddings.token_embedding.vectors"}
     written = {p.name for p in module.export(tmp_path / "export")}
     assert LORA_WEIGHTS not in written and "<v1>.safetensors" in written
+    pipe = fresh_pipe(tiny_sd_path)
+    load_lora(pipe, tmp_path / "export")  # tokens only: no LoRA file to load, and no error
+    module.eval()
+    assert torch.allclose(pipe_sample(pipe), module_sample(module), atol=1e-4)
 
 
 def test_stage2_starts_from_stage1_and_keeps_the_text_encoder_bitwise(
@@ -162,6 +170,9 @@ def test_stage2_starts_from_stage1_and_keeps_the_text_encoder_bitwise(
         names = handle.keys()
     prefixes = {name.split(".")[0] for name in names}
     assert prefixes == {"unet", "text_encoder"}
+    kohya = load_file(str(export / KOHYA_LORA))  # each component's own alpha (A1111, ComfyUI)
+    alphas = {(k.split("_")[1], float(v)) for k, v in kohya.items() if k.endswith(".alpha")}
+    assert alphas == {("unet", 4.0), ("te1", 8.0)}
     pipe = fresh_pipe(tiny_sd_path)
     load_lora(pipe, export)
     module.eval()
@@ -217,3 +228,27 @@ def test_stage1_and_stage2_resume_exactly(stage1: dict, tmp_path: Path) -> None:
 
     assert_resume_is_exact(build_stage1, tmp_path / "stage1")
     assert_resume_is_exact(build_stage2, tmp_path / "stage2")
+
+
+def test_stage2_refuses_a_checkpoint_whose_stage1_export_changed(
+    stage1: dict, tmp_path: Path
+) -> None:
+    import shutil
+
+    export = tmp_path / "stage1-export"
+    shutil.copytree(stage1["export"], export)
+
+    def build() -> tuple[Any, Any]:
+        datamodule = two_toys(tmp_path, g_aug=0, r_aug=0, m_aug=0)
+        module = CLIFMultiConceptLoRA(stage1=str(export), concepts=datamodule.concepts)
+        return module, datamodule
+
+    module, datamodule = build()
+    tiny_trainer(tmp_path / "a", max_steps=3, checkpoint=True).fit(module, datamodule=datamodule)
+    checkpoint = tmp_path / "a" / "ckpt" / "epoch=0-step=3.ckpt"
+    tokens = load_file(str(export / "<v1>.safetensors"))
+    save_file({k: v + 1.0 for k, v in tokens.items()}, str(export / "<v1>.safetensors"))
+    module, datamodule = build()
+    with pytest.raises(ValueError, match="changed since this checkpoint"):
+        tiny_trainer(tmp_path / "b", max_steps=4).fit(module, datamodule=datamodule,
+                                                      ckpt_path=checkpoint)  # fmt: skip
