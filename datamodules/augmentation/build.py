@@ -243,5 +243,13 @@ def load_or_build(
         ],  # fmt: skip
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    swap_in(staging, folder)
+    # Another process (another node's rank zero on a shared disk) may have placed the same
+    # set meanwhile: its bytes are these bytes, so keep it and drop ours.
+    try:
+        if _load(folder, key) is None:
+            swap_in(staging, folder)
+    except OSError:
+        if _load(folder, key) is None:
+            raise
+    shutil.rmtree(staging, ignore_errors=True)
     return AugmentedSet(folder, items, seconds, reused=False)

@@ -64,8 +64,11 @@ def build_backends(settings: AugmentationSettings, needs_masks: bool) -> tuple[A
     """(foreground segmenter or None when every concept has masks, R-Aug's region finder).
     SAM's models load only when chosen, once for both roles."""
     if settings.segmenter == "sam":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # SAM-H is slow on a CPU
         sam = build_segmenter("sam", sam_model=settings.sam_model,
-                              grounding_model=settings.grounding_model)  # fmt: skip
+                              grounding_model=settings.grounding_model, device=device)  # fmt: skip
         return sam, sam
     return (build_segmenter("fallback") if needs_masks else None), SuperpixelRegions()
 

@@ -184,3 +184,21 @@ def test_a_photo_the_segmenter_missed_is_left_out_with_a_warning() -> None:
     one = ConceptPhotos(ConceptSpec("<v1>", "cat"), draw_synthetic_concept(1, 64, 0), ["00.png"])
     with pytest.raises(ValueError, match="in none of its photos"):
         segment_concept(one, 48, missing)
+
+
+def test_a_set_another_process_placed_meanwhile_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two nodes' rank zero building the same key on a shared disk: the second keeps the first's.
+    import datamodules.augmentation.build as build
+
+    concepts, options = [concept("<v1>", 0), concept("<v2>", 1)], settings(tmp_path)
+    first = load_or_build(concepts, GENERAL, options, 48, 0, progress=False)
+    stamp = (first.folder / "manifest.json").stat().st_mtime_ns
+    real_load = build._load
+    calls = iter([None])  # the first look (before building) finds nothing
+    monkeypatch.setattr(build, "_load", lambda *a: next(calls, "after") and real_load(*a))
+    again = load_or_build(concepts, GENERAL, options, 48, 0, progress=False)
+    assert not again.reused and again.folder == first.folder
+    assert (first.folder / "manifest.json").stat().st_mtime_ns == stamp  # not replaced
+    assert not list(first.folder.parent.glob(".*building*"))  # no staging folder left
