@@ -6,19 +6,18 @@ of q_i, both L2-normalised, and s = CLIP's logit scale (or 1 / temperature):
 
     L = 1/2 [ -1/N sum_i log softmax_j(s t_i . v_j)_i  -  1/N sum_i log softmax_j(s v_i . t_j)_i ]
 
-Eq. (5) contrasts a prompt with the batch's non-matching images. A pair whose prompt is the
-same (G-Aug's and R-Aug's prompts repeat within a batch) matches too, so such pairs are each
-other's positives, the target spread evenly over them (-sum_j w_ij log softmax_j, w_ij =
-1/|P_i| for j in P_i); with distinct prompts this is the formula above. The negatives are the
-rest of the whole batch: under DDP every rank's features are gathered with their gradients
-(each rank scores its own rows against all columns, and DDP's mean over ranks makes the
-global mean). Gradient reaches the text side only:
+Pairs with the same prompt (G-Aug's and R-Aug's prompts repeat within a batch) have the same
+text feature, so their rows and columns tie: the loss is then exactly the one that counts them
+as each other's positives (target spread evenly over them); no special case is needed
+(tests/losses/test_clif_loss.py). The negatives of a pair are the other pairs of the whole
+batch: under DDP the features of
+every rank are gathered with their gradients (each rank scores its own rows against all
+columns, and DDP's mean over ranks makes the global mean). Gradient reaches the text side only:
 the concept tokens, and a text-encoder LoRA when one trains. No UNet call.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -45,36 +44,16 @@ def symmetric_info_nce(
     all_text: torch.Tensor | None = None,
     all_image: torch.Tensor | None = None,
     offset: int = 0,
-    keys: torch.Tensor | None = None,
-    all_keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The loss of the local rows `text`, `image` (N, D) against all columns (the gathered
-    batch, local rows at `offset`; None: the local batch alone).
-
-    ``keys`` (N,) / ``all_keys``: an id per pair's prompt. Pairs that share a prompt are each
-    other's positives (the target spreads evenly over them) rather than negatives: G-Aug's and
-    R-Aug's prompts repeat within a batch, and Eq. (5) would otherwise push a prompt away from
-    its own concept's images. Without keys every pair is its own only positive (CLIP's loss).
-    """
+    batch, local rows at `offset`; None: the local batch alone)."""
     text, image = F.normalize(text.float(), dim=-1), F.normalize(image.float(), dim=-1)
     all_text = text if all_text is None else F.normalize(all_text.float(), dim=-1)
     all_image = image if all_image is None else F.normalize(all_image.float(), dim=-1)
-    if keys is None:
-        positives = torch.zeros(text.shape[0], all_text.shape[0], device=text.device)
-        positives[torch.arange(text.shape[0]), offset + torch.arange(text.shape[0])] = 1.0
-    else:
-        columns = keys if all_keys is None else all_keys
-        positives = (keys[:, None] == columns[None, :]).float()
-    targets = positives / positives.sum(dim=1, keepdim=True)
-    text_to_image = -(targets * F.log_softmax(scale * text @ all_image.T, dim=1)).sum(1).mean()
-    image_to_text = -(targets * F.log_softmax(scale * image @ all_text.T, dim=1)).sum(1).mean()
+    labels = torch.arange(offset, offset + text.shape[0], device=text.device)
+    text_to_image = F.cross_entropy(scale * text @ all_image.T, labels)
+    image_to_text = F.cross_entropy(scale * image @ all_text.T, labels)
     return (text_to_image + image_to_text) / 2
-
-
-def prompt_keys(prompts: list[str], device: torch.device) -> torch.Tensor:
-    """A stable int64 id per prompt (the same on every rank), for `symmetric_info_nce`."""
-    ids = [int.from_bytes(hashlib.sha256(p.encode()).digest()[:7], "big") for p in prompts]
-    return torch.tensor(ids, dtype=torch.int64, device=device)
 
 
 def gather_with_grad(module: Any, features: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -83,8 +62,7 @@ def gather_with_grad(module: Any, features: torch.Tensor) -> tuple[torch.Tensor,
     trainer = getattr(module, "_trainer", None)
     if trainer is None or trainer.world_size == 1:
         return features, 0
-    sync = features.requires_grad  # ids need no gradient; features carry it back to each rank
-    gathered = module.all_gather(features, sync_grads=sync)  # (world, N, ...)
+    gathered = module.all_gather(features, sync_grads=True)  # (world, N, D), carries grads
     return gathered.flatten(0, 1), trainer.global_rank * features.shape[0]
 
 
@@ -156,12 +134,9 @@ class ContrastiveLanguageImageLoss(Regularizer):
         pooled = encoding.pooled(module.tokenizer.eos_token_id)
         text = project(module.text_projection(self.clip_model), pooled)
         image = self.image_tower(module)(batch["clif_pixel_values"].to(module.device))
-        keys = prompt_keys(list(batch["clif_prompts"]), text.device)
         all_text, offset = gather_with_grad(module, text)
         all_image, _ = gather_with_grad(module, image)
-        all_keys, _ = gather_with_grad(module, keys)
-        scale = self.scale(module)
-        return symmetric_info_nce(text, image, scale, all_text, all_image, offset, keys, all_keys)
+        return symmetric_info_nce(text, image, self.scale(module), all_text, all_image, offset)
 
     def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
         ((_, encoding),) = self.requested_text(record, module)

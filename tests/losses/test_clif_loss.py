@@ -12,12 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from losses.clif import (
-    ContrastiveLanguageImageLoss,
-    gather_with_grad,
-    prompt_keys,
-    symmetric_info_nce,
-)
+from losses.clif import ContrastiveLanguageImageLoss, gather_with_grad, symmetric_info_nce
 
 
 def reference_loss(
@@ -25,7 +20,7 @@ def reference_loss(
 ) -> float:
     """Eq. (5) both ways, written out with python floats: mean over pairs of
     -log(exp(s cos(t_i, v_i)) / sum_j exp(s cos(t_i, v_j))), and the same from each image;
-    with prompts, the mean of that over the pairs j sharing pair i's prompt."""
+    with prompts, the mean of that over the pairs j sharing pair i's prompt (as positives)."""
     t = [[float(x) for x in row] for row in text.double()]
     v = [[float(x) for x in row] for row in image.double()]
     prompts = prompts or [str(i) for i in range(len(t))]
@@ -53,17 +48,16 @@ def test_symmetric_info_nce_matches_the_formula(scale: float) -> None:
     assert got == pytest.approx(reference_loss(text, image, scale), rel=1e-5)
 
 
-def test_pairs_sharing_a_prompt_are_each_others_positives() -> None:
+def test_a_repeated_prompt_counts_as_a_positive_of_its_twin() -> None:
+    # The same prompt gives the same text feature: the plain loss then equals the one that
+    # spreads each row's target over the pairs sharing its prompt.
     generator = torch.Generator().manual_seed(3)
-    text, image = torch.randn(6, 5, generator=generator), torch.randn(6, 5, generator=generator)
     prompts = ["a", "b", "a", "c", "b", "a"]
-    keys = prompt_keys(prompts, torch.device("cpu"))
-    got = float(symmetric_info_nce(text, image, 9.0, keys=keys))
+    by_prompt = {p: torch.randn(5, generator=generator) for p in "abc"}
+    text = torch.stack([by_prompt[p] for p in prompts])
+    image = torch.randn(6, 5, generator=generator)
+    got = float(symmetric_info_nce(text, image, 9.0))
     assert got == pytest.approx(reference_loss(text, image, 9.0, prompts), rel=1e-5)
-    distinct = prompt_keys([str(i) for i in range(6)], torch.device("cpu"))
-    plain = float(symmetric_info_nce(text, image, 9.0))
-    assert float(symmetric_info_nce(text, image, 9.0, keys=distinct)) == pytest.approx(plain)
-    assert got != pytest.approx(plain)
 
 
 def test_matched_pairs_score_lower_than_shuffled_ones() -> None:
@@ -89,9 +83,6 @@ def test_a_bad_temperature_is_refused() -> None:
 
 
 # ----- DDP: two gloo processes equal one process holding both halves ---------------------------
-PROMPTS = ["a", "b", "c", "a", "d", "b", "e", "f"]  # repeats within and across the halves
-
-
 def _features(weight: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return torch.tanh(inputs @ weight)
 
@@ -104,14 +95,9 @@ def _rank_worker(rank: int, port: int, queue: mp.Queue) -> None:
         weight = torch.randn(4, 3, requires_grad=True)
         text_in, image_in = torch.randn(8, 4), torch.randn(8, 4)
         local = slice(4 * rank, 4 * rank + 4)
-        keys = prompt_keys(PROMPTS, torch.device("cpu"))
 
         def all_gather(tensor: torch.Tensor, sync_grads: bool) -> torch.Tensor:
             # What Lightning's DDP strategy does for all_gather(sync_grads=True).
-            if not sync_grads:
-                gathered = [torch.empty_like(tensor) for _ in range(2)]
-                dist.all_gather(gathered, tensor)
-                return torch.stack(gathered)
             return torch.stack(dist.nn.functional.all_gather(tensor))
 
         module = SimpleNamespace(
@@ -121,9 +107,7 @@ def _rank_worker(rank: int, port: int, queue: mp.Queue) -> None:
         image = _features(weight, image_in[local]).detach()  # the image tower is frozen
         all_text, offset = gather_with_grad(module, text)
         all_image, _ = gather_with_grad(module, image)
-        all_keys, _ = gather_with_grad(module, keys[local])
-        loss = symmetric_info_nce(text, image, 7.0, all_text, all_image, offset, keys[local],
-                                  all_keys)  # fmt: skip
+        loss = symmetric_info_nce(text, image, 7.0, all_text, all_image, offset)
         loss.backward()
         grad = weight.grad.clone()
         dist.all_reduce(grad)  # DDP's gradient mean over the ranks
@@ -144,9 +128,7 @@ def test_two_gloo_processes_equal_one_process_holding_both_halves() -> None:
     torch.manual_seed(0)
     weight = torch.randn(4, 3, requires_grad=True)
     text_in, image_in = torch.randn(8, 4), torch.randn(8, 4)
-    keys = prompt_keys(PROMPTS, torch.device("cpu"))
-    text, image = _features(weight, text_in), _features(weight, image_in).detach()
-    loss = symmetric_info_nce(text, image, 7.0, keys=keys, all_keys=keys)
+    loss = symmetric_info_nce(_features(weight, text_in), _features(weight, image_in).detach(), 7.0)
     loss.backward()
     context = mp.get_context("spawn")
     queue = context.Queue()
