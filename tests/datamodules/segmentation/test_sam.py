@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_regions import POSITIONS
 
 from datamodules.segmentation import sam as sam_module
 from datamodules.segmentation.regions import MIN_SHARE, over_segment
@@ -26,10 +27,6 @@ from datamodules.synthetic_concept import draw_synthetic_concept, synthetic_conc
 from pretrained.eval_models import EvalModelNotFoundError
 from pretrained.grounded_sam import best_boxes, sam_masks
 
-POSITIONS = {
-    "upper left", "upper", "upper right", "left", "middle", "right",
-    "lower left", "lower", "lower right",
-}  # fmt: skip
 PARTS = ["head", "arm", "leg", "wheel"]
 
 
