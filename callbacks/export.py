@@ -55,6 +55,11 @@ class ExportWeights(L.Callback):
     def on_train_batch_start(self, *args: Any) -> None:
         self.place_pending()  # the previous step's checkpoint has been written by now
 
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The checkpoint callback saves last.ckpt after every on_train_end (Lightning runs it
+        # last): that save's step export is staged after on_train_end placed the others.
+        self.place_pending()
+
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:

@@ -78,3 +78,16 @@ def test_a_second_run_into_the_same_folder_replaces_the_final_export(tmp_path: P
     second = (tmp_path / "export" / "a1111" / "v1.safetensors").read_bytes()
     assert first != second
     assert not (tmp_path / "export" / ".final.partial").exists()
+
+
+def test_the_export_of_the_last_checkpoint_is_placed_too(tmp_path: Path) -> None:
+    # last.ckpt is written after training ends (no step checkpoint due): its export lands.
+    datamodule = tiny_datamodule()
+    module = TextualInversion(concepts=datamodule.concepts, optimizer=optimizer_with_lr(1e-2))
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=100,
+                                  save_last=True)  # fmt: skip
+    trainer = tiny_trainer(tmp_path, max_steps=3, callbacks=[checkpoints, ExportWeights()])
+    trainer.fit(module, datamodule=datamodule)
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    assert (tmp_path / "export" / "step-3" / "learned_embeds.safetensors").is_file()
+    assert not [p.name for p in (tmp_path / "export").iterdir() if p.name.startswith(".")]
