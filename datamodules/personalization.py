@@ -172,6 +172,7 @@ class PersonalizationDataModule(L.LightningDataModule):
             class_word, len(self.concepts)
         )
         self.augmentation = augmentation
+        self._composed_images: list[ComposedImage] | None = None  # M-Aug, read on first use
         self.augmented = (
             None
             if augmentation is None
@@ -279,11 +280,13 @@ class PersonalizationDataModule(L.LightningDataModule):
         settings = self.augmentation
         if not training or settings is None or not settings.train_on_m_aug:
             return []
-        built = self.augmented_set()
-        return [
-            ComposedImage(built.image(item), item.prompt, item.concepts[0])
-            for item in built.of_kind("m_aug")
-        ]
+        if self._composed_images is None:  # read once: every dataset made shares them
+            built = self.augmented_set()
+            self._composed_images = [
+                ComposedImage(built.image(item), item.prompt, item.concepts[0])
+                for item in built.of_kind("m_aug")
+            ]
+        return self._composed_images
 
     def _dataset(self, augment: bool, repeats: int) -> InstanceDataset:
         return InstanceDataset(

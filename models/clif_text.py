@@ -20,8 +20,8 @@ from losses.clif import CLIF_BATCH_KEYS, ContrastiveLanguageImageLoss
 from models.base import PersonalizationModule
 from models.components.lora_adapters import (
     TEXT_ENCODER_TARGETS,
+    add_seeded_adapters,
     check_lora_options,
-    lora_config,
     lora_parameters,
     save_lora_layers,
 )
@@ -66,9 +66,7 @@ class CLIFTextTuning(PersonalizationModule):
         self.contrastive = ContrastiveLanguageImageLoss(1.0, clip_model, temperature)
         self.train_text_encoder, self.rank, self.alpha = train_text_encoder, rank, alpha
         if train_text_encoder:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                self.text_encoder.add_adapter(lora_config(rank, alpha, TEXT_ENCODER_TARGETS))
+            add_seeded_adapters([(self.text_encoder, TEXT_ENCODER_TARGETS)], rank, alpha, self.seed)
             # peft marks everything but its adapters frozen, the concept vectors included.
             self.concept_tokens.embedding.vectors.requires_grad_(kwargs.get("train_tokens", True))
         self.train(self.training)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from models.base import PersonalizationModule
@@ -23,9 +22,9 @@ from models.components.lora_adapters import (
     LORA_WEIGHTS,
     TEXT_ENCODER_TARGETS,
     UNET_TARGETS,
+    add_seeded_adapters,
     check_lora_options,
     has_adapters,
-    lora_config,
     lora_parameters,
     peft_state,
     save_lora_layers,
@@ -70,21 +69,15 @@ class LoRA(PersonalizationModule):
         super().__init__(**kwargs)
         self.rank, self.alpha = rank, alpha
         self.train_text_encoder = train_text_encoder
-        # A's Gaussian init comes from our seed, not the global RNG: the same config starts
-        # from the same adapters (and a resumed run continues the run it came from).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.unet.add_adapter(self._lora_config(UNET_TARGETS))
-            if train_text_encoder:
-                self.text_encoder.add_adapter(self._lora_config(TEXT_ENCODER_TARGETS))
+        targets = [(self.unet, UNET_TARGETS)]
+        if train_text_encoder:
+            targets.append((self.text_encoder, TEXT_ENCODER_TARGETS))
+        add_seeded_adapters(targets, rank, alpha, self.seed)
         if train_text_encoder:
             # peft marks everything but its adapters as frozen, the concept vectors included.
             self.concept_tokens.embedding.vectors.requires_grad_(bool(kwargs["train_tokens"]))
         # Lightning does not call train() when fitting starts: put the trained parts in train mode.
         self.train(self.training)
-
-    def _lora_config(self, targets: tuple[str, ...]) -> Any:
-        return lora_config(self.rank, self.alpha, targets)
 
     def trained_components(self) -> tuple[nn.Module, ...]:
         return (self.unet, self.text_encoder) if self.train_text_encoder else (self.unet,)

@@ -109,9 +109,9 @@ def segment_concept(
 
 def one_region_per_label(regions: list[Region]) -> list[Region]:
     """Regions that share a label become one (two "upper left" superpixels are one place)."""
-    merged: dict[str, Region] = {}
+    merged: dict[tuple[str, bool], Region] = {}
     for region in regions:
-        key = region.prompt("{}")
+        key = (region.label, region.named)
         if key in merged:
             union = merged[key].mask | region.mask
             merged[key] = dataclasses.replace(merged[key], mask=union)

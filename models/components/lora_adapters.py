@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -33,6 +34,18 @@ def lora_config(rank: int, alpha: float, targets: tuple[str, ...]) -> LoraConfig
     return LoraConfig(
         r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets)
     )
+
+
+def add_seeded_adapters(
+    targets: list[tuple[nn.Module, tuple[str, ...]]], rank: int, alpha: float, seed: int
+) -> None:
+    """A LoRA on each (module, target layers), in order. A's Gaussian init comes from `seed`,
+    not the global RNG: the same config starts from the same adapters (and a resumed run
+    continues the run it came from)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module, layers in targets:
+            module.add_adapter(lora_config(rank, alpha, layers))
 
 
 def lora_parameters(module: nn.Module) -> list[nn.Parameter]:
