@@ -5,9 +5,14 @@ kohya-style LoRA files (A1111, ComfyUI, kohya's sd-scripts, InvokeAI).
   ComfyUI read; those tools name the concept by the file name, so the file is the token with
   characters a file name cannot hold removed (``<v1>`` -> ``v1.safetensors``: "a photo of v1
   dog"). diffusers reads it with ``load_textual_inversion(path, token=...)``.
-- LoRA: diffusers' own peft -> kohya key conversion (``convert_state_dict_to_kohya``), with
-  each module's ``alpha`` set to the adapters' lora_alpha (the conversion writes alpha = rank,
-  which is right only when alpha equals the rank).
+- LoRA: kohya's key names, the ones ComfyUI (``comfy/lora.py``), A1111
+  (``extensions-builtin/Lora``) and kohya's sd-scripts (``networks/lora.py``) match: the UNet's
+  diffusers module path after ``lora_unet_`` and the text encoder's transformers path, *with*
+  its ``text_model`` level, after ``lora_te_`` (SD 1.x; SDXL's two encoders ``lora_te1_`` and
+  ``lora_te2_``), dots as underscores; ``lora_down`` / ``lora_up`` and each module's ``alpha``
+  (the adapters' lora_alpha). A key those tools do not know is dropped by them with a log line
+  at most, so the names are written here rather than by diffusers' ``convert_state_dict_to_kohya``
+  (which names transformers 5's flattened CLIP ``lora_te1_encoder_...``: matched by none).
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import re
 from pathlib import Path
 
 import torch
-from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 from safetensors.torch import save_file
 
 A1111_FOLDER = "a1111"
@@ -39,31 +43,50 @@ def write_a1111_embedding(vectors: torch.Tensor, folder: Path, token: str) -> Pa
     return path
 
 
+# kohya's prefix of each component (SD 1.x's one text encoder is ``lora_te``; SDXL's
+# ``text_encoder`` / ``text_encoder_2`` take ``lora_te1`` / ``lora_te2``).
+KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
+SDXL_KOHYA_PREFIXES = {**KOHYA_PREFIXES, "text_encoder": "lora_te1"}
+# peft's names of the two LoRA matrices -> kohya's.
+_KOHYA_MATRICES = {"lora_A": "lora_down", "lora_B": "lora_up"}
+_TEXT_MODEL = "text_model."
+
+
+def kohya_module_name(component: str, module_path: str, prefixes: dict[str, str]) -> str:
+    """kohya's name of one adapted layer: ``lora_te_text_model_encoder_layers_0_self_attn_k_proj``.
+
+    The text encoders' paths are written from CLIP's ``text_model`` level, which transformers 5
+    no longer has in its module tree but the clients' patterns still hold."""
+    if component != "unet" and not module_path.startswith(_TEXT_MODEL):
+        module_path = _TEXT_MODEL + module_path
+    return f"{prefixes[component]}_{module_path.replace('.', '_')}"
+
+
 def kohya_lora_state(
-    peft_states: dict[str, dict[str, torch.Tensor]], alpha: float | dict[str, float]
+    peft_states: dict[str, dict[str, torch.Tensor]],
+    alpha: float | dict[str, float],
+    prefixes: dict[str, str] = KOHYA_PREFIXES,
 ) -> dict[str, torch.Tensor]:
-    """Kohya keys (``lora_unet_...``, ``lora_te1_...``) and alphas from peft state dicts.
+    """Kohya keys (``lora_unet_...``, ``lora_te_text_model_...``) and alphas from peft state dicts.
 
     Args:
-        peft_states: per component ("unet", "text_encoder"), its peft LoRA state dict.
+        peft_states: per component ("unet", "text_encoder"), its peft LoRA state dict
+            (``<module path>.lora_A.weight`` / ``.lora_B.weight``).
         alpha: the adapters' lora_alpha: one value, or one per component (CLIF's stage 2
             keeps stage 1's text-encoder LoRA beside its own UNet LoRA).
+        prefixes: kohya's prefix per component (``SDXL_KOHYA_PREFIXES`` for SDXL).
     """
     alphas = alpha if isinstance(alpha, dict) else dict.fromkeys(peft_states, alpha)
-    prefixed = {
-        f"{component}.{key}": value.detach().float().cpu().contiguous()
-        for component, state in peft_states.items()
-        for key, value in state.items()
-    }
-    converted = convert_state_dict_to_kohya(prefixed)
-    return {
-        key: torch.tensor(float(alphas[_component_of(key)])) if key.endswith(".alpha") else value
-        for key, value in converted.items()
-    }
-
-
-def _component_of(kohya_key: str) -> str:
-    return "unet" if kohya_key.startswith("lora_unet_") else "text_encoder"
+    converted: dict[str, torch.Tensor] = {}
+    for component, state in peft_states.items():
+        for key, value in state.items():
+            module_path, matrix, suffix = key.rsplit(".", 2)
+            name = kohya_module_name(component, module_path, prefixes)
+            converted[f"{name}.{_KOHYA_MATRICES[matrix]}.{suffix}"] = (
+                value.detach().float().cpu().contiguous()
+            )
+            converted[f"{name}.alpha"] = torch.tensor(float(alphas[component]))
+    return converted
 
 
 def write_kohya_lora(

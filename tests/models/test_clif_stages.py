@@ -172,7 +172,7 @@ def test_stage2_starts_from_stage1_and_keeps_the_text_encoder_bitwise(
     assert prefixes == {"unet", "text_encoder"}
     kohya = load_file(str(export / KOHYA_LORA))  # each component's own alpha (A1111, ComfyUI)
     alphas = {(k.split("_")[1], float(v)) for k, v in kohya.items() if k.endswith(".alpha")}
-    assert alphas == {("unet", 4.0), ("te1", 8.0)}
+    assert alphas == {("unet", 4.0), ("te", 8.0)}
     pipe = fresh_pipe(tiny_sd_path)
     load_lora(pipe, export)
     module.eval()

@@ -178,7 +178,7 @@ def test_kohya_file_loads_in_diffusers_and_samples_the_same(
     module, folder, written = exported
     assert folder / KOHYA_LORA in written
     state = load_file(str(folder / KOHYA_LORA))
-    assert {k.split("_", 2)[1] for k in state} == {"unet", "te1"}
+    assert {k.split("_", 2)[1] for k in state} == {"unet", "te"}
     alphas = [v for k, v in state.items() if k.endswith(".alpha")]
     downs = [k for k in state if k.endswith(".lora_down.weight")]
     assert len(alphas) == len(downs) == len(lora_layers(module.unet)) + len(
