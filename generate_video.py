@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-# The PIL image processors are the intended set-up (no torchvision), not news on every run.
-logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
+from core.quiet import silence_library_noise
+
+silence_library_noise()  # before transformers is imported: it logs its notices then
 
 import torch
 import yaml

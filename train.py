@@ -7,26 +7,26 @@ and the run's ``config.yaml`` go under ``trainer.default_root_dir``; exports und
 
 from __future__ import annotations
 
-import logging
+from core.quiet import silence_library_noise
 
-# transformers says, for each image processor diffusers imports, that torchvision is missing and
-# it uses the PIL one: the intended set-up here (torchvision is not installed), not news.
-logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
+silence_library_noise()  # before transformers is imported: it logs its notices then
 
 import os
+import signal
 import sys
 import traceback
-import warnings
 from typing import Any
 
 import lightning as L
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.export import ExportWeights
 from callbacks.interrupt import SaveOnInterrupt
 from callbacks.progress import StepProgressBar
+from callbacks.run_summary import summary_lines
 from core.errors import config_files, user_message
 from core.run_config import EVALUATING_COMMANDS, with_run_config
 from core.threads import configure_torch_threads
@@ -40,9 +40,6 @@ _from_command_line = False
 DEFAULT_ROOT_DIR = "runs"
 # ckpt_path values Lightning resolves itself rather than as a file.
 LIGHTNING_CKPT_NAMES = frozenset({"last", "best", "hpc", "registry"})
-
-# The frozen Stable Diffusion components are in eval mode on purpose.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
 class PersonalizationCLI(LightningCLI):
@@ -181,14 +178,24 @@ def main(args: list[str] | None = None, run: bool = True) -> PersonalizationCLI:
     )
 
 
+def interrupted_by(trainer: L.Trainer) -> signal.Signals | None:
+    """The signal (Ctrl-C, SIGTERM) that stopped the run after saving, if one did."""
+    saver = next((c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None)
+    return saver.stopped_by if saver is not None else None
+
+
 def run_from_command_line(argv: list[str]) -> int:
     """``main`` with user errors as one line, ``error: ...``, exit code 2 (a non-finite loss:
-    exit code 1); ``--debug`` or PERSONALIZE_DEBUG=1 shows the traceback instead."""
+    exit code 1); ``--debug`` or PERSONALIZE_DEBUG=1 shows the traceback instead. A run
+    stopped by Ctrl-C or SIGTERM exits 130 / 143 once its checkpoint is saved (so
+    ``stage1 && stage2`` stops and a cluster requeues it); a finished one says where it went."""
     debug = "--debug" in argv or os.environ.get("PERSONALIZE_DEBUG", "") not in ("", "0")
     args = [a for a in argv if a != "--debug"]
     sys.argv = [sys.argv[0], *args]  # LightningCLI reads the command line itself
     try:
-        main()
+        cli = main()
+    except SIGTERMException:  # (a SystemExit) SaveOnInterrupt has written its checkpoint
+        return 128 + signal.SIGTERM
     except NonFiniteError as error:
         if debug:
             raise
@@ -205,6 +212,11 @@ def run_from_command_line(argv: list[str]) -> int:
             return 1
         print(f"error: {message}", file=sys.stderr)
         return 2
+    stopped = interrupted_by(cli.trainer)
+    if stopped is not None:
+        return 128 + stopped
+    for line in summary_lines(cli.subcommand, cli.trainer, cli.model):
+        print(line)
     return 0
 
 

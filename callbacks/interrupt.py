@@ -5,7 +5,8 @@ at once, as usual): the step finishes, ``<checkpoints>/interrupted.ckpt`` and
 ``export/step-<N>`` are written, and training ends. SIGTERM is Lightning's: it stops at the end
 of the step with a ``SIGTERMException``, and this callback writes the same two before the run
 exits. Both points are step boundaries, so resuming from ``interrupted.ckpt`` continues exactly
-(``fit --ckpt_path <checkpoints>/interrupted.ckpt``).
+(``fit --ckpt_path <checkpoints>/interrupted.ckpt``). ``stopped_by`` keeps the signal, so the
+command line exits with its conventional code (130, 143) instead of calling the run a success.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class SaveOnInterrupt(L.Callback):
     def __init__(self) -> None:
         self._stop_requested = False
         self._previous_handler: Any = None
+        self.stopped_by: signal.Signals | None = None  # the signal that stopped the last run
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
         """Beside the run's other checkpoints (its ModelCheckpoint's folder when it has one)."""
@@ -40,7 +42,7 @@ class SaveOnInterrupt(L.Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / CHECKPOINT_NAME
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._stop_requested = False
+        self._stop_requested, self.stopped_by = False, None
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
 
@@ -55,14 +57,14 @@ class SaveOnInterrupt(L.Callback):
         if trainer.world_size > 1:  # every rank stops at the same step
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if requested:
-            self._save(trainer, "Ctrl-C")
+            self._save(trainer, signal.SIGINT)
             trainer.should_stop = True
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, SIGTERMException):
-            self._save(trainer, "SIGTERM")
+            self._save(trainer, signal.SIGTERM)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handler()
@@ -77,13 +79,15 @@ class SaveOnInterrupt(L.Callback):
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
 
-    def _save(self, trainer: L.Trainer, why: str) -> None:
+    def _save(self, trainer: L.Trainer, why: signal.Signals) -> None:
+        self.stopped_by = why
         path = self.checkpoint_path(trainer)
         trainer.save_checkpoint(path)  # every rank: a collective under DDP
         for callback in trainer.callbacks:
             if isinstance(callback, ExportWeights):
                 callback.place_pending()  # the checkpoint is on disk: its export goes in place
         rank_zero_info(
-            f"{why} at step {trainer.global_step}: wrote {path} and its export; resume with "
+            f"{'Ctrl-C' if why == signal.SIGINT else why.name} at step {trainer.global_step}: "
+            f"wrote {path} and its export; resume with "
             f"`python train.py fit --config <run>/config.yaml --ckpt_path {path}`."
         )

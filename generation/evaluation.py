@@ -108,6 +108,9 @@ class EvaluationMixin:
 
     # ----- generation shared by test and predict ----------------------------------------------
     def _start_stage(self) -> None:
+        # What the command line reports at the end (rank zero's files).
+        self.eval_output_folder: Path | None = None
+        self.eval_results_file: Path | None = None
         self._eval_rows: list[dict[str, Any]] = []
         self._eval_images: list[torch.Tensor] = []  # uint8 (B, 3, H, W) on the CPU
         self._eval_timing: dict[str, float] = {"generation": 0.0, "metric_setup": 0.0}
@@ -227,6 +230,7 @@ class EvaluationMixin:
         self._eval_shard_timing = [timing for _, _, timing in shards]
         self._eval_row_count = len(rows)
         self._log_grid(shards)
+        self.eval_output_folder = folder
         return folder
 
     def _log_grid(self, shards: list[Any]) -> None:
@@ -293,6 +297,7 @@ class EvaluationMixin:
             },
         }
         (folder / "results.json").write_text(json.dumps(results, indent=2))
+        self.eval_results_file = folder / "results.json"
         _write_csv(
             folder / "results.csv", [{"method": results["method"], **values}], ["method", *values]
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,14 @@ class SlowSteps(L.Callback):
 
     def on_train_batch_end(self, *args: Any) -> None:
         time.sleep(self.seconds)
+
+
+class SignalAt(L.Callback):
+    """Sends ``signum`` to this process at the start of step ``step`` (mid-step, as a user)."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        self.signum, self.step = signum, step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)

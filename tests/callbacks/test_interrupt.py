@@ -3,7 +3,6 @@ that checkpoint ends bitwise equal to an uninterrupted one."""
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -11,24 +10,13 @@ from typing import Any
 import lightning as L
 import pytest
 from baseline_checks import assert_resumed_matches
-from helpers import optimizer_with_lr, tiny_datamodule, tiny_trainer
+from helpers import SignalAt, optimizer_with_lr, tiny_datamodule, tiny_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.export import ExportWeights
 from callbacks.interrupt import CHECKPOINT_NAME, SaveOnInterrupt
 from models import TextualInversion
-
-
-class SignalAt(L.Callback):
-    """Sends ``signum`` to this process at the start of step ``step`` (mid-step, as a user)."""
-
-    def __init__(self, signum: int, step: int) -> None:
-        self.signum, self.step = signum, step
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), self.signum)
 
 
 def build() -> tuple[TextualInversion, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from metrics.settings import ALL_METRICS
 from pretrained.eval_models import EvalModelNotFoundError
-from train import main
+from train import main, run_from_command_line
 
 CONFIG = "custom_diffusion"
 CHECKPOINT_ONLY = (
@@ -92,6 +93,24 @@ def test_test_with_ckpt_path_scores_the_trained_weights(
     events.Reload()
     assert {f"test/{k}" for k in ALL_METRICS} <= set(events.Tags()["scalars"])
     assert "test/samples" in events.Tags()["images"]
+
+
+def test_test_from_the_command_line_ends_with_its_results_and_scores(
+    trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    root, checkpoint = trained
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # the command line sets it: put it back
+    argv = args("test", root, "--ckpt_path", str(checkpoint),
+                "--data.init_args.eval_prompts.max_prompts", "1")  # fmt: skip
+    assert run_from_command_line(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (results,) = [line.removeprefix("done: results ") for line in lines if "done: results" in line]
+    metrics = json.loads(Path(results).read_text())["metrics"]
+    (scores,) = [line.removeprefix("scores: ") for line in lines if line.startswith("scores: ")]
+    shown = dict(zip(scores.split()[::2], map(float, scores.split()[1::2])))
+    assert shown.keys() == metrics.keys() and shown
+    assert all(math.isclose(shown[k], metrics[k], abs_tol=5e-5) for k in shown)
 
 
 def test_predict_generates_without_scoring(

@@ -1,0 +1,59 @@
+"""How a command ends, from the command line: a run stopped by Ctrl-C or SIGTERM saves and
+exits with the signal's conventional code (130 / 143), never 0; a finished ``fit`` names its
+run folder, export files and TensorBoard command."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import REPO_ROOT
+
+from train import run_from_command_line
+
+TINY_TI = ["--config", "configs/textual_inversion.yaml", "--config", "configs/tiny.yaml"]
+
+
+def signal_overlay(root: Path, signum: int) -> Path:
+    """A config adding ``helpers.SignalAt``: the signal arrives during step 1."""
+    path = root / "signal.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "trainer:\n  callbacks:\n    - class_path: helpers.SignalAt\n"
+        f"      init_args: {{signum: {int(signum)}, step: 1}}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_run_saves_and_exits_with_the_signal_code(
+    signum: signal.Signals, code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # the command line sets it: put it back
+    overlay = signal_overlay(tmp_path, signum)
+    argv = ["fit", *TINY_TI, "--config", str(overlay), "--trainer.max_steps", "4",
+            "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    assert run_from_command_line(argv) == code
+    (checkpoint,) = tmp_path.rglob("interrupted.ckpt")
+    assert (checkpoint.parent.parent / "export" / "step-2" / "learned_embeds.safetensors").is_file()
+
+
+def test_a_finished_fit_says_where_the_run_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    argv = ["fit", *TINY_TI, "--trainer.max_steps", "2", "--trainer.default_root_dir",
+            str(tmp_path), "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    assert run_from_command_line(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (run,) = [p.parent for p in tmp_path.rglob("config.yaml")]
+    assert f"done: 2 steps; run folder {run}" in lines
+    export = run / "export"
+    assert f"export: {export} (a1111/, learned_embeds.safetensors)" in lines
+    (board,) = [line for line in lines if line.startswith("tensorboard --logdir ")]
+    assert run.is_relative_to(board.split(" ", 2)[2])
