@@ -1,7 +1,9 @@
 """What the augmented data is made from: each concept's photos with their masks and regions.
 
 A concept's masks come from its mask folder when it has one, else from the configured
-segmenter; every mask is checked (empty or all-foreground masks are errors naming the photo).
+segmenter. A user's mask that is empty or all foreground is an error naming the file (the
+user can redraw it); a segmenter's that missed leaves its photo out with a warning naming it
+(the user cannot fix the segmenter's output), and only a concept left with no photo stops.
 Regions for R-Aug: named parts when the ``sam`` backend can look for them, then regions by
 place (superpixels, or SAM's pieces from a point grid), one region per label.
 """
@@ -21,7 +23,7 @@ from core.concept import ConceptSpec
 from core.images import resize_short_side
 from datamodules.augmentation.cutout import Cutout, make_cutout
 from datamodules.augmentation.settings import AugmentationSettings
-from datamodules.segmentation.base import check_foreground
+from datamodules.segmentation.base import MAX_FOREGROUND
 from datamodules.segmentation.factory import build_segmenter
 from datamodules.segmentation.masks import MaskFolder
 from datamodules.segmentation.regions import Region, RegionFinder, SuperpixelRegions
@@ -73,35 +75,59 @@ def build_backends(settings: AugmentationSettings, needs_masks: bool) -> tuple[A
     return (build_segmenter("fallback") if needs_masks else None), SuperpixelRegions()
 
 
+def segmenter_miss(mask: np.ndarray) -> str | None:
+    """Why a segmenter's mask missed the concept ("kept 0.3% of it", "took all of it"), or
+    None when it is usable. A miss is no user error: the photo is left out, not the run."""
+    share = float(np.asarray(mask, bool).mean()) if np.size(mask) else 0.0
+    if share < MIN_SEGMENTED:
+        return f"kept {share:.1%} of it"
+    if share > MAX_FOREGROUND:
+        return "took all of it"
+    return None
+
+
+def _fixes(concept: ConceptPhotos) -> str:
+    """The two ways past a segmenter's misses, for messages."""
+    first = concept.names[0]
+    return (
+        f"give {concept.spec.token!r} a mask_dir with masks named like the photos (photo "
+        f"{first}: mask {Path(first).stem}.png, white = the concept; data.init_args.mask_dir "
+        "for the first concept, mask_dir in its additional_concepts entry for the others), or "
+        "use augmentation.segmenter: sam"
+    )
+
+
 def segment_concept(
     concept: ConceptPhotos, size: int, segmenter: Any | None
 ) -> list[SegmentedPhoto]:
-    """Each photo at the working size with its checked mask. A segmenter's mask under
-    MIN_SEGMENTED of the photo is taken as a failure (the fallback keeps a cat's ear when the
-    dark body matches the dark ground): that photo is left out with a warning naming it."""
+    """Each photo at the working size with its mask. A user's mask file is checked (errors
+    name the file); a segmenter's mask that missed (under MIN_SEGMENTED or nearly the whole
+    photo: the fallback keeps a cat's ear when the dark body matches the dark ground) leaves
+    its photo out with a warning naming it; when no photo is left, the error names them all
+    and the fixes."""
     folder = MaskFolder(concept.mask_dir, concept.names) if concept.mask_dir else None
     segmented, failed = [], []
-    for photo, name in zip(concept.photos, concept.names, strict=True):
-        photo = working_photo(photo, size)
+    for original, name in zip(concept.photos, concept.names, strict=True):
+        photo = working_photo(original, size)
         if folder is not None:
-            mask = folder.mask_for(name, photo.size)
+            mask = folder.mask_for(name, photo.size, original.size)
         else:
-            where = f"photo {name} of {concept.spec.token!r} (segmenter output)"
-            mask = check_foreground(segmenter.foreground(photo, concept.spec.class_word), where)
-            if mask.mean() < MIN_SEGMENTED:
-                failed.append(name)
+            mask = np.asarray(segmenter.foreground(photo, concept.spec.class_word), bool)
+            miss = segmenter_miss(mask)
+            if miss is not None:
+                failed.append(f"{name} ({miss})")
                 continue
         segmented.append(SegmentedPhoto(photo, mask, name))
     if failed and not segmented:
         raise ValueError(
-            f"segmentation found {concept.spec.token!r} in none of its photos {failed}; give "
-            "masks named like the photos (its mask_dir) or use augmentation.segmenter: sam."
+            f"segmentation missed {concept.spec.token!r} ({concept.spec.class_word}) in every "
+            f"photo at {size} px: {', '.join(failed)}; {_fixes(concept)}."
         )
     if failed:
         warnings.warn(
-            f"segmentation kept under {MIN_SEGMENTED:.0%} of photo(s) {failed} of "
-            f"{concept.spec.token!r}; they are left out of the augmented data (give masks "
-            "named like the photos in the concept's mask_dir to use them).",
+            f"segmentation missed {concept.spec.token!r} ({concept.spec.class_word}) in "
+            f"photo(s) {', '.join(failed)} at {size} px; they are left out of the augmented "
+            f"data. To use them, {_fixes(concept)}.",
             stacklevel=2,
         )
     return segmented

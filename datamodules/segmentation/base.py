@@ -1,4 +1,8 @@
-"""What every segmentation backend returns, and the checks every mask passes."""
+"""What every segmentation backend returns, and the check of a user's own mask file.
+
+A segmenter's output is not checked here: a mask it missed leaves its photo out with a
+warning (datamodules/augmentation/sources.py), as the user can do nothing about that mask.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ class Segmenter(Protocol):
 
 
 def check_foreground(mask: np.ndarray, where: str) -> np.ndarray:
-    """`mask` as (H, W) bool, or a ValueError naming `where` when it is empty or all
-    foreground (a paste of nothing, or of the whole photo, is no augmentation)."""
+    """A user's mask (file `where`) as (H, W) bool, or a ValueError naming it when it is empty
+    or all foreground (a paste of nothing, or of the whole photo, is no augmentation): the
+    user drew it and can redraw it, so the fix is said in the message."""
     mask = np.asarray(mask).astype(bool)
     share = float(mask.mean()) if mask.size else 0.0
     if share < MIN_FOREGROUND:

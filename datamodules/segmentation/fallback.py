@@ -15,8 +15,6 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from datamodules.segmentation.base import check_foreground
-
 WORK_SIZE = 256  # longest side GrabCut runs at (its cost grows with the pixel count)
 BORDER_COLOURS = 8  # k-means clusters of the border's colours
 ITERATIONS = 5
@@ -57,6 +55,8 @@ class GrabCutSegmenter:
     """The offline backend (no weights): ``foreground(image, class_word)``."""
 
     def foreground(self, image: Image.Image, class_word: str = "") -> np.ndarray:
+        """(H, W) bool at the image's size; unchecked, like every segmenter's: the caller
+        leaves a photo out when its mask missed (datamodules/augmentation/sources.py)."""
         rgb = np.asarray(image.convert("RGB"))
         height, width = rgb.shape[:2]
         scale = min(1.0, WORK_SIZE / max(height, width))
@@ -64,7 +64,7 @@ class GrabCutSegmenter:
                            interpolation=cv2.INTER_AREA)  # fmt: skip
         mask = self._segment(small)
         full = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
-        return check_foreground(full.astype(bool), f"a {class_word or 'photo'} (weight-free)")
+        return full.astype(bool)
 
     def _segment(self, rgb: np.ndarray) -> np.ndarray:
         height, width = rgb.shape[:2]

@@ -176,13 +176,13 @@ class TinyMasks:
 def test_a_photo_the_segmenter_missed_is_left_out_with_a_warning() -> None:
     from datamodules.augmentation.sources import segment_concept
 
-    with pytest.warns(UserWarning, match=r"photo\(s\) \['01.png'\] of '<v1>'"):
+    with pytest.warns(UserWarning, match=r"'<v1>' \(toy\) in photo\(s\) 01.png \(kept"):
         kept = segment_concept(concept("<v1>", 0), 48, TinyMasks())
     assert [photo.name for photo in kept] == ["00.png", "02.png"]
     missing = TinyMasks()
     missing.calls = 1
     one = ConceptPhotos(ConceptSpec("<v1>", "cat"), draw_synthetic_concept(1, 64, 0), ["00.png"])
-    with pytest.raises(ValueError, match="in none of its photos"):
+    with pytest.raises(ValueError, match=r"in every photo at 48 px: 00.png \(kept"):
         segment_concept(one, 48, missing)
 
 

@@ -3,6 +3,7 @@ and the mask folder's checks."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 
 from datamodules.segmentation.base import check_foreground, iou
 from datamodules.segmentation.fallback import GrabCutSegmenter
-from datamodules.segmentation.masks import MaskFolder
+from datamodules.segmentation.masks import MaskFolder, same_aspect
 from datamodules.synthetic_concept import draw_synthetic_concept, synthetic_concept_masks
 
 
@@ -71,3 +72,45 @@ def test_mask_folder_errors_name_the_problem(tmp_path: Path) -> None:
         MaskFolder(tmp_path / "full", ["00.jpg"]).mask_for("00.jpg", (30, 20))
     with pytest.raises(ValueError, match="is empty"):
         check_foreground(np.zeros((4, 4), bool), "x")
+
+
+def test_the_fallback_answers_a_photo_it_misses_with_its_mask_not_an_error() -> None:
+    # A plain photo has nothing unlike its border: the mask is empty, and whether that photo is
+    # left out is the caller's to say (datamodules/augmentation/sources.py), not an error
+    # telling the user to draw in a mask they never gave.
+    mask = GrabCutSegmenter().foreground(Image.new("RGB", (32, 32), (60, 90, 120)), "cat")
+    assert mask.shape == (32, 32) and mask.dtype == bool and not mask.any()
+
+
+@pytest.mark.parametrize("photo", [(60, 40), (61, 40), (15, 10)])
+def test_a_mask_of_another_size_is_resized_with_a_warning_naming_both_sizes(
+    tmp_path: Path, photo: tuple
+) -> None:
+    write_masks(tmp_path / "masks", ["00.jpg"])  # 30x20: the photo's aspect ratio, rounded
+    folder = MaskFolder(tmp_path / "masks", ["00.jpg"])
+    sizes = f"{photo[0]}x{photo[1]}"
+    with pytest.warns(UserWarning, match=rf"masks/00.png is 30x20 px, its photo 00.jpg {sizes}"):
+        mask = folder.mask_for("00.jpg", (45, 30), photo)
+    assert mask.shape == (30, 45) and mask.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a mask of the photo's own size: no word
+        folder.mask_for("00.jpg", (15, 10), (30, 20))
+
+
+@pytest.mark.parametrize("photo", [(30, 30), (40, 20), (30, 21)])
+def test_a_mask_of_another_aspect_ratio_is_refused(tmp_path: Path, photo: tuple) -> None:
+    write_masks(tmp_path / "masks", ["00.jpg"])  # 30x20
+    folder = MaskFolder(tmp_path / "masks", ["00.jpg"])
+    sizes = f"{photo[0]}x{photo[1]}"
+    with pytest.raises(ValueError, match=rf"00.png is 30x20 px, its photo 00.jpg {sizes}: .*"
+                       rf"give a mask of the photo's size \({sizes} px\)"):  # fmt: skip
+        folder.mask_for("00.jpg", (30, 20), photo)
+
+
+@pytest.mark.parametrize(
+    ("mask", "photo", "same"),
+    [((30, 20), (60, 40), True), ((43, 32), (64, 48), True), ((100, 67), (3000, 2000), True),
+     ((30, 20), (30, 21), False), ((512, 512), (512, 500), False), ((40, 30), (30, 40), False)],
+)  # fmt: skip
+def test_same_aspect_allows_rounding_only(mask: tuple, photo: tuple, same: bool) -> None:
+    assert same_aspect(mask, photo) is same
