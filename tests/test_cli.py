@@ -53,6 +53,7 @@ def cli_args(config: str, root: Path, steps: int = 3) -> list[str]:
         ("custom_diffusion", CUSTOM_DIFFUSION_EXPORTS),
     ],
 )
+@pytest.mark.smoke
 def test_fit_in_process_with_the_tiny_overlay(
     config: str, exports: set[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,8 @@ from models.components.contextualizer.store import (
 from pretrained.tiny_sd import ensure_tiny_pipeline
 from train import main
 
+pytestmark = pytest.mark.smoke  # every baseline, loss and export once
+
 MLM_CONFIGS = sorted(
     p.stem
     for p in (REPO_ROOT / "configs" / "diverse_context").glob("*.yaml")

@@ -12,6 +12,8 @@ from test_cli import cli_args, run_folder
 from callbacks.sample_images import SampleImages
 from train import main
 
+pytestmark = pytest.mark.smoke  # every baseline, loss and export once
+
 CONFIGS = {
     "classdiffusion/custom_diffusion": {"spl"},
     "accord/custom_diffusion": {"dd", "pd"},

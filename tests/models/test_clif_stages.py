@@ -22,6 +22,8 @@ from models import CLIFMultiConceptLoRA, CLIFTextTuning, TextualInversion
 from models.components.external_formats import KOHYA_LORA
 from models.lora import LORA_WEIGHTS, load_lora
 
+pytestmark = pytest.mark.smoke  # every baseline, loss and export once
+
 PROMPTS = ["a photo of a <v1> toy", "a photo of a <v2> toy"]
 
 

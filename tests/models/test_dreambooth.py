@@ -167,6 +167,7 @@ def test_export_is_a_plain_pipeline_folder(
     assert torch.equal(matrix[-1], live.vectors[0])
 
 
+@pytest.mark.smoke
 def test_export_loads_in_diffusers_and_samples_what_generate_samples(
     exported: tuple[DreamBooth, Path, list[Path]], tiny_sd_path: Path
 ) -> None:
@@ -182,6 +183,7 @@ def test_export_loads_in_diffusers_and_samples_what_generate_samples(
     assert (ours - base).abs().max() > 1e-2  # the export carries the training
 
 
+@pytest.mark.smoke
 def test_single_file_loads_with_from_single_file_and_samples_the_same(
     exported: tuple[DreamBooth, Path, list[Path]], tiny_sd_path: Path
 ) -> None:

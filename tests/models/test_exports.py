@@ -21,6 +21,8 @@ from models.components.external_formats import A1111_FOLDER, a1111_name
 from models.components.single_file import SINGLE_FILE
 from models.custom_diffusion import load_custom_diffusion
 
+pytestmark = pytest.mark.smoke  # every baseline, loss and export once
+
 CD_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
 CUSTOM_PROCESSORS = (CustomDiffusionAttnProcessor, CustomDiffusionAttnProcessor2_0)
 

@@ -42,6 +42,7 @@ def lora_layers(model: torch.nn.Module) -> dict[str, LoraLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
+@pytest.mark.smoke
 def test_adapters_sit_on_the_attention_projections_only() -> None:
     module, _ = build(rank=2, alpha=3.0, train_text_encoder=True)
     unet_targets = {n.rsplit(".", 1)[-1] if not n.endswith("to_out.0") else "to_out.0"
@@ -139,6 +140,7 @@ def test_export_files_and_keys(exported: tuple[LoRA, Path, list[Path]]) -> None:
     assert {k.split(".", 1)[0] for k in keys} == {"unet", "text_encoder"}
 
 
+@pytest.mark.smoke
 def test_export_loads_with_load_lora_weights_and_samples_the_same(
     exported: tuple[LoRA, Path, list[Path]], tiny_sd_path: Path
 ) -> None:
@@ -171,6 +173,7 @@ def test_the_adapters_matter(exported: tuple[LoRA, Path, list[Path]], tiny_sd_pa
     assert (module_sample(module) - pipe_sample(pipe)).abs().max() > 1e-2
 
 
+@pytest.mark.smoke
 def test_kohya_file_loads_in_diffusers_and_samples_the_same(
     exported: tuple[LoRA, Path, list[Path]], tiny_sd_path: Path
 ) -> None:

@@ -158,6 +158,7 @@ def test_gradients_reach_only_the_mapper(module: VisualEncoder) -> None:
 
 
 # ----- a new subject, export and loader ------------------------------------------------------
+@pytest.mark.smoke
 def test_new_subject_without_training_and_export_round_trip(
     module: VisualEncoder, tmp_path: Path, tiny_sd_path: Path
 ) -> None:

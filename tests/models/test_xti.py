@@ -154,6 +154,7 @@ def _images(pipe: StableDiffusionPipeline, **kwargs: Any) -> torch.Tensor:
     return pipe_sample(pipe, **kwargs)
 
 
+@pytest.mark.smoke
 def test_export_generates_what_the_module_generates(
     xti: XTI, exported: Path, tiny_sd_path: Path
 ) -> None:

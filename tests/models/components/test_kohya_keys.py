@@ -18,6 +18,8 @@ from models.components.external_formats import (
     kohya_module_name,
 )
 
+pytestmark = pytest.mark.smoke  # every baseline, loss and export once
+
 # ComfyUI, SD 1.x text encoder: "lora_te_text_model_encoder_layers_{b}_{LORA_CLIP_MAP[c]}"
 # (and the SDXL-style "lora_te1_text_model_..." for clip_l), c in its LORA_CLIP_MAP.
 COMFY_CLIP_PARTS = "|".join(
