@@ -62,6 +62,7 @@ class ConceptTokens:
         names = [n for c in self.concepts for n in vector_token_names(c.token, num_vectors)]
         tokenizer.add_tokens(names)
         ids = tokenizer.convert_tokens_to_ids(names)
+        self._check_each_reads_its_own_id(names, ids)
         base = text_encoder.get_input_embeddings()
         first = base.num_embeddings
         if ids != list(range(first, first + len(ids))):
@@ -88,8 +89,32 @@ class ConceptTokens:
                         "that is not a word of the vocabulary, e.g. '<v1>' or 'sks-new'."
                     )
                 seen.add(name)
+                # After lowercasing ("Dog" -> dog</w>): the word itself, shadowed in every prompt.
+                read = self.tokenizer(name, add_special_tokens=False).input_ids
+                if len(read) == 1:
+                    raise ValueError(
+                        f"Concept token {name!r} reads as the existing token "
+                        f"{self.tokenizer.convert_ids_to_tokens(read[0])!r} (the tokenizer "
+                        "lowercases and normalises prompts); pick tokens that differ in more "
+                        "than case from the vocabulary's words, e.g. '<v1>'."
+                    )
             if len(self.tokenizer.tokenize(concept.token)) < 1:
                 raise ValueError(f"Concept token {concept.token!r} is empty.")
+
+    def _check_each_reads_its_own_id(self, names: list[str], ids: list[int]) -> None:
+        """A prompt must read each new token as its own id. CLIP's tokenizer lowercases text
+        first, so ``<v1>`` and ``<V1>`` (or ``Dog`` and the word ``dog``) read as one id: one
+        of them would never train, and their A1111 files collide on a case-insensitive disk."""
+        owners = dict(zip(ids, names))
+        for name, own in zip(names, ids):
+            read = self.tokenizer(name, add_special_tokens=False).input_ids
+            if read != [own]:
+                twins = [owners.get(i) or self.tokenizer.convert_ids_to_tokens(i) for i in read]
+                raise ValueError(
+                    f"Concept token {name!r} reads as the same token as "
+                    f"{', '.join(map(repr, twins))} (the tokenizer lowercases and normalises "
+                    "prompts); pick tokens that differ in more than case, e.g. '<v1>' and '<v2>'."
+                )
 
     def _single_token_id(self, word: str, concept: ConceptSpec) -> int:
         ids = self.tokenizer(word, add_special_tokens=False).input_ids

@@ -222,6 +222,23 @@ def test_existing_token_is_rejected(
     assert repr(bad) in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "concepts,bad,twin",
+    [
+        ([ConceptSpec("<v1>", "toy"), ConceptSpec("<V1>", "dog")], "<v1>", "<V1>"),
+        ([ConceptSpec("<V1>", "toy"), ConceptSpec("<v1>", "dog")], "<V1>", "<v1>"),
+        ([ConceptSpec("Dog", "toy")], "Dog", "dog</w>"),  # the vocabulary's word, in capitals
+    ],
+)
+def test_tokens_that_differ_only_in_case_are_rejected(
+    tiny_sd_path: Path, concepts: list[ConceptSpec], bad: str, twin: str
+) -> None:
+    """CLIP's tokenizer lowercases: both tokens would read one id and one would never train."""
+    with pytest.raises(ValueError, match="differ in more than case") as error:
+        _make(tiny_sd_path, concepts)
+    assert repr(bad) in str(error.value) and repr(twin) in str(error.value)
+
+
 @pytest.mark.parametrize("word", ["hello world", "qzxv"])
 def test_multi_token_initializer_is_rejected(tiny_sd_path: Path, word: str) -> None:
     with pytest.raises(ValueError, match="single token") as error:
