@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from callbacks.empty_run import RemoveEmptyRun
 from callbacks.export import ExportWeights
 from callbacks.interrupt import SaveOnInterrupt
 from callbacks.progress import StepProgressBar
@@ -167,6 +168,7 @@ def main(args: list[str] | None = None, run: bool = True) -> PersonalizationCLI:
             "callbacks": [
                 ExportWeights(),
                 SaveOnInterrupt(),  # Ctrl-C / SIGTERM: a checkpoint and an export first
+                RemoveEmptyRun(),  # a failure before step 1 leaves no version_N/ behind
                 LearningRateMonitor(logging_interval="step"),
             ],
             # Checkpoints renamed into place and read weights-only (a class_path, so that

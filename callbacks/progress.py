@@ -57,6 +57,15 @@ class StepProgressBar(TQDMProgressBar):
         if not self.train_progress_bar.disable:
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """End the bar's line, so the error printed next starts a line of its own and no
+        later redraw of the bar writes over it."""
+        bar = self._train_progress_bar  # None when the run failed before training started
+        if bar is not None and not bar.disable:
+            bar.close()
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """The progress-bar metrics (the loss) without the logger's version number."""
         metrics = super().get_metrics(trainer, pl_module)
