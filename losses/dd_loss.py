@@ -15,10 +15,17 @@ model's prior for cg and the unconditional branch is not damaged. The weight is 
 linear t/T times 1/(2 sigma_t^2) written in epsilon space (see ``losses/epsilon_space.py``),
 which is also where t = 1 is guarded. ``stop_concept_gradient`` stops the cp pass too.
 
-Scale: the paper writes ||.||^2 of its Gaussian derivation but gives no reduction; its
-weights (0.1 to 0.3) follow SuDe's code, which ACCORD adopts and which takes the mean over
-latent elements. So ``reduction: mean`` is the default; ``sum`` (the Gaussian's own norm) is
-h * w * C times larger (16,384x at SD 1.5's 64x64x4 latents) and needs weights scaled down.
+Scale: the paper's ||.||^2 is the squared L2 norm of the Gaussian derivation (Eq. 8, from
+Eq. 9's log density), a sum over each sample's latent elements; Eq. (11) sums the weighted
+terms over steps, which the training step's timestep sampling turns into a mean over the batch.
+So ``reduction: sum`` is the default: per-sample sums, then the batch mean. The paper's weights
+(0.1 to 0.3) are for this norm. ``mean`` divides each distance by the element count h * w * C
+(1,024 at the tiny model's 16x16x4 latents, 16,384 at SD 1.5's 64x64x4): at the paper's weights
+that loss is effectively off, and needs its weight scaled up by the element count to mean the
+same. Measured with ``scripts/dd_gradient_share.py`` (Custom Diffusion, weight 0.2, the norm of
+DD's gradient over the denoising loss's): ``sum`` 0.06 to 0.5 on the tiny model at 32 px and
+0.7 to 4.6 at SD 1.5's shapes with random weights (``sd15-random``); ``mean`` 6e-5 to 5e-4 and
+4e-5 to 3e-4.
 
 Cost: the extra conditions run as two batched UNet calls, one with gradient (full and cp) and
 one without (cg and empty; cp too when stopped). When the full caption is the step's own prompt
@@ -68,7 +75,7 @@ class DenoisingDecoupleLoss(Regularizer):
         self,
         weight: float = 0.2,
         stop_concept_gradient: bool = False,
-        reduction: Reduction = "mean",
+        reduction: Reduction = "sum",
         time_weight: TimeWeight = "paper",
     ) -> None:
         """
@@ -76,8 +83,9 @@ class DenoisingDecoupleLoss(Regularizer):
             weight: ACCORD uses 0.1 to 0.3 (Appendix A.4).
             stop_concept_gradient: also stop the gradient of the cp pass (the paper stops cg
                 and empty only).
-            reduction: ``mean`` over latent elements (SuDe's code, which ACCORD follows; the
-                scale the paper's weights are for) or ``sum`` (the Gaussian's own norm).
+            reduction: ``sum`` over each sample's latent elements, the paper's squared norm
+                (the scale its weights are for), then the mean over the batch; or ``mean``
+                over the elements (h * w * C times smaller: scale the weight up to match).
             time_weight: ``paper``: (k + 1) / T for scheduler index k, the paper's 1-based t
                 (the posterior factor's own t); ``index``: k / T.
         """
@@ -121,7 +129,17 @@ class DenoisingDecoupleLoss(Regularizer):
         return (*outputs, *stopped)
 
     def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
-        e_full, e_concept, e_general, e_empty = self.predictions(record, module)
+        return self.from_predictions(self.predictions(record, module), record, module)
+
+    def from_predictions(
+        self,
+        predictions: tuple[torch.Tensor, ...],
+        record: StepRecord,
+        module: PersonalizationModule,
+    ) -> torch.Tensor:
+        """Eq. (11) from ``predictions``' four noise predictions (so several reductions can
+        share one set of UNet calls, as ``scripts/dd_gradient_share.py`` does)."""
+        e_full, e_concept, e_general, e_empty = predictions
         distance = (
             squared_distance(e_full, e_concept, self.reduction)
             + squared_distance(e_full, e_general, self.reduction)

@@ -11,12 +11,20 @@ computed, as the authors' code does (``p_losses`` / ``prob_loss_func_class`` of 
 ldm ``ddpm.py``), on posterior means mu = coef1[t] x_0 + coef2[t] x_t of one x_t per sample:
 mu_sub from the step's own prediction (with gradient, x_0 unclamped), mu_cls and mu_0 from the
 superclass and unconditional ("") passes without gradient, their x_0 clamped to [-1, 1];
-the means run over all elements, batch included; sigma_t^2 is the posterior variance. The
-loss is truncated against the same quantity with mu_cls in place of mu_sub,
-l_ref = -mean (mu_cls - mu_0)^2 / (2 sigma_t^2 + 1e-6) (what the superclass itself scores),
-and rescaled by 1 / coef1[t]:
+sigma_t^2 is the posterior variance; the means run over each sample's latent elements (the
+authors' ``.mean(dim=[1, 2, 3])``), so l is one value per sample. The loss is truncated against
+what the superclass itself scores, with the authors' superclass estimate from the *unclamped*
+x_0, mu_cls~, in the subject's slot:
 
-    L_sude = 1[l > l_ref] * l / coef1[t]        (mean over the batch; the authors use batch 1)
+    l_ref = [ mean (mu_cls~ - mu_cls)^2 - mean (mu_cls~ - mu_0)^2 ] / (2 sigma_t^2 + 1e-6)
+
+(without the clamp mu_cls~ = mu_cls and l_ref = -mean (mu_cls - mu_0)^2 / (2 sigma_t^2 + 1e-6)),
+and rescaled by 1 / coef1[t]. Each sample is kept or dropped on its own, then the batch mean:
+
+    L_sude = mean over the batch of  1[l > l_ref] * l / coef1[t]
+
+(the authors train at batch 1, where this is their loss; at larger batches a sample's decision
+does not depend on the others').
 
 Their recipe (``configs/sude/dreambooth.yaml``): weight 0.4 on DreamBooth with prior
 preservation 2.0, lr 1e-6, batch 1, 800 steps. Options keep the earlier choices: truncation
@@ -70,8 +78,9 @@ class SubjectDerivedLoss(Regularizer):
                 ``zero``: only where l > 0; ``none``: always.
             clamp_x0: clamp the superclass and unconditional x_0 to [-1, 1] (authors).
             divide_by_coef1: divide by the posterior mean's x_0 coefficient (authors).
-            reduction: ``mean`` over all elements, batch included (authors), or ``sum`` over
-                each sample's latent elements (the Gaussian's own norm).
+            reduction: ``mean`` over each sample's latent elements (authors), or ``sum`` over
+                them (the Gaussian's own norm); either way one l per sample, whose
+                truncation is decided on its own, and the batch mean at the end.
         """
         super().__init__(weight)
         if truncation not in ("reference", "zero", "none"):
@@ -94,9 +103,9 @@ class SubjectDerivedLoss(Regularizer):
         self.cache.prefill(module, possible_texts(datamodule, ["superclass_prompts"], also=("",)))
 
     def squared(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Mean over every element (a scalar), or each sample's sum, shape (B,)."""
-        squared = (a - b).pow(2)
-        return squared.mean() if self.reduction == "mean" else squared.flatten(1).sum(dim=1)
+        """Each sample's mean (authors) or sum over its latent elements, shape (B,)."""
+        squared = (a - b).pow(2).flatten(1)
+        return squared.mean(dim=1) if self.reduction == "mean" else squared.sum(dim=1)
 
     def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
         superclass = list(record.batch["superclass_prompts"])
@@ -113,7 +122,15 @@ class SubjectDerivedLoss(Regularizer):
             self.squared(mu_subject, mu_class) - self.squared(mu_subject, mu_empty)
         ) / denominator
         if self.truncation == "reference":
-            reference = -self.squared(mu_class, mu_empty) / denominator
+            # The authors' reference: the superclass's estimate from the unclamped x_0 in the
+            # subject's slot (the same as mu_class without the clamp).
+            mu_class_unclamped = (
+                posterior_mean(noisy, e_class, terms, clamp=False) if self.clamp_x0 else mu_class
+            )
+            reference = (
+                self.squared(mu_class_unclamped, mu_class)
+                - self.squared(mu_class_unclamped, mu_empty)
+            ) / denominator
             loss = torch.where(loss > reference, loss, torch.zeros_like(loss))
         elif self.truncation == "zero":
             loss = torch.where(loss > 0, loss, torch.zeros_like(loss))

@@ -119,9 +119,59 @@ def test_reuses_the_denoising_pass_when_the_caption_is_the_prompt() -> None:
     assert record.model_pred.grad is not None and record.model_pred.grad.abs().sum() > 0
 
 
-def test_defaults_are_the_element_mean_and_the_papers_t() -> None:
+def papers_dd_by_hand(
+    e_full: torch.Tensor,
+    e_concept: torch.Tensor,
+    e_general: torch.Tensor,
+    e_empty: torch.Tensor,
+    timesteps: list[int],
+) -> torch.Tensor:
+    """Eqs. (8) and (11) written out in plain torch (float64), one sample at a time: D_t from
+    the squared L2 norms of whole predictions (sums over every element of a sample), the weight
+    t/T times beta_t / (2 alpha_t (1 - alphabar_{t-1})) at the 1-based t = k + 1 (0 at t = 1),
+    and the mean over the batch."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alphas = 1.0 - betas
+    terms = []
+    for i, k in enumerate(timesteps):
+        full = e_full[i].double()
+        norm_concept = ((full - e_concept[i].double()) ** 2).sum()
+        norm_general = ((full - e_general[i].double()) ** 2).sum()
+        norm_empty = ((full - e_empty[i].double()) ** 2).sum()
+        t = k + 1
+        if t == 1:
+            weight = torch.zeros((), dtype=torch.float64)
+        else:
+            alphabar_previous = torch.prod(alphas[: t - 1])
+            weight = (t / 1000) * betas[t - 1] / (2 * alphas[t - 1] * (1 - alphabar_previous))
+        terms.append(weight * (norm_concept + norm_general - norm_empty).abs())
+    return torch.stack(terms).mean()
+
+
+def test_the_default_is_the_papers_squared_norm() -> None:
+    """Issue 22 (4): with no options, DDLoss is Eq. (11) with Eq. (8)'s squared L2 norms of
+    whole predictions, computed independently here; the element mean it used to default to is
+    h * w * C times smaller and fails this."""
+    module, record, batch = setup_case(seed=3)
+    size = len(TIMESTEPS)
+    states = module.encode_text(
+        batch["caption_full"] + batch["caption_concept"] + batch["caption_general"] + [""] * size
+    ).hidden_states
+    latents = record.noisy_latents.repeat(4, 1, 1, 1)
+    with torch.no_grad():
+        predictions = module.predict_noise(latents, record.timesteps.repeat(4), states)
+    want = papers_dd_by_hand(*predictions.chunk(4), TIMESTEPS)
+    loss = DenoisingDecoupleLoss()(record, module)
+    assert float(want) > 0
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
+    elements = record.noisy_latents[0].numel()
+    mean = DenoisingDecoupleLoss(reduction="mean")(record, module)
+    assert float(mean.detach()) == pytest.approx(float(want) / elements, rel=1e-5)
+
+
+def test_defaults_are_the_papers_norm_and_t() -> None:
     loss = DenoisingDecoupleLoss()
-    assert (loss.reduction, loss.time_weight) == ("mean", "paper")
+    assert (loss.weight, loss.reduction, loss.time_weight) == (0.2, "sum", "paper")
     # At index k = 1 the weight is 2 / T, not 1 / T: the linear weight and the posterior factor
     # read the same t.
     module, record, batch = setup_case()
