@@ -40,8 +40,9 @@ from generation.video import (
     generate_frames,
     write_video,
 )
+from pretrained.resolve import resolve_pretrained
 from pretrained.tiny_motion_adapter import TINY_MOTION_ADAPTER_NAME, resolve_motion_adapter
-from pretrained.tiny_sd import TINY_MODEL_NAME, TINY_RESOLUTION, resolve_pretrained
+from pretrained.tiny_sd import TINY_MODEL_NAME, TINY_RESOLUTION
 
 SD15_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
 DEFAULT_PROMPT = "a {} running on the grass"

@@ -37,7 +37,7 @@ from models.components.attention.xti_layers import (
     reserve_layer_tokens,
 )
 from models.components.text.encoding import TextEncoding, tokenize_padded
-from pretrained.tiny_sd import resolve_pretrained
+from pretrained.resolve import resolve_pretrained
 
 XTI_EMBEDS = "xti_embeds.safetensors"
 

@@ -9,7 +9,8 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from pretrained.hub import looks_like_path
-from pretrained.tiny_sd import TINY_MODEL_NAME, resolve_pretrained
+from pretrained.resolve import resolve_pretrained
+from pretrained.tiny_sd import TINY_MODEL_NAME
 
 
 @dataclass

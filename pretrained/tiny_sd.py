@@ -20,7 +20,6 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from core.cache import cache_root
-from pretrained.hub import resolve_folder_or_hub_id
 from pretrained.tiny_tokenizer import write_tiny_clip_tokenizer
 
 TINY_MODEL_NAME = "tiny-sd"
@@ -187,27 +186,6 @@ def ensure_tiny_pipeline() -> Path:
 def ensure_tiny_clip() -> Path:
     """The tiny CLIP folder (transformers layout), built on first use."""
     return ensure_built(TINY_CLIP_NAME, save_tiny_clip, "preprocessor_config.json")
-
-
-def resolve_pretrained(
-    name_or_path: str,
-    option: str = "the model option",
-    revision: str | None = None,
-    tiny_name: str = TINY_MODEL_NAME,
-) -> str:
-    """Map ``tiny-sd`` / ``tiny-clip`` to their cache folders, and a hub id to itself when the
-    hub is reachable, else to its cached snapshot, else a one-line error (pretrained/hub.py);
-    a folder is returned as given."""
-    if name_or_path == TINY_MODEL_NAME:
-        return str(ensure_tiny_pipeline())
-    if name_or_path == TINY_CLIP_NAME:
-        return str(ensure_tiny_clip())
-    if name_or_path == SD15_RANDOM_NAME:
-        from pretrained.sd15_random import ensure_sd15_random
-
-        return str(ensure_sd15_random())
-    tiny = f"{tiny_name!r} for its tiny offline twin"
-    return resolve_folder_or_hub_id(name_or_path, option, tiny, revision)
 
 
 MODEL_INDEX_JSON = """{

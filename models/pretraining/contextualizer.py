@@ -48,7 +48,7 @@ from models.components.text.masking import (
     prompt_positions,
     trim_padding,
 )
-from pretrained.tiny_sd import resolve_pretrained
+from pretrained.resolve import resolve_pretrained
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:

@@ -11,7 +11,7 @@ from huggingface_hub import constants
 
 from pretrained import hub
 from pretrained.hub import HubUnavailableError, resolve_hub_id
-from pretrained.tiny_sd import resolve_pretrained
+from pretrained.resolve import resolve_pretrained
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
 from pretrained.hub import HubUnavailableError
+from pretrained.resolve import resolve_pretrained
 from pretrained.stable_diffusion import load_components
-from pretrained.tiny_sd import TINY_MODEL_NAME, resolve_pretrained, save_tiny_pipeline
+from pretrained.tiny_sd import TINY_MODEL_NAME, save_tiny_pipeline
 
 SUBFOLDERS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"

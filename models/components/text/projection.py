@@ -14,7 +14,8 @@ from torch import nn
 from transformers import AutoConfig, CLIPConfig, CLIPTextModelWithProjection
 from transformers.utils import logging as hf_logging
 
-from pretrained.tiny_sd import TINY_CLIP_NAME, TINY_MODEL_NAME, resolve_pretrained
+from pretrained.resolve import resolve_pretrained
+from pretrained.tiny_sd import TINY_CLIP_NAME, TINY_MODEL_NAME
 
 SD1_CLIP = "openai/clip-vit-large-patch14"  # SD 1.x's text encoder is this model's text tower
 

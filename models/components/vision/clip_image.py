@@ -18,7 +18,8 @@ from transformers import CLIPModel
 from transformers.utils import logging as hf_logging
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from pretrained.tiny_sd import TINY_CLIP_NAME, resolve_pretrained
+from pretrained.resolve import resolve_pretrained
+from pretrained.tiny_sd import TINY_CLIP_NAME
 
 
 def _normalisation(path: str) -> tuple[list[float], list[float]]:

@@ -31,7 +31,8 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from core.images import resize_and_crop, to_tensor
-from pretrained.tiny_sd import TINY_CLIP_NAME, TINY_MODEL_NAME, resolve_pretrained
+from pretrained.resolve import resolve_pretrained
+from pretrained.tiny_sd import TINY_CLIP_NAME, TINY_MODEL_NAME
 
 # IP-Adapter's image encoder for SD 1.5 (OpenCLIP ViT-H/14 as CLIPVisionModelWithProjection).
 IP_ADAPTER_ENCODER = ("h94/IP-Adapter", "models/image_encoder")
