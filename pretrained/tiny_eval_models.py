@@ -36,13 +36,8 @@ from transformers import (
 )
 
 from core.dreambench import DREAMBENCH_CLASS_WORDS, DREAMBENCH_LIVE, DREAMBENCH_OBJECT
-from pretrained.tiny_sd import (
-    TINY_TRANSFORMER,
-    ensure_built,
-    resolve_pretrained,
-    seeded,
-    tiny_vision_config,
-)
+from pretrained.resolve import resolve_pretrained
+from pretrained.tiny_sd import TINY_TRANSFORMER, ensure_built, seeded, tiny_vision_config
 from pretrained.vgg import VGGFeatures
 
 TINY_IMAGE = 32  # BLIP / BLIP-2 input side; DINO keeps its real 224 input (cheap at width 32)

@@ -3,8 +3,9 @@
 No weights can be downloaded here, so the project makes its own: the same component classes as
 SD 1.5 (UNet2DConditionModel with cross-attention, AutoencoderKL, CLIPTextModel, a CLIP
 tokenizer, SD's noise schedule), a few thousand times smaller and seeded, saved once into a cache
-folder. Configs name it ``tiny-sd`` where they would name a hub id; `resolve_pretrained` maps the
-name to the folder and everything after that is the ordinary ``from_pretrained`` path.
+folder. Configs name it ``tiny-sd`` where they would name a hub id; ``resolve_pretrained``
+(pretrained/resolve.py) maps the name to the folder and everything after that is the ordinary
+``from_pretrained`` path.
 """
 
 from __future__ import annotations
