@@ -28,7 +28,7 @@ from callbacks.export import ExportWeights
 from callbacks.interrupt import SaveOnInterrupt
 from callbacks.progress import StepProgressBar
 from callbacks.run_summary import summary_lines
-from core.errors import config_files, user_message
+from core.errors import config_files, environment_message, user_message
 from core.run_config import EVALUATING_COMMANDS, with_run_config
 from core.threads import configure_torch_threads
 from models.components.finite_guard import NonFiniteError
@@ -187,10 +187,11 @@ def interrupted_by(trainer: L.Trainer) -> signal.Signals | None:
 
 
 def run_from_command_line(argv: list[str]) -> int:
-    """``main`` with user errors as one line, ``error: ...``, exit code 2 (a non-finite loss:
-    exit code 1); ``--debug`` or PERSONALIZE_DEBUG=1 shows the traceback instead. A run
-    stopped by Ctrl-C or SIGTERM exits 130 / 143 once its checkpoint is saved (so
-    ``stage1 && stage2`` stops and a cluster requeues it); a finished one says where it went."""
+    """``main`` with user errors as one line, ``error: ...``, exit code 2 (a non-finite loss
+    or a full disk: exit code 1); ``--debug`` or PERSONALIZE_DEBUG=1 shows the traceback
+    instead. A run stopped by Ctrl-C or SIGTERM exits 130 / 143 once its checkpoint is saved
+    (so ``stage1 && stage2`` stops and a cluster requeues it); a finished one says where it
+    went."""
     debug = "--debug" in argv or os.environ.get("PERSONALIZE_DEBUG", "") not in ("", "0")
     args = [a for a in argv if a != "--debug"]
     sys.argv = [sys.argv[0], *args]  # LightningCLI reads the command line itself
@@ -208,6 +209,10 @@ def run_from_command_line(argv: list[str]) -> int:
     except Exception as error:
         if debug:
             raise
+        problem = environment_message(error)  # the machine's, not the input's: a full disk
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            return 1
         message = user_message(error, config_files(args))
         if message is None:
             traceback.print_exc()

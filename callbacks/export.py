@@ -79,7 +79,11 @@ class ExportWeights(L.Callback):
             return  # the step's second checkpoint file (last.ckpt): same weights, one export
         staging = final.with_name(f".{final.name}.pending")
         shutil.rmtree(staging, ignore_errors=True)
-        self._export(pl_module, staging)
+        try:
+            self._export(pl_module, staging)
+        except BaseException:  # a full disk midway: no hidden half-written folder is left
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         self._pending.append((staging, final))
 
     def place_pending(self) -> None:

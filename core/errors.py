@@ -1,4 +1,5 @@
-"""One clear line for what a user got wrong: ``error: <what, and the fix>``, exit code 2.
+"""One clear line for what a user got wrong: ``error: <what, and the fix>``, exit code 2; and
+for what the machine lacks (a full disk): ``error: ...``, exit code 1 (`environment_message`).
 
 The project's own checks raise ValueError / FileNotFoundError / ... with a message that names
 the problem and the fix; jsonargparse wraps them (a class's ``__init__`` failing inside a
@@ -9,6 +10,7 @@ what is wrong, keeping the parser's "Parser key ..." prefix where it adds the op
 
 from __future__ import annotations
 
+import errno
 from argparse import ArgumentError
 from pathlib import Path
 
@@ -73,6 +75,46 @@ def user_message(error: BaseException, config_files: list[str] | None = None) ->
     if fix is not None:
         message = f"{message.rstrip('.!')}: {fix}."
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+# The environment, not the input: the same command succeeds where the disk has room.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_TEXTS = ("No space left on device", "StorageFull", "Disk quota exceeded")
+
+
+def environment_message(error: BaseException) -> str | None:
+    """The one-line message for an error of the machine (a full disk: exit code 1), or None.
+
+    safetensors reports a full disk as its own SafetensorError ("IoError(Os { code: 28, kind:
+    StorageFull, ... })"), Python as an OSError with errno ENOSPC (and the file's name)."""
+    for link in exception_chain(error):
+        full = isinstance(link, OSError) and link.errno in DISK_FULL_ERRNOS
+        if full or any(text in str(link) for text in DISK_FULL_TEXTS):
+            file = getattr(link, "filename", None)
+            where = f" writing {file}" if file else ""
+            return (
+                f"no space left on device{where}; free space or point "
+                "trainer.default_root_dir (or PERSONALIZE_CACHE) at a disk with room; resume "
+                "from the last checkpoint (--ckpt_path <run>/checkpoints/last.ckpt)."
+            )
+    return None
+
+
+def read_utf8_text(path: str | Path) -> str:
+    """A user's text file (prompts, captions) as UTF-8 (a byte-order mark is skipped); other
+    bytes are a ValueError naming the file, the line and the byte, and the fix."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        start = data.rfind(b"\n", 0, error.start) + 1
+        column = len(data[start : error.start].decode("utf-8", errors="replace")) + 1
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte 0x{data[error.start]:02x} at line {line}, column "
+            f"{column} cannot be decoded; save the file as UTF-8 (an editor's 'Save with "
+            "encoding', or iconv -f latin1 -t utf-8)."
+        ) from None
 
 
 def _parses(path: str) -> bool:

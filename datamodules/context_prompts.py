@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from core.errors import read_utf8_text
 from datamodules import context_words as words
 from datamodules.prompts import check_templates
 
@@ -152,7 +153,7 @@ def read_prompt_file(path: str | Path) -> list[str]:
             "per line and '{}' where the concept phrase goes."
         )
     templates: list[str] = []
-    for number, raw in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(read_utf8_text(file).splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

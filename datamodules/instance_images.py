@@ -38,6 +38,13 @@ def load_rgb_image(file: Path) -> Image.Image:
         with Image.open(file) as image:
             image.load()
             oriented = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError:
+        width, height = pixel_size(file)
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # PIL refuses above twice its warning size
+        raise ValueError(
+            f"Photo {str(file)!r} is {width}x{height} px ({width * height:,} pixels), over the "
+            f"{limit:,} PIL opens safely; use a smaller copy (e.g. 2048 px on the long side)."
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(
             f"Cannot read image {str(file)!r} ({error}); remove or replace that file."
@@ -55,6 +62,18 @@ def load_rgb_image(file: Path) -> Image.Image:
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
     return oriented.convert("RGB")
+
+
+def pixel_size(file: Path) -> tuple[int, int]:
+    """An image's width and height from its header, even past PIL's decompression-bomb limit
+    (nothing is decoded)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(file) as image:
+            return image.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def check_photo_sizes(images: list[Image.Image], folder: str | None, resolution: int) -> None:

@@ -141,8 +141,15 @@ class PersonalizationDataModule(L.LightningDataModule):
                 "true for several subjects of one token)."
             )
         self.templates = check_templates(prompt_templates or SIMPLE_TEMPLATES)
-        if resolution < 8 or batch_size < 1 or repeats < 1:
-            raise ValueError("resolution >= 8, batch_size >= 1 and repeats >= 1 are required.")
+        for option, value, least, what in (
+            ("resolution", resolution, 8, "the side in pixels, e.g. 512"),
+            ("batch_size", batch_size, 1, "photos per step, e.g. 1"),
+            ("repeats", repeats, 1, "passes over the photos per epoch, e.g. 100"),
+        ):
+            if value < least:
+                raise ValueError(
+                    f"data.init_args.{option} is {value}; it must be >= {least} ({what})."
+                )
         if not 0.0 <= flip_probability <= 1.0:
             raise ValueError(f"flip_probability is a chance in [0, 1], got {flip_probability}.")
         self.resolution, self.random_crop = resolution, random_crop

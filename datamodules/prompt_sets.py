@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.dreambench import DREAMBENCH_LIVE, DREAMBENCH_OBJECT, LIVE_CLASS_WORDS
+from core.errors import read_utf8_text
 from datamodules.multi_prompts import MULTI_CONCEPT_PROMPTS, check_multi_templates, is_multi_concept
 from datamodules.prompts import check_templates
 
@@ -41,7 +42,7 @@ def load_prompt_file(path: str | Path) -> list[str]:
             "line, each holding '{}' where the concept goes (or '{0}', '{1}', ... for several "
             "concepts), or 'dreambench' or 'multi'."
         )
-    lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    lines = [line.strip() for line in read_utf8_text(file).splitlines()]
     templates = [line for line in lines if line and not line.startswith("#")]
     if not templates:
         raise ValueError(f"Prompt file {str(file)!r} holds no prompts (one per line).")

@@ -48,9 +48,9 @@ def tiny_photos(root: Path) -> Path:
     return folder
 
 
-def captioned_photos(root: Path, caption: str) -> Path:
+def captioned_photos(root: Path, caption: str, encoding: str = "utf-8") -> Path:
     folder = photos(root / "captioned")
-    (folder / "captions.txt").write_text(f"00.png: {caption}\n")
+    (folder / "captions.txt").write_bytes(f"00.png: {caption}\n".encode(encoding))
     return folder
 
 
@@ -75,6 +75,23 @@ def regularizer(class_path: str, **init_args: object) -> list[str]:
     args = ", ".join(f"{k}: {v}" for k, v in {"weight": 1, **init_args}.items())
     value = f"[{{class_path: {class_path}, init_args: {{{args}}}}}]"
     return ["--model.init_args.regularizers", value]
+
+
+def huge_photo(root: Path) -> Path:
+    """Photos and one of 20000x20000 px (one colour, 1 bit: a small PNG) that PIL refuses."""
+    folder = photos(root / "huge")
+    Image.new("1", (20_000, 20_000)).save(folder / "03.png")
+    with pytest.raises(Image.DecompressionBombError):  # what the photo stands for
+        Image.open(folder / "03.png")
+    return folder
+
+
+def latin1_file(root: Path, name: str, text: str) -> Path:
+    """A text file saved as Latin-1, not UTF-8 (its 'é' is the byte 0xe9)."""
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode("latin-1"))
+    return path
 
 
 def corrupt_photo(root: Path) -> Path:
@@ -188,7 +205,39 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda r: ["--data.init_args.flip_probability", "1.5"],
         "flip_probability is a chance in [0, 1]",
     ),
-    "batch size 0": (lambda r: ["--data.init_args.batch_size", "0"], "batch_size >= 1"),
+    "batch size 0": (
+        lambda r: ["--data.init_args.batch_size", "0"],
+        "data.init_args.batch_size is 0; it must be >= 1",
+    ),
+    "repeats 0": (
+        lambda r: ["--data.init_args.repeats", "0"],
+        "data.init_args.repeats is 0; it must be >= 1",
+    ),
+    "resolution 4": (
+        lambda r: ["--data.init_args.resolution", "4"],
+        "data.init_args.resolution is 4; it must be >= 8",
+    ),
+    "photo of 20000x20000 px": (
+        lambda r: photo_args(str(huge_photo(r))),
+        "03.png' is 20000x20000 px (400,000,000 pixels), over the 178,956,970 PIL opens "
+        "safely; use a smaller copy (e.g. 2048 px on the long side)",
+    ),
+    "evaluation prompt file not UTF-8": (
+        lambda r: [
+            "--data.init_args.eval_prompts.source",
+            str(latin1_file(r, "prompts.txt", "a {} on the beach\na {} in a café\n")),
+        ],
+        "prompts.txt is not UTF-8 text: byte 0xe9 at line 2, column 14 cannot be decoded; "
+        "save the file as UTF-8",
+    ),
+    "captions.txt not UTF-8": (
+        lambda r: [
+            *regularizer("losses.dd_loss.DenoisingDecoupleLoss"),
+            *photo_args(str(captioned_photos(r, "a {} in a café", "latin-1"))),
+        ],
+        "captions.txt is not UTF-8 text: byte 0xe9 at line 1, column 22 cannot be decoded; "
+        "save the file as UTF-8",
+    ),
     "negative noise offset": (
         lambda r: ["--model.init_args.noise_offset", "-1"],
         "noise_offset must be finite and >= 0",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.concept import ConceptSpec
+from core.errors import read_utf8_text
 from datamodules.captioning import caption_photos
 from datamodules.extras import SampleExtra
 from datamodules.instance_images import list_image_files
@@ -72,7 +73,7 @@ def read_captions(folder: Path) -> list[str] | None:
     if not path.exists():
         return None
     by_name: dict[str, str] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(read_utf8_text(path).splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

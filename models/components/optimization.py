@@ -8,6 +8,7 @@ stays small and still resumes exactly (``strict_loading`` is off on the module).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,9 +66,38 @@ class OptimizationMixin:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        missing = self.trainable_state_keys() - set(checkpoint["state_dict"])
+        """Refuse a checkpoint of other trained weights (another baseline, another ``rank``)
+        before Lightning loads it, naming a weight and the fix."""
+        trained = self.trainable_state_keys()
+        stored = checkpoint["state_dict"]
+        fix = f"resume with the settings the checkpoint was trained with ({self._run_config()})"
+        missing = trained - set(stored)
         if missing:
             raise KeyError(
                 f"Checkpoint lacks {len(missing)} trained weights of {type(self).__name__} "
-                f"(e.g. {sorted(missing)[:3]}); was it written by another baseline or config?"
+                f"(e.g. {sorted(missing)[:3]}): it was written by another model or config; "
+                f"{fix}."
             )
+        unexpected = sorted(set(stored) - trained)
+        if unexpected:
+            raise ValueError(
+                f"the checkpoint holds {len(unexpected)} weights that {type(self).__name__} "
+                f"with these settings does not train (e.g. {unexpected[0]!r}): it was written "
+                f"by another model or config; {fix}."
+            )
+        own = dict(self.named_parameters())
+        for key in sorted(trained):
+            if tuple(stored[key].shape) != tuple(own[key].shape):
+                raise ValueError(
+                    f"the checkpoint's weight {key!r} is {list(stored[key].shape)} but "
+                    f"{list(own[key].shape)} in this run (another rank, num_vectors or model?); "
+                    f"{fix}."
+                )
+
+    def _run_config(self) -> str:
+        """The config.yaml of the checkpoint's run, beside its checkpoints/ folder, if known."""
+        path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        config = Path(path).parent.parent / "config.yaml" if path else None
+        if config is not None and config.is_file():
+            return f"--config {config}"
+        return "the config.yaml of its run"

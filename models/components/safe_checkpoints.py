@@ -3,13 +3,16 @@ are written atomically (`AtomicCheckpointIO`, the trainer's checkpoint plugin in
 
 A checkpoint of this project holds tensors, numbers, strings and plain containers (the trained
 weights, optimizer and loop state). One that carries a pickled object could run code when
-unpickled, so it is refused before Lightning opens it, with a message that says why.
+unpickled, so it is refused before Lightning opens it, with a message that says why. A damaged
+one (a block whose bytes changed: the zip archive's checksums say so, or cut short) is told
+apart from that, and named as damaged.
 """
 
 from __future__ import annotations
 
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -37,24 +40,64 @@ def load_weights_only(path: str | Path, map_location: Any = "cpu") -> dict[str, 
             f"(e.g. {str(file / 'last.ckpt')!r})."
         )
     if file.is_file() and not zipfile.is_zipfile(file):  # torch.save writes a zip archive
-        raise ValueError(
-            f"{str(file)!r} is not a PyTorch checkpoint (not a torch.save archive); give a "
-            ".ckpt a run wrote (its checkpoints/ folder)."
-        )
+        raise damaged(file, "not a torch.save archive: another kind of file, or cut short")
     if not file.is_file():
         raise FileNotFoundError(
             f"checkpoint {str(file)!r} does not exist; give a .ckpt of a run's checkpoints/ "
             "folder (last.ckpt is written by save_last)."
         )
+    check_intact(file)
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        said = str(error).split("WeightsUnpickler error:")[-1].strip() or type(error).__name__
+        detail = said.splitlines()[0].split(". ")[0].rstrip(".")
+        if not any(marker in detail for marker in REFUSED_OBJECT_MARKERS):
+            raise damaged(file, detail) from error
         raise UnsafeCheckpointError(
             f"checkpoint {str(file)!r} holds pickled Python objects, which this project never "
-            f"writes and will not unpickle (it could run code): {first}. Resume from a "
+            f"writes and will not unpickle (it could run code): {detail}. Resume from a "
             "checkpoint this project wrote."
         ) from error
+    except (EOFError, UnicodeDecodeError) as error:
+        raise damaged(file, f"{type(error).__name__}: {error}") from error
+    except RuntimeError as error:  # torch's zip reader: "PytorchStreamReader failed ..."
+        if "PytorchStreamReader" not in str(error):
+            raise
+        raise damaged(file, str(error).splitlines()[0]) from error
+
+
+# What torch's weights-only unpickler says of an object it refuses (anything else it says of a
+# pickle it cannot read: "Unsupported operand 127", a damaged one).
+REFUSED_OBJECT_MARKERS = ("GLOBAL", "allowlisted")
+
+
+def damaged(file: Path, detail: str) -> ValueError:
+    return ValueError(
+        f"checkpoint {str(file)!r} is damaged or is not a PyTorch checkpoint ({detail}); give "
+        "another checkpoint of the run (its last.ckpt, or an earlier step's .ckpt in its "
+        "checkpoints/ folder)."
+    )
+
+
+_INTACT: set[tuple[str, int, int]] = set()  # (path, size, mtime) checked already: read once
+
+
+def check_intact(file: Path) -> None:
+    """Every block of the checkpoint's zip archive matches its checksum (torch itself does not
+    check them: a changed byte in a tensor's block would load as a changed weight)."""
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _INTACT:
+        return
+    try:
+        with zipfile.ZipFile(file) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, zlib.error) as error:
+        raise damaged(file, f"{type(error).__name__}: {error}") from error
+    if bad is not None:
+        raise damaged(file, f"its block {bad!r} does not match its checksum")
+    _INTACT.add(key)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
