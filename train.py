@@ -31,9 +31,9 @@ from callbacks.run_summary import summary_lines
 from core.errors import config_files, environment_message, user_message
 from core.run_config import EVALUATING_COMMANDS, with_run_config
 from core.threads import configure_torch_threads
-from models.components.finite_guard import NonFiniteError
-from models.components.safe_checkpoints import check_loads_weights_only
 from pretrained.tiny_sd import TINY_MODEL_NAME
+from training.finite_guard import NonFiniteError
+from training.safe_checkpoints import check_loads_weights_only
 
 # True when train.py runs as a program, not when tests call it in-process.
 _from_command_line = False
@@ -173,7 +173,7 @@ def main(args: list[str] | None = None, run: bool = True) -> PersonalizationCLI:
             ],
             # Checkpoints renamed into place and read weights-only (a class_path, so that
             # --print_config round-trips).
-            "plugins": [{"class_path": "models.components.safe_checkpoints.AtomicCheckpointIO"}],
+            "plugins": [{"class_path": "training.safe_checkpoints.AtomicCheckpointIO"}],
         },
         args=args,
         run=run,

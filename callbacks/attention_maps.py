@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from callbacks.analysis import AnalysisCallback
+from callbacks.attention_capture import AttentionCapture
 from callbacks.context_prompts import check_context_prompts
 from callbacks.render import heatmap_overlay, labelled_grid
 from callbacks.token_positions import concept_token_ids, find_positions, word_token_ids
 from core.images import make_grid
 from generation.evaluation import preview_steps
 from models.base import PersonalizationModule
-from models.components.attention.capture import AttentionCapture
 
 DEFAULT_ATTENTION_PROMPTS: dict[str, str] = {
     "a {} on the beach": "beach",

@@ -30,8 +30,8 @@ from sklearn.manifold import TSNE
 from callbacks.analysis import AnalysisCallback
 from callbacks.drift_phrases import ADJECTIVES, adjective_phrases, article
 from callbacks.drift_plot import DriftPlot
+from components.text_masking import trim_padding
 from models.base import PersonalizationModule
-from models.components.text.masking import trim_padding
 
 
 def pooled_features(

@@ -34,7 +34,7 @@ from datamodules.sampler import ResumableDataLoader, batches_done, resumable_loa
 from datamodules.synthetic_concept import draw_synthetic_concept
 
 # sample_key: the sample's place in the run's sample stream, which keys its noise (the model's
-# components/sample_draws), so the draws do not depend on the rank or the local batch.
+# step/draws.py), so the draws do not depend on the rank or the local batch.
 BASE_BATCH_KEYS = frozenset(
     {"pixel_values", "prompts", "loss_mask", "concept_index", "cache_key", "sample_key"}
 )

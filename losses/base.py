@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from models.components.step_record import StepRecord
-from models.components.text.encoding import TextEncoding
-from models.components.text.requests import TextRequest, encode_request
+from step.encoding import TextEncoding
+from step.record import StepRecord
+from step.requests import TextRequest, encode_request
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule

@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from components.clip_image import ClipImageFeatures
+from components.text_masking import trim_padding
+from components.text_projection import default_clip_for, project
 from losses.base import Regularizer
-from models.components.step_record import StepRecord
-from models.components.text.masking import trim_padding
-from models.components.text.projection import default_clip_for, project
-from models.components.text.requests import TextRequest
-from models.components.vision.clip_image import ClipImageFeatures
+from step.record import StepRecord
+from step.requests import TextRequest
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule
-    from models.components.text.encoding import TextEncoding
+    from step.encoding import TextEncoding
 
 CLIF_BATCH_KEYS = frozenset({"clif_pixel_values", "clif_prompts"})
 

@@ -47,7 +47,7 @@ from losses.epsilon_space import (
     squared_distance,
 )
 from losses.prompt_cache import FrozenPromptCache, possible_texts
-from models.components.step_record import StepRecord
+from step.record import StepRecord
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule

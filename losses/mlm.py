@@ -32,17 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from losses.base import Regularizer
-from models.components.contextualizer.network import Contextualizer, padding_after_eos
-from models.components.contextualizer.store import (
+from components.contextualizer.network import Contextualizer, padding_after_eos
+from components.contextualizer.store import (
     check_compatible,
     default_contextualizer_dir,
     load_contextualizer,
     pretraining_command,
 )
-from models.components.step_record import StepRecord
-from models.components.text.encoding import TextEncoding
-from models.components.text.masking import (
+from components.text_masking import (
     apply_mask,
     draw_mask,
     masked_cross_entropy,
@@ -50,7 +47,10 @@ from models.components.text.masking import (
     prompt_positions,
     trim_padding,
 )
-from models.components.text.requests import TextRequest, encode_request
+from losses.base import Regularizer
+from step.encoding import TextEncoding
+from step.record import StepRecord
+from step.requests import TextRequest, encode_request
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
+from components.text_masking import trim_padding
+from components.text_projection import project
 from losses.base import Regularizer
 from losses.prompt_cache import FrozenPromptCache, possible_texts
-from models.components.step_record import StepRecord
-from models.components.text.masking import trim_padding
-from models.components.text.projection import project
-from models.components.text.requests import TextRequest
+from step.record import StepRecord
+from step.requests import TextRequest
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule

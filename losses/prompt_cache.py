@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from core.concept import token_pattern
-from models.components.text.encoding import TextEncoding
-from models.components.text.requests import TextRequest
+from step.encoding import TextEncoding
+from step.requests import TextRequest
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
+from components.text_projection import project as apply_projection
 from losses.base import Regularizer
 from losses.prompt_cache import FrozenPromptCache, possible_texts
-from models.components.step_record import StepRecord
-from models.components.text.encoding import TextEncoding
-from models.components.text.projection import project as apply_projection
-from models.components.text.requests import TextRequest
+from step.encoding import TextEncoding
+from step.record import StepRecord
+from step.requests import TextRequest
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule

@@ -48,7 +48,7 @@ from losses.epsilon_space import (
     posterior_terms,
 )
 from losses.prompt_cache import FrozenPromptCache, possible_texts
-from models.components.step_record import StepRecord
+from step.record import StepRecord
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule

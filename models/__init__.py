@@ -1,8 +1,7 @@
-"""LightningModules: the shared base and one file per baseline (shared parts in components/).
+"""LightningModules: the shared base and one file per baseline (parts with one user beside it).
 
 Names resolve on first use (PEP 562), so configs' ``class_path: models.CustomDiffusion`` works
-while importing ``models.components`` (which the losses do) pulls in no baseline: the
-baselines import the losses, and an eager import here would close that loop.
+and importing one baseline (or ``models.base`` for a type) loads no other.
 """
 
 from __future__ import annotations

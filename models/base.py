@@ -4,7 +4,7 @@ A baseline subclass says only what differs: which parameters train (``trainable_
 how they are saved (``export``). The base loads Stable Diffusion, freezes it, injects the concept
 tokens, caches instance latents, runs one denoising step into a `StepRecord`, and adds the
 weighted regularizers to the denoising loss. The text path, the optimizer and checkpoint hooks,
-sampling and the test/predict stages come from mixins (models/components/, generation/).
+sampling and the test/predict stages come from mixins (models/text/, training/, generation/).
 
 Longer than most files (~360 lines) on purpose: the constructor's documented options, the
 denoising step and the lifecycle hooks that order it (setup -> data requests -> prefill)
@@ -24,34 +24,34 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from safetensors.torch import save_file
 from torch import nn
 
+from components.text_projection import default_clip_for, load_text_projection
 from core.concept import ConceptSpec
+from exports.external_formats import write_a1111_embedding
 from generation.class_images import prepare_class_images, prepare_generated_images
 from generation.evaluation import EvaluationMixin, EvaluationSettings
 from generation.sampling import SamplingMixin
 from losses.base import Regularizer
-from models.components.external_formats import write_a1111_embedding
-from models.components.finite_guard import check_loss_parts
-from models.components.memory import (
+from models.text.concept_tokens import ConceptTokens
+from models.text.text_path import TextPathMixin
+from pretrained.stable_diffusion import load_components
+from step.draws import (
+    INSTANCE_SALT,
+    PRIOR_SALT,
+    VALIDATION_SALT,
+    SampleDraws,
+)
+from step.prior import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
+from step.record import StepRecord
+from step.requests import TextRequest
+from training.finite_guard import check_loss_parts
+from training.memory import (
     MemorySettings,
     autocast_calls,
     check_mixed_precision,
     enable_gradient_checkpointing,
     store_frozen_in,
 )
-from models.components.optimization import OptimizationMixin
-from models.components.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
-from models.components.sample_draws import (
-    INSTANCE_SALT,
-    PRIOR_SALT,
-    VALIDATION_SALT,
-    SampleDraws,
-)
-from models.components.step_record import StepRecord
-from models.components.text.concept_tokens import ConceptTokens
-from models.components.text.projection import default_clip_for, load_text_projection
-from models.components.text.requests import TextRequest
-from models.components.text.text_path import TextPathMixin
-from pretrained.stable_diffusion import load_components
+from training.optimization import OptimizationMixin
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -108,7 +108,7 @@ class PersonalizationModule(
             evaluation: how ``test`` / ``predict`` generate and what ``test`` scores
                 (generation/evaluation.py; test_step and predict_step come from its mixin).
             memory: half-stored frozen weights, gradient checkpointing, 8-bit AdamW, a
-                compiled UNet (models/components/memory.py); applied in ``setup``, once the
+                compiled UNet (training/memory.py); applied in ``setup``, once the
                 baseline has made its trained parameters.
         """
         super().__init__()
@@ -210,7 +210,7 @@ class PersonalizationModule(
     def sample_draws(
         self, batch: dict[str, Any], step: int, salt: int = INSTANCE_SALT
     ) -> SampleDraws:
-        """Each sample's own random draws, keyed by its ``sample_key`` (components/sample_draws).
+        """Each sample's own random draws, keyed by its ``sample_key`` (step/draws.py).
 
         A batch without keys (built by hand) is keyed by (step, rank, position) instead.
         """

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from models.components.lora_adapters import LORA_WEIGHTS
 from models.lora import LoRA
+from models.lora_adapters import LORA_WEIGHTS
 
 DIGEST_KEY = "clif_stage1_digest"
 

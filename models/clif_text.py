@@ -18,15 +18,15 @@ from torch import nn
 
 from losses.clif import CLIF_BATCH_KEYS, ContrastiveLanguageImageLoss
 from models.base import PersonalizationModule
-from models.components.lora_adapters import (
+from models.lora_adapters import (
     TEXT_ENCODER_TARGETS,
     add_seeded_adapters,
     check_lora_options,
     lora_parameters,
     save_lora_layers,
 )
-from models.components.sample_draws import SampleDraws
-from models.components.text.requests import encode_request
+from step.draws import SampleDraws
+from step.requests import encode_request
 
 STAGE1_REQUESTER = "CLIF stage 1 (models.CLIFTextTuning)"
 

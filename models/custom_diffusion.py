@@ -17,8 +17,8 @@ from diffusers.models.attention_processor import AttnProcessor2_0, CustomDiffusi
 from safetensors.torch import save_file
 from torch import nn
 
+from exports.single_file import SINGLE_FILE, write_single_file
 from models.base import PersonalizationModule
-from models.components.single_file import SINGLE_FILE, write_single_file
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline

@@ -16,9 +16,9 @@ from typing import Any
 
 from torch import nn
 
+from exports.external_formats import write_a1111_embedding
+from exports.single_file import SINGLE_FILE, write_single_file
 from models.base import PersonalizationModule
-from models.components.external_formats import write_a1111_embedding
-from models.components.single_file import SINGLE_FILE, write_single_file
 
 
 class DreamBooth(PersonalizationModule):

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from exports.external_formats import KOHYA_LORA, write_kohya_lora
 from models.base import PersonalizationModule
-from models.components.external_formats import KOHYA_LORA, write_kohya_lora
-from models.components.lora_adapters import (
+from models.lora_adapters import (
     LORA_WEIGHTS,
     TEXT_ENCODER_TARGETS,
     UNET_TARGETS,

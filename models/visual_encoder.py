@@ -31,13 +31,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from models.base import PersonalizationModule
-from models.components.sample_draws import SampleDraws
-from models.components.vision.subject_encoder import (
+from models.subject_encoder import (
     SubjectEncoder,
     TokenMapper,
     default_image_encoder,
     load_image_encoder,
 )
+from step.draws import SampleDraws
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline

@@ -2,7 +2,7 @@
 
 Only the per-layer token vectors train (16 layers x num_vectors for SD 1.5). The vectors live
 in the concept-token table (``ConceptTokens``), one block of rows per layer; the mechanics are
-in `models.components.attention.xti_layers`. ``encode_text`` returns the packed per-layer states as
+in `models.xti_layers`. ``encode_text`` returns the packed per-layer states as
 ``layer_states`` (what the UNet is given, via ``TextEncoding.conditioning``) and, as
 ``hidden_states``, the states of one layer, ``text_layer``: by default the middle block's,
 the coarse layer P+ finds to carry the concept's semantics, for losses on the text side.
@@ -26,7 +26,7 @@ from torch import nn
 
 from core.concept import vector_token_names
 from models.base import PersonalizationModule
-from models.components.attention.xti_layers import (
+from models.xti_layers import (
     LayerTokenBlocks,
     check_layers,
     cross_attention_layers,
@@ -36,8 +36,8 @@ from models.components.attention.xti_layers import (
     pack,
     reserve_layer_tokens,
 )
-from models.components.text.encoding import TextEncoding, tokenize_padded
 from pretrained.resolve import resolve_pretrained
+from step.encoding import TextEncoding, tokenize_padded
 
 XTI_EMBEDS = "xti_embeds.safetensors"
 

@@ -44,8 +44,8 @@ from models import (  # noqa: E402
     TextualInversion,
     VisualEncoder,
 )
-from models.components.memory import MemorySettings  # noqa: E402
 from pretrained.sd15_random import ensure_sd15_random, ensure_sd15_random_helpers  # noqa: E402
+from training.memory import MemorySettings  # noqa: E402
 
 DREAMBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "dreambench"
 SWITCHES: dict[str, dict[str, Any]] = {

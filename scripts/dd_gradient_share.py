@@ -42,7 +42,7 @@ from datamodules.extras.captions import split_caption  # noqa: E402
 from datamodules.personalization import PersonalizationDataModule  # noqa: E402
 from losses.dd_loss import DenoisingDecoupleLoss  # noqa: E402
 from models import CustomDiffusion  # noqa: E402
-from models.components.sample_draws import SampleDraws  # noqa: E402
+from step.draws import SampleDraws  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accord" / "custom_diffusion.yaml"
 MODELS = {32: "tiny-sd", 512: "sd15-random"}

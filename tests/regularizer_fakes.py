@@ -15,8 +15,8 @@ from diffusers import DDPMScheduler
 from torch import nn
 
 from core.concept import ConceptSpec
-from models.components.step_record import StepRecord
-from models.components.text.encoding import TextEncoding
+from step.encoding import TextEncoding
+from step.record import StepRecord
 
 BOS, EOS, CONCEPT_ID = 1, 9, 7
 LENGTH, WIDTH = 6, 5  # token positions, hidden size

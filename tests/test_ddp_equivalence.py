@@ -1,10 +1,10 @@
 """Two gloo processes at local batch 1 train exactly what one process at batch 2 trains.
 
-Each sample's noise, timestep and latent sample are keyed by the sample (models/components/
-sample_draws), the ranks take interleaved shares of the same epoch order, and DDP averages the
+Each sample's noise, timestep and latent sample are keyed by the sample (step/
+draws.py), the ranks take interleaved shares of the same epoch order, and DDP averages the
 gradients: what may differ is float reduction order (a batch-2 forward and backward against
 two batch-1 ones plus an all-reduce): about 1e-6 of a step's gradient
-(tests/models/components/test_sample_draws.py), which 7 AdamW steps grow to at most 5e-5 of
+(tests/step/test_draws.py), which 7 AdamW steps grow to at most 5e-5 of
 the weights' change here. Before the draws were keyed by sample, the runs differed by about as
 much as training moved them.
 """

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_cli import cli_args, run_folder
 
 from callbacks.sample_images import SampleImages
-from models.components.contextualizer.store import (
+from components.contextualizer.store import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     default_contextualizer_dir,

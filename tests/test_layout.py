@@ -18,15 +18,18 @@ from pathlib import Path
 import pytest
 from helpers import REPO_ROOT
 
-# Lowest first. ``models.components`` is a room of its own: the losses use the text path the
-# baselines share, and the baselines (``models``) compose the losses.
+# Lowest first (docs/DESIGN.md, "The rooms and their order"): the losses and the baselines
+# share the step contract (``step``) and the model parts below them (``components``).
 ROOMS = (
     "core",
     "pretrained",
     "metrics",
     "datamodules",
     "generation",
-    "models.components",
+    "step",
+    "components",
+    "training",
+    "exports",
     "losses",
     "models",
     "callbacks",
@@ -101,6 +104,85 @@ def upward_imports() -> list[str]:
     return problems
 
 
+def module_graph() -> dict[str, set[str]]:
+    """Each project module -> the project modules its running imports load (an imported name
+    counts as its module: ``from core.concept import ConceptSpec`` -> ``core.concept``)."""
+    paths = {module_name(p): p for p in project_files()}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        targets = set()
+        for _, target in runtime_imports(path.read_text(), name, path.name == "__init__.py"):
+            parts = target.split(".")
+            hits = [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
+            hit = next((h for h in hits if h in paths), None)
+            if hit is not None and hit != name:
+                targets.add(hit)
+        graph[name] = targets
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one node (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The same imports between top-level packages (importing ``a.b.c`` runs ``a``'s
+    ``__init__`` too, so a cycle of packages is a real one)."""
+    packages: dict[str, set[str]] = {}
+    for source, targets in graph.items():
+        top = source.split(".")[0]
+        packages.setdefault(top, set()).update(
+            t.split(".")[0] for t in targets if t.split(".")[0] != top
+        )
+    return packages
+
+
+def test_no_runtime_import_cycle_between_files() -> None:
+    assert import_cycles(module_graph()) == []
+
+
+def test_no_runtime_import_cycle_between_packages() -> None:
+    assert import_cycles(package_graph(module_graph())) == []
+
+
+def test_the_cycle_check_sees_a_cycle() -> None:
+    graph = {"a.x": {"a.y"}, "a.y": {"b.z"}, "b.z": {"a.x"}, "c.w": {"a.x"}}
+    assert import_cycles(graph) == [["a.x", "a.y", "b.z"]]
+    assert import_cycles(package_graph(graph)) == [["a", "b"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
 def test_every_project_module_belongs_to_a_room() -> None:
     assert all(room_of(module_name(p)) for p in project_files())
 
@@ -143,7 +225,7 @@ def test_importing_each_room_pulls_in_no_higher_room() -> None:
         "        importlib.import_module(name)\n"
         "    for loaded in list(sys.modules):\n"
         "        other = room_of(loaded)\n"
-        # a room's parent package loads with it (``models`` for ``models.components``)
+        # a room's parent package loads with it (were a room a subpackage)
         "        parent = any(r.startswith(loaded + '.') for r in rooms[: index + 1])\n"
         "        if other is not None and rooms.index(other) > index and not parent:\n"
         "            problems.append(f'importing {room} loaded {loaded} ({other})')\n"

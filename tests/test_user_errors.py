@@ -356,7 +356,7 @@ def test_debug_shows_the_traceback(
 
 
 def test_the_pickled_checkpoint_is_refused_before_unpickling(tmp_path: Path) -> None:
-    from models.components.safe_checkpoints import UnsafeCheckpointError, check_loads_weights_only
+    from training.safe_checkpoints import UnsafeCheckpointError, check_loads_weights_only
 
     path = pickled_checkpoint(tmp_path)
     with pytest.raises(UnsafeCheckpointError, match="pickled"):

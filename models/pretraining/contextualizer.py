@@ -25,30 +25,30 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from core.concept import ConceptSpec
-from core.options import accepts_options_of
-from models.base import PersonalizationModule
-from models.components.contextualizer.network import (
+from components.contextualizer.network import (
     Contextualizer,
     ContextualizerConfig,
     padding_after_eos,
 )
-from models.components.contextualizer.store import (
+from components.contextualizer.store import (
     default_contextualizer_dir,
     save_contextualizer,
     text_encoder_fingerprint,
     tokenizer_fingerprint,
 )
-from models.components.text.concept_tokens import ConceptEmbedding
-from models.components.text.encoding import tokenize_padded
-from models.components.text.masking import (
+from components.text_masking import (
     apply_mask,
     draw_mask,
     masked_cross_entropy,
     prompt_positions,
     trim_padding,
 )
+from core.concept import ConceptSpec
+from core.options import accepts_options_of
+from models.base import PersonalizationModule
+from models.text.concept_tokens import ConceptEmbedding
 from pretrained.resolve import resolve_pretrained
+from step.encoding import tokenize_padded
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:

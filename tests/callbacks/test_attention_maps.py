@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from callbacks.attention_capture import AttentionCapture
 from callbacks.attention_maps import AttentionMaps, region_mean, subject_mask, symmetric_kl
 from core.concept import ConceptSpec
 from models import CustomDiffusion
-from models.components.attention.capture import AttentionCapture
 
 NO_LOGGERS = SimpleNamespace(loggers=[])
 

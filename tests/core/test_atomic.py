@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from callbacks.export import ExportWeights
 from core.atomic import write_file_atomically
 from models import TextualInversion
-from models.components.safe_checkpoints import AtomicCheckpointIO
+from training.safe_checkpoints import AtomicCheckpointIO
 
 
 class DiskFull(OSError):

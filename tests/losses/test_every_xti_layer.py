@@ -9,11 +9,11 @@ import pytest
 import torch
 from helpers import tiny_datamodule
 
+from components.text_masking import masked_cross_entropy
 from losses.mlm import MaskedLanguageModelingLoss
 from losses.spl import SemanticPreservationLoss
 from models import XTI
 from models.base import PersonalizationModule
-from models.components.text.masking import masked_cross_entropy
 
 CAPTIONS = [
     "a photo of a <v1> toy on a wooden table next to a red apple, at sunset",

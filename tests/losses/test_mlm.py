@@ -13,10 +13,10 @@ from helpers import optimizer_with_lr, tiny_datamodule, tiny_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
+from components.text_masking import masked_cross_entropy
 from core.concept import ConceptSpec
 from losses.mlm import MaskedLanguageModelingLoss
 from models import TextualInversion
-from models.components.text.masking import masked_cross_entropy
 
 RICH = [
     "a photo of a <v1> toy on a wooden table next to a red apple, at sunset",

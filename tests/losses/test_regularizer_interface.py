@@ -13,7 +13,7 @@ from helpers import tiny_datamodule, tiny_trainer
 from datamodules.extras import SampleExtra, extra_for
 from losses.base import Regularizer
 from models import TextualInversion
-from models.components.step_record import StepRecord
+from step.record import StepRecord
 
 
 class ConceptIndexSquared(SampleExtra):

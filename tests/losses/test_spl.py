@@ -22,7 +22,7 @@ from regularizer_fakes import (
 
 from losses.spl import SemanticPreservationLoss
 from models import CustomDiffusion
-from models.components.text.encoding import TextEncoding
+from step.encoding import TextEncoding
 
 PROMPTS = ["a photo of a <v1> dog", "a <v1> dog"]
 SUPERCLASS = ["a photo of a dog", "a dog"]

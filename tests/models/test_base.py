@@ -23,8 +23,8 @@ from core.concept import ConceptSpec
 from losses.base import Regularizer
 from models import TextualInversion
 from models.base import PersonalizationModule
-from models.components.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER
-from models.components.step_record import StepRecord
+from step.prior import PRIOR_BATCH_KEYS, PRIOR_REQUESTER
+from step.record import StepRecord
 
 CONCEPTS = [ConceptSpec("<v1>", "toy")]
 LATENT = (4, 16, 16)  # tiny-sd latents of a 32 px image

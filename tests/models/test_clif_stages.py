@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from datamodules.augmentation.settings import AugmentationSettings
 from datamodules.personalization import ConceptData
+from exports.external_formats import KOHYA_LORA
 from models import CLIFMultiConceptLoRA, CLIFTextTuning, TextualInversion
-from models.components.external_formats import KOHYA_LORA
 from models.lora import LORA_WEIGHTS, load_lora
 
 pytestmark = pytest.mark.smoke  # every baseline, loss and export once

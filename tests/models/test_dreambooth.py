@@ -23,9 +23,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 
 from core.concept import ConceptSpec
+from exports.external_formats import A1111_FOLDER
+from exports.single_file import SINGLE_FILE
 from models import DreamBooth
-from models.components.external_formats import A1111_FOLDER
-from models.components.single_file import SINGLE_FILE
 
 PROMPT = "a photo of a <v1> toy"
 TOKEN_MATRIX = "text_encoder.embeddings.token_embedding.base.weight"

@@ -15,10 +15,10 @@ from export_sampling import PROMPT, fresh_pipe, module_sample, pipe_sample
 from safetensors.torch import load_file
 
 from core.concept import ConceptSpec
+from exports.external_formats import A1111_FOLDER, a1111_name
+from exports.single_file import SINGLE_FILE
 from models import CustomDiffusion, TextualInversion
 from models.base import PersonalizationModule
-from models.components.external_formats import A1111_FOLDER, a1111_name
-from models.components.single_file import SINGLE_FILE
 from models.custom_diffusion import load_custom_diffusion
 
 pytestmark = pytest.mark.smoke  # every baseline, loss and export once

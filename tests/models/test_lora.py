@@ -20,8 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from core.concept import ConceptSpec
+from exports.external_formats import A1111_FOLDER, KOHYA_LORA
 from models import LoRA
-from models.components.external_formats import A1111_FOLDER, KOHYA_LORA
 from models.lora import LORA_WEIGHTS, load_lora
 
 PROMPT = "a photo of a <v1> toy"

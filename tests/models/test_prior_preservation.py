@@ -12,8 +12,8 @@ from helpers import tiny_datamodule, write_class_folder
 
 from losses.base import Regularizer
 from models import DreamBooth, TextualInversion
-from models.components.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER
-from models.components.step_record import StepRecord
+from step.prior import PRIOR_BATCH_KEYS, PRIOR_REQUESTER
+from step.record import StepRecord
 
 
 class SeesTheRecord(Regularizer):

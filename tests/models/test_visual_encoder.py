@@ -23,7 +23,7 @@ from core.concept import ConceptSpec
 from datamodules.personalization import ConceptData
 from datamodules.synthetic_concept import draw_synthetic_concept
 from models import VisualEncoder
-from models.components.vision.subject_encoder import TokenMapper, load_image_encoder
+from models.subject_encoder import TokenMapper, load_image_encoder
 from models.visual_encoder import (
     VISUAL_ENCODER_WEIGHTS,
     install_subject,

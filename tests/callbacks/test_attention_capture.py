@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from torch import nn
 
+from callbacks.attention_capture import AttentionCapture, attention_probabilities
 from core.concept import ConceptSpec
 from models import XTI, CustomDiffusion, LoRA, TextualInversion
 from models.base import PersonalizationModule
-from models.components.attention.capture import AttentionCapture, attention_probabilities
 
 PROMPTS = ["a <v1> toy on the beach", "a photo of a <v1> toy"]
 STEPS = 3

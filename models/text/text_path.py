@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from transformers import CLIPTextModel
 
-from models.components.text.encoding import TextEncoding, tokenize_padded
-from models.components.text.extra_vectors import extra_vectors_in
-from models.components.text.requests import (
+from models.text.extra_vectors import extra_vectors_in
+from step.encoding import TextEncoding, tokenize_padded
+from step.requests import (
     TextRequest,
     encode_request,
     split_requests,

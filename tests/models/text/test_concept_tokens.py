@@ -11,7 +11,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from core.concept import ConceptSpec, vector_token_names
 from models import TextualInversion
-from models.components.text.concept_tokens import ConceptEmbedding, ConceptTokens
+from models.text.concept_tokens import ConceptEmbedding, ConceptTokens
 
 
 def _fresh_tokenizer(path: Path) -> CLIPTokenizer:

@@ -9,8 +9,8 @@ import torch
 from helpers import CLASS_PROMPT, optimizer_with_lr, tiny_datamodule, write_class_folder
 
 from models import CustomDiffusion
-from models.components.prior_preservation import PRIOR_BATCH_KEYS, PRIOR_REQUESTER
-from models.components.sample_draws import INSTANCE_SALT, PRIOR_SALT, SampleDraws
+from step.draws import INSTANCE_SALT, PRIOR_SALT, SampleDraws
+from step.prior import PRIOR_BATCH_KEYS, PRIOR_REQUESTER
 
 
 def test_a_samples_draws_do_not_depend_on_its_batch() -> None:

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from models.components.finite_guard import check_trained_finite
-from models.components.memory import adam_8bit
+from training.finite_guard import check_trained_finite
+from training.memory import adam_8bit
 
 
 class OptimizationMixin:

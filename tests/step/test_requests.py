@@ -22,7 +22,7 @@ from losses.pd_loss import PriorDecoupleLoss
 from losses.spl import SemanticPreservationLoss
 from models import XTI, CustomDiffusion, VisualEncoder
 from models.base import PersonalizationModule
-from models.components.text.requests import TextRequest, encode_request, stack_requests
+from step.requests import TextRequest, encode_request, stack_requests
 
 PROMPTS = ["a photo of a <v1> toy", "a far away photo of a <v1> toy"]
 

@@ -12,7 +12,7 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
 )
 
-from models.components.single_file import (
+from exports.single_file import (
     components_to_ldm,
     unet_to_ldm,
     vae_to_ldm,

@@ -17,7 +17,7 @@ independent, measured by ``scripts/benchmark_memory.py``:
 
 Attention is always SDPA (``F.scaled_dot_product_attention``, diffusers' ``AttnProcessor2_0``
 and its Custom Diffusion / XTI counterparts): PyTorch picks its flash or memory-efficient kernel
-where the GPU has one; tests/models/components/test_memory.py checks every attention layer of
+where the GPU has one; tests/training/test_memory.py checks every attention layer of
 every baseline calls it.
 """
 

@@ -12,7 +12,7 @@ from dataclasses import fields, replace
 
 import torch
 
-from models.components.step_record import StepRecord
+from step.record import StepRecord
 
 # What the DataModule must provide (datamodules/extras/class_images.py builds them).
 PRIOR_BATCH_KEYS = frozenset({"class_pixel_values", "class_prompts"})

@@ -11,12 +11,12 @@ import pytest
 import torch
 from helpers import optimizer_with_lr, tiny_datamodule
 
-from models import LoRA
-from models.components.external_formats import (
+from exports.external_formats import (
     SDXL_KOHYA_PREFIXES,
     kohya_lora_state,
     kohya_module_name,
 )
+from models import LoRA
 
 pytestmark = pytest.mark.smoke  # every baseline, loss and export once
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from callbacks.export import ExportWeights
 from losses.spl import SemanticPreservationLoss
 from models import TextualInversion
-from models.components.finite_guard import NonFiniteError, check_loss_parts, check_trained_finite
+from training.finite_guard import NonFiniteError, check_loss_parts, check_trained_finite
 
 
 def test_the_first_non_finite_part_is_named_with_its_step() -> None:

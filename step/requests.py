@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from models.components.text.encoding import TextEncoding
+from step.encoding import TextEncoding
 
 if TYPE_CHECKING:
     from models.base import PersonalizationModule

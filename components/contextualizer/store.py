@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from components.contextualizer.network import Contextualizer, ContextualizerConfig
 from core.cache import cache_root
-from models.components.contextualizer.network import Contextualizer, ContextualizerConfig
 from pretrained.tiny_sd import TINY_MODEL_NAME
 
 WEIGHTS_FILE = "contextualizer.safetensors"

@@ -9,9 +9,9 @@ import torch
 from helpers import tiny_datamodule, tiny_trainer
 from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection
 
+from components.text_projection import SD1_CLIP, default_clip_for, load_text_projection
 from losses.pd_loss import PriorDecoupleLoss
 from models import CustomDiffusion
-from models.components.text.projection import SD1_CLIP, default_clip_for, load_text_projection
 from pretrained.tiny_sd import ensure_tiny_clip
 
 

@@ -19,8 +19,8 @@ from datamodules.personalization import ConceptData
 from losses.spl import SemanticPreservationLoss
 from models import XTI, CustomDiffusion, DreamBooth, LoRA, TextualInversion, VisualEncoder
 from models.base import PersonalizationModule
-from models.components.memory import MemorySettings
-from models.components.sample_draws import INSTANCE_SALT
+from step.draws import INSTANCE_SALT
+from training.memory import MemorySettings
 
 CONCEPTS = [ConceptSpec("<v1>", "toy")]
 BASELINES: dict[str, Callable[..., PersonalizationModule]] = {

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from models.components.text.encoding import TextEncoding
-    from models.components.text.requests import TextRequest
+    from step.encoding import TextEncoding
+    from step.requests import TextRequest
 
 
 @dataclass

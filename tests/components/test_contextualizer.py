@@ -12,22 +12,22 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 from torch import nn
 
-from core.concept import ConceptSpec
-from datamodules.context_corpus import ContextCorpusDataModule
-from models import TextualInversion
-from models.components.contextualizer.network import (
+from components.contextualizer.network import (
     Contextualizer,
     ContextualizerConfig,
     padding_after_eos,
 )
-from models.components.contextualizer.store import (
+from components.contextualizer.store import (
     CONFIG_FILE,
     check_compatible,
     default_contextualizer_dir,
     load_contextualizer,
     pretraining_command,
 )
-from models.components.text.masking import trim_padding
+from components.text_masking import trim_padding
+from core.concept import ConceptSpec
+from datamodules.context_corpus import ContextCorpusDataModule
+from models import TextualInversion
 from models.pretraining.contextualizer import ContextualizerPretraining
 
 

@@ -1,0 +1,2 @@
+"""The learned weights in other tools' formats: A1111 / ComfyUI embeddings, kohya LoRA keys,
+the original-layout single-file checkpoint."""

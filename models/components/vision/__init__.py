@@ -1,1 +1,0 @@
-"""VisualEncoder's subject encoder (CLIP vision tower + Q-Former-style mapper)."""
