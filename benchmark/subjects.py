@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.dreambench import DREAMBENCH_SUBJECTS
-from datamodules.instance_images import list_image_files
+from preparation.photos import list_image_files
 
 
 @dataclass(frozen=True)

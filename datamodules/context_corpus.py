@@ -3,7 +3,7 @@
 Algorithm 1 involves no concept token, so each template's "{}" is filled with a plain subject
 of its category ("a photo of a {} wearing a red scarf" -> "... a fox wearing a red scarf"),
 redrawn every epoch. Training uses the generated templates minus the held-out share;
-validation the held-out ones (`datamodules.context_prompts`), so ``val/loss/mlm`` is measured
+validation the held-out ones (`prompts.context`), so ``val/loss/mlm`` is measured
 on sentences psi never saw.
 """
 
@@ -17,16 +17,16 @@ from torch.utils.data import Dataset
 
 from core.concept import ConceptSpec
 from core.options import accepts_options_of
-from datamodules import context_words as words
-from datamodules.context_prompts import (
+from datamodules.personalization import PersonalizationDataModule
+from datamodules.sampler import ResumableDataLoader, batches_done, resumable_loader
+from prompts import context_words as words
+from prompts.context import (
     CATEGORIES,
     check_category,
     generate_context_templates,
     read_prompt_file,
     split_held_out,
 )
-from datamodules.personalization import PersonalizationDataModule
-from datamodules.sampler import ResumableDataLoader, batches_done, resumable_loader
 
 SUBJECTS = {"living": words.LIVING_SUBJECTS, "object": words.OBJECT_SUBJECTS}
 

@@ -4,7 +4,7 @@ Image k of prompt p always gets seed ``seed + p * images_per_prompt + k``, whate
 size or the number of processes, so two runs (or two methods) generate from the same noise.
 Under DDP each rank takes every world-size-th item, with no padding: a duplicated image would
 count twice in the scores. Items of a multi-concept set ("a {0} and a {1} on the beach", see
-datamodules/multi_prompts.py) also say which concepts they name, so each concept's images are
+prompts/multi_concept.py) also say which concepts they name, so each concept's images are
 scored against that concept's own photos.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from core.concept import ConceptSpec
-from datamodules.multi_prompts import check_concept_count, named_concepts, placeholder_indices
-from datamodules.prompt_sets import resolve_prompt_set
+from prompts.eval_sets import resolve_prompt_set
+from prompts.multi_concept import check_concept_count, named_concepts, placeholder_indices
 
 
 @dataclass(frozen=True)

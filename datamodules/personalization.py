@@ -14,9 +14,6 @@ import lightning as L
 from PIL import Image
 
 from core.concept import ConceptSpec
-from datamodules.augmentation.build import AugmentedSet
-from datamodules.augmentation.settings import AugmentationSettings
-from datamodules.augmentation.sources import ConceptPhotos, photo_names
 from datamodules.augmented_data import AugmentedData
 from datamodules.extras import SampleExtra, extra_for, known_keys
 from datamodules.extras.class_images import check_class_options, class_prompt_for
@@ -27,11 +24,14 @@ from datamodules.instance_dataset import (
     ConceptData,
     InstanceDataset,
 )
-from datamodules.instance_images import check_photo_sizes, load_image_folder
-from datamodules.multi_prompts import named_concepts
-from datamodules.prompts import SIMPLE_TEMPLATES, check_templates
 from datamodules.sampler import ResumableDataLoader, batches_done, resumable_loader
-from datamodules.synthetic_concept import draw_synthetic_concept
+from preparation.augmentation.build import AugmentedSet
+from preparation.augmentation.settings import AugmentationSettings
+from preparation.augmentation.sources import ConceptPhotos, photo_names
+from preparation.photos import check_photo_sizes, load_image_folder
+from preparation.synthetic_concept import draw_synthetic_concept
+from prompts.multi_concept import named_concepts
+from prompts.templates import SIMPLE_TEMPLATES, check_templates
 
 # sample_key: the sample's place in the run's sample stream, which keys its noise (the model's
 # step/draws.py), so the draws do not depend on the rank or the local batch.
@@ -90,7 +90,7 @@ class PersonalizationDataModule(L.LightningDataModule):
             synthetic_num_images: how many synthetic toy images to draw.
             seed: seeds the shuffle, augmentation and synthetic images.
             context_prompts_file: context-rich prompts for the MLM loss, one per line with "{}"
-                for the concept phrase; None uses the generated set (datamodules/context_prompts).
+                for the concept phrase; None uses the generated set (prompts/context.py).
             context_category: ``living`` or ``object`` for the generated set; None decides from
                 each class word (see ``category_of``).
             captioner: ACCORD's captions for photos without a captions.txt: a BLIP captioning
@@ -111,7 +111,7 @@ class PersonalizationDataModule(L.LightningDataModule):
                 is given each distinct token once.
             mask_dir: the (first) concept's masks, named like its photos (white = concept),
                 for the augmented data; other concepts give theirs in additional_concepts.
-            augmentation: CLIF's G/R/M-Aug data (datamodules/augmentation/settings.py), built
+            augmentation: CLIF's G/R/M-Aug data (preparation/augmentation/settings.py), built
                 once and cached; None builds none (the ``clif`` pairs then cannot be asked for).
         """
         super().__init__()

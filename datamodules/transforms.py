@@ -7,7 +7,7 @@ import random
 import numpy as np
 from PIL import Image
 
-from datamodules.prompts import FAR_AWAY_WORDS, ZOOMED_IN_WORDS
+from prompts.templates import FAR_AWAY_WORDS, ZOOMED_IN_WORDS
 
 
 def random_rescale(

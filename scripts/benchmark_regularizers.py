@@ -35,7 +35,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.augmentation.settings import AugmentationSettings  # noqa: E402
 from datamodules.personalization import PersonalizationDataModule  # noqa: E402
 from losses.base import Regularizer  # noqa: E402
 from losses.clif import ContrastiveLanguageImageLoss  # noqa: E402
@@ -44,6 +43,7 @@ from losses.pd_loss import PriorDecoupleLoss  # noqa: E402
 from losses.spl import SemanticPreservationLoss  # noqa: E402
 from losses.sude import SubjectDerivedLoss  # noqa: E402
 from models import CLIFTextTuning, CustomDiffusion  # noqa: E402
+from preparation.augmentation.settings import AugmentationSettings  # noqa: E402
 
 
 def _mlm() -> list[Regularizer]:

@@ -27,14 +27,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.concept import ConceptSpec  # noqa: E402
-from datamodules.augmentation.build import load_or_build  # noqa: E402
-from datamodules.augmentation.settings import AugmentationSettings  # noqa: E402
-from datamodules.augmentation.sources import (  # noqa: E402
+from preparation.augmentation.build import load_or_build  # noqa: E402
+from preparation.augmentation.settings import AugmentationSettings  # noqa: E402
+from preparation.augmentation.sources import (  # noqa: E402
     ConceptPhotos,
     build_backends,
     segment_concept,
 )
-from datamodules.instance_images import list_image_files, load_rgb_image  # noqa: E402
+from preparation.photos import list_image_files, load_rgb_image  # noqa: E402
 
 
 def concepts_from(specs: list[str], photos: int) -> list[ConceptPhotos]:

@@ -22,16 +22,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.context_corpus import ContextCorpusDataModule  # noqa: E402
-from datamodules.context_prompts import (  # noqa: E402
-    category_of,
-    generate_context_templates,
-    split_held_out,
-)
 from datamodules.personalization import PersonalizationDataModule  # noqa: E402
 from losses.mlm import MaskedLanguageModelingLoss  # noqa: E402
 from models import CustomDiffusion, TextualInversion  # noqa: E402
 from models.base import PersonalizationModule  # noqa: E402
 from models.pretraining.contextualizer import ContextualizerPretraining  # noqa: E402
+from prompts.context import (  # noqa: E402
+    category_of,
+    generate_context_templates,
+    split_held_out,
+)
 
 BASELINES: dict[str, tuple[type[PersonalizationModule], float]] = {
     "textual_inversion": (TextualInversion, 2e-2),  # (class, learning rate)

@@ -24,6 +24,8 @@ ROOMS = (
     "core",
     "pretrained",
     "metrics",
+    "prompts",
+    "preparation",
     "datamodules",
     "generation",
     "step",

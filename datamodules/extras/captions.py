@@ -10,7 +10,7 @@ decouple from it. A subject folder may hold a captions file beside the photos:
     01.jpg: a {} lying on a wooden bench
 
 Without one, the DataModule's ``captioner`` (BLIP) captions the photos once, as the paper does
-with a VLM (datamodules/captioning.py, cached); with no captioner either, the sample's own
+with a VLM (preparation/captioning.py, cached); with no captioner either, the sample's own
 prompt is the caption ("a photo of a <v1> toy"), the template fallback, with a warning: the
 general part is then the near-empty "a photo of a", which DDLoss and PDLoss average over.
 The keys, all strings: ``caption_full``, ``caption_concept``
@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.concept import ConceptSpec
 from core.errors import read_utf8_text
-from datamodules.captioning import caption_photos
 from datamodules.extras import SampleExtra
-from datamodules.instance_images import list_image_files
+from preparation.captioning import caption_photos
+from preparation.photos import list_image_files
 
 if TYPE_CHECKING:
     from datamodules.personalization import PersonalizationDataModule

@@ -18,7 +18,7 @@ from PIL import Image
 
 from core.images import resize_and_crop, to_tensor
 from datamodules.extras import SampleExtra
-from datamodules.instance_images import IMAGE_SUFFIXES, load_rgb_image
+from preparation.photos import IMAGE_SUFFIXES, load_rgb_image
 
 if TYPE_CHECKING:
     from datamodules.personalization import PersonalizationDataModule

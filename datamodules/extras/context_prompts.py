@@ -12,14 +12,14 @@ import random
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from datamodules.context_prompts import (
+from datamodules.extras import SampleExtra
+from prompts.context import (
     category_of,
     check_category,
     generate_context_templates,
     read_prompt_file,
     split_held_out,
 )
-from datamodules.extras import SampleExtra
 
 if TYPE_CHECKING:
     from datamodules.personalization import PersonalizationDataModule

@@ -19,8 +19,8 @@ from benchmark.ray_pool import PoolSettings
 from benchmark.runner import WORKER_LOG, main, run_benchmark
 from benchmark.subjects import Subject, parse_subject
 from benchmark.table import write_table
-from datamodules.synthetic_concept import draw_synthetic_concept
 from metrics.settings import ALL_METRICS
+from preparation.synthetic_concept import draw_synthetic_concept
 
 QUICK = [
     "trainer.max_steps=1",

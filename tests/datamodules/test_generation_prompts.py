@@ -12,7 +12,7 @@ from core.concept import ConceptSpec
 from core.dreambench import DREAMBENCH_LIVE, DREAMBENCH_OBJECT, DREAMBENCH_SUBJECTS
 from datamodules.generation_prompts import EvalPrompts, GenerationItems, ShardSampler
 from datamodules.personalization import PersonalizationDataModule
-from datamodules.prompt_sets import load_prompt_file, resolve_prompt_set
+from prompts.eval_sets import load_prompt_file, resolve_prompt_set
 
 LISTING = DREAMBENCH / "prompts_and_classes.txt"
 

@@ -19,8 +19,8 @@ from datamodules.personalization import (
     InstanceDataset,
     PersonalizationDataModule,
 )
-from datamodules.prompts import FAR_AWAY_WORDS, SIMPLE_TEMPLATES, ZOOMED_IN_WORDS
-from datamodules.synthetic_concept import draw_synthetic_concept
+from preparation.synthetic_concept import draw_synthetic_concept
+from prompts.templates import FAR_AWAY_WORDS, SIMPLE_TEMPLATES, ZOOMED_IN_WORDS
 
 GRAY = 127 / 127.5 - 1.0
 KEYS = {"pixel_values", "prompts", "loss_mask", "concept_index", "cache_key", "sample_key"}

@@ -9,14 +9,14 @@ import pytest
 from helpers import gradient_image
 from PIL import Image
 
-from datamodules.prompts import (
+from datamodules.sampler import ResumableSampler
+from datamodules.transforms import random_rescale
+from prompts.templates import (
     FAR_AWAY_WORDS,
     SIMPLE_TEMPLATES,
     ZOOMED_IN_WORDS,
     check_templates,
 )
-from datamodules.sampler import ResumableSampler
-from datamodules.transforms import random_rescale
 
 GRAY = 127 / 127.5 - 1.0
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.synthetic_concept import BODY_COLOR, draw_synthetic_concept
 from metrics.images import pil_to_tensor
 from metrics.masks import (
     MASK_SOURCES,
@@ -16,6 +15,7 @@ from metrics.masks import (
     otsu_threshold,
 )
 from metrics.settings import MASK_SOURCE_NAMES
+from preparation.synthetic_concept import BODY_COLOR, draw_synthetic_concept
 
 
 def test_otsu_splits_a_bimodal_sample_between_its_modes() -> None:

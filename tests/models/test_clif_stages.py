@@ -16,11 +16,11 @@ from helpers import optimizer_with_lr, snapshot, tiny_datamodule, tiny_trainer
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from datamodules.augmentation.settings import AugmentationSettings
 from datamodules.personalization import ConceptData
 from exports.external_formats import KOHYA_LORA
 from models import CLIFMultiConceptLoRA, CLIFTextTuning, TextualInversion
 from models.lora import LORA_WEIGHTS, load_lora
+from preparation.augmentation.settings import AugmentationSettings
 
 pytestmark = pytest.mark.smoke  # every baseline, loss and export once
 

@@ -21,7 +21,6 @@ from transformers import CLIPModel
 
 from core.concept import ConceptSpec
 from datamodules.personalization import ConceptData
-from datamodules.synthetic_concept import draw_synthetic_concept
 from models import VisualEncoder
 from models.subject_encoder import TokenMapper, load_image_encoder
 from models.visual_encoder import (
@@ -29,6 +28,7 @@ from models.visual_encoder import (
     install_subject,
     load_subject_encoder,
 )
+from preparation.synthetic_concept import draw_synthetic_concept
 from pretrained.tiny_sd import ensure_tiny_clip
 
 PROMPT = "a photo of a <v1> toy"
