@@ -28,6 +28,7 @@ from datamodules.sampler import ResumableDataLoader, batches_done, resumable_loa
 from preparation.augmentation.build import AugmentedSet
 from preparation.augmentation.settings import AugmentationSettings
 from preparation.augmentation.sources import ConceptPhotos, photo_names
+from preparation.model_images import ImageFolderJob, fill_folders
 from preparation.photos import check_photo_sizes, load_image_folder
 from preparation.synthetic_concept import draw_synthetic_concept
 from prompts.multi_concept import named_concepts
@@ -206,8 +207,35 @@ class PersonalizationDataModule(L.LightningDataModule):
 
     def images_to_generate(self) -> list[tuple[str, str, int, int]]:
         """(folder, prompt, count, side) of images the base model must make before training
-        (G-Aug's general concepts); the module's setup generates them."""
+        (G-Aug's general concepts); ``setup`` generates them."""
         return self.augmented.to_generate() if self.augmented is not None else []
+
+    def model_image_jobs(self, stage: str, class_images: bool) -> list[ImageFolderJob]:
+        """The folders the base model fills before ``stage``: the class images when the model
+        trains with them, and (training only) CLIF's general concepts."""
+        jobs = []
+        if class_images and self.class_data_dir is not None:
+            jobs.append(ImageFolderJob(self.class_data_dir, self.class_prompt,
+                                       self.num_class_images, self.resolution,
+                                       self.class_generation_steps))  # fmt: skip
+        if stage == "fit":
+            steps = self.augmentation.general_generation_steps if self.augmentation else 0
+            jobs += [ImageFolderJob(folder, prompt, count, side, steps)
+                     for folder, prompt, count, side in self.images_to_generate()]  # fmt: skip
+        return jobs
+
+    def setup(self, stage: str) -> None:
+        """Data preparation's entry point for what needs the model: the images the base model
+        makes before training, through the pipeline the model hands over (``image_pipeline``),
+        on every rank (each makes its share). Runs before the model's setup requests its
+        batch data, so the class folder is full when the class-image extra reads it."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if model is None or not hasattr(model, "image_pipeline"):
+            return  # no model that makes images (the contextualizer's pretraining, a test)
+        wanted = set().union(*model.data_requirements(stage).values())
+        jobs = self.model_image_jobs(stage, class_images="class_pixel_values" in wanted)
+        if jobs:
+            fill_folders(model.image_pipeline(), jobs)
 
     def prepare_data(self) -> None:
         """Build (or find cached) the augmented data, unless images must be generated first."""

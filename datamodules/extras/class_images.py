@@ -1,10 +1,11 @@
 """Class images for prior preservation: one per sample, with the class prompt.
 
 Built when prior preservation (or a regularizer) asks for ``class_pixel_values`` /
-``class_prompts``. By then the module's setup has generated any missing images
-(generation/class_images.py), so a short folder here means the DataModule was used without that
-setup. Each sample draws its class image from its own rng and gets the instance images'
-resolution, crop and flip handling (no random rescale: class images have no loss mask).
+``class_prompts``. By then the DataModule's setup has generated any missing images with the
+model's pipeline (preparation/model_images.py), so a short folder here means the DataModule
+was used without a trainer and model. Each sample draws its class image from its own rng and
+gets the instance images' resolution, crop and flip handling (no random rescale: class images
+have no loss mask).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from PIL import Image
 
 from core.images import resize_and_crop, to_tensor
 from datamodules.extras import SampleExtra
-from preparation.photos import IMAGE_SUFFIXES, load_rgb_image
+from preparation.model_images import list_class_images
+from preparation.photos import load_rgb_image
 
 if TYPE_CHECKING:
     from datamodules.personalization import PersonalizationDataModule
@@ -64,14 +66,6 @@ def check_class_options(
         )
     if class_data_dir is not None and Path(class_data_dir).is_file():
         raise ValueError(f"class_data_dir {class_data_dir!r} is a file; give a folder.")
-
-
-def list_class_images(folder: str | Path) -> list[Path]:
-    """Image files of the class folder by name ([] when it does not exist yet)."""
-    path = Path(folder)
-    if not path.is_dir():
-        return []
-    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _shorter_side_to(image: Image.Image, resolution: int) -> Image.Image:

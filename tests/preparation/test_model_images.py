@@ -12,8 +12,8 @@ from helpers import CLASS_PROMPT, optimizer_with_lr, tiny_datamodule, tiny_train
 from helpers import write_class_folder as write_images
 from PIL import Image
 
-from generation.class_images import class_file_name, generate_class_images, missing_indices
 from models import CustomDiffusion, DreamBooth, TextualInversion
+from preparation.model_images import class_file_name, generate_class_images, missing_indices
 
 
 def folder_state(folder: Path) -> dict[str, tuple[int, bytes]]:
