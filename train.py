@@ -54,7 +54,7 @@ class PersonalizationCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        """Only the requested subcommand's parser (each costs ~0.2 s of start-up to build);
+        """Only the requested subcommand's parser (each adds to start-up to build);
         all four when none is given (``--help``) or it is unknown (the error lists them)."""
         everything = self.subcommands()
         if self._requested not in everything:

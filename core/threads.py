@@ -10,9 +10,9 @@ import torch
 THREADS_VARIABLE = "PERSONALIZE_NUM_THREADS"
 
 
-# The tiny pipeline's ops are too small to gain from a second thread (quickstart on 2 cores:
-# 17.4 s with 1 thread, 17.5 s with 2), and a second CPU-bound job on the machine slows 2
-# threads far more (25.8 s against 20.3 s): tiny runs on the CPU use one thread.
+# The tiny pipeline's ops are too small to gain from a second thread, and a second CPU-bound
+# job on the machine slows two threads far more than one (scripts/benchmark_quickstart.py
+# measures it): tiny runs on the CPU use one thread.
 TINY_RUN_THREADS = 1
 
 

@@ -1,8 +1,8 @@
 """The one DataModule: instance images of one or more concepts, prompts, augmentation.
 
-About 320 lines because the DataModule is the one place a config's data options are read and
+One file on purpose: the DataModule is the one place a config's data options are read and
 checked; the parts it assembles (the samples, prompts, sampler, batch extras, CLIF's augmented
-data) each live in their own file beside it.
+data, the model-made images) each live in their own file.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The superclass prompt (SPL, SuDe), the general caption part and the empty prompt (DDLoss), and
 the class word (PDLoss) do not change while only the concept tokens (and UNet weights) train,
-so encoding them again every step is wasted time (DESIGN.md, "Speed and memory"). The cache
+so encoding them again every step is wasted time (docs/DESIGN.md, "Speed and memory"). The cache
 is bypassed, and the prompts encoded afresh, whenever the text encoder itself trains or a
 prompt holds a concept token. Encodings are constants to the losses: always without gradient.
 """

@@ -7,9 +7,10 @@ the same prompt without the concept token ("a photo of a dog", the ``superclass_
 key). Each sample carries one concept, so the mean over the batch is the mean over concepts and
 samples (the paper's Eq. 10 sums; a mean keeps weight 1 meaning the same at any batch size).
 
-Pooling (DESIGN.md): the paper pools at the end-of-text token, as CLIP does (``pool: eos``, the
-default); the official code pools at the highest token id, which in the concept prompt is the
-new token (``pool: concept``) and in the superclass prompt is end-of-text. ``project`` applies
+Pooling (docs/DESIGN.md, "SPL"): the paper pools at the end-of-text token, as CLIP does
+(``pool: eos``, the default); the official code pools at the highest token id, which in the
+concept prompt is the new token (``pool: concept``) and in the superclass prompt is
+end-of-text. ``project`` applies
 CLIP's text projection to both (off in the paper and the official code).
 
 With XTI/P+ (``every_layer``, the default) the loss is the mean over every cross-attention

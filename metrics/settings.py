@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ALL_METRICS = ("clip_t", "clip_i", "dino_i", "blip_t", "dino_fg", "gram_d")
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # DESIGN.md: CLIP ViT-B/32 for CLIP-T and CLIP-I
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # docs/DESIGN.md, "Evaluation": ViT-B/32
 DEFAULT_DINO = "facebook/dino-vits16"  # DINO ViT-S/16
 # BLIP-T backend -> (default model, max text tokens as in BLIP's / LAVIS' ITM code)
 BLIP_BACKENDS = {
@@ -36,7 +36,7 @@ class MetricSettings:
         metrics: keys to compute, from clip_t, clip_i, dino_i, blip_t, dino_fg, gram_d.
         score_scale: multiplies the similarity scores (1: cosine, as ClassDiffusion and the MLM
             paper print them; 100: ACCORD's percent); Gram-D is never scaled.
-        clip_model: CLIP of CLIP-T and CLIP-I (DESIGN.md: ViT-B/32).
+        clip_model: CLIP of CLIP-T and CLIP-I (docs/DESIGN.md: ViT-B/32).
         dino_model: DINO ViT of DINO-I and DINO-FG (ViT-S/16).
         dino_resize / dino_crop: DINO (and VGG) preprocessing: shorter side, centre crop.
         blip_backend: ``blip`` (ITM-large-coco cosine) or ``blip2`` (BLIP-2 ITC).

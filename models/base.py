@@ -6,9 +6,10 @@ tokens, caches instance latents, runs one denoising step into a `StepRecord`, an
 weighted regularizers to the denoising loss. The text path, the optimizer and checkpoint hooks,
 sampling and the test/predict stages come from mixins (models/text/, training/, generation/).
 
-Longer than most files (~360 lines) on purpose: the constructor's documented options, the
-denoising step and the lifecycle hooks that order it (setup -> data requests -> prefill)
-are the contract every baseline and regularizer relies on, and read best in one place.
+One file on purpose: the constructor's documented options, the denoising step and the
+lifecycle hooks that order it (setup -> data requests -> prefill) are the contract every
+baseline and regularizer relies on (docs/DESIGN.md, "One training step"), and read best in
+one place.
 """
 
 from __future__ import annotations

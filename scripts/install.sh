@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install the project with its test, video and benchmark
 # extras, offline-friendly (not low-memory: bitsandbytes, once installed, is imported by diffusers
-# on every start, 1.5 s; CI adds it to test 8-bit AdamW):
+# on every start, which slows it; CI adds it to test 8-bit AdamW):
 # torch 2.13.0 is taken as the CPU build that lies on this machine's disk (a plain `torch`
 # requirement would pull a CUDA build of several GB); everything else comes from PyPI,
 # pinned by requirements/constraints.txt to the versions the tests ran with.

@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("PERSONALIZE_TEST_THREAD
 from helpers import DREAMBENCH, REPO_ROOT  # noqa: F401  (re-exported for tests)
 
 # One intra-op thread unless asked otherwise: on two busy cores, threads that wait on each other
-# cost far more than they give (a tiny UNet call: 0.05 s on one thread, 1-3 s on two under load).
+# cost far more than they give on the tiny models.
 torch.set_num_threads(int(os.environ.get("PERSONALIZE_TEST_THREADS", "1")))
 
 

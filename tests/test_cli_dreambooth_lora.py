@@ -13,7 +13,7 @@ from test_cli import assert_complete_run, cli_args, run_folder
 
 from train import main
 
-pytestmark = pytest.mark.smoke  # every baseline, loss and export once
+pytestmark = [pytest.mark.smoke, pytest.mark.slow]  # every baseline, loss and export once
 
 # The configs' own callbacks, with sampling cut to one image in 2 steps (the samples callback
 # is tested elsewhere; here it must only run).

@@ -13,7 +13,7 @@ from models.visual_encoder import VISUAL_ENCODER_WEIGHTS, load_subject_encoder
 from models.xti import XTI_EMBEDS, read_xti
 from train import main
 
-pytestmark = pytest.mark.smoke  # every baseline, loss and export once
+pytestmark = [pytest.mark.smoke, pytest.mark.slow]  # every baseline, loss and export once
 
 CHEAP_CALLBACKS = """
 trainer:

@@ -20,7 +20,7 @@ from components.contextualizer.store import (
 from pretrained.tiny_sd import ensure_tiny_pipeline
 from train import main
 
-pytestmark = pytest.mark.smoke  # every baseline, loss and export once
+pytestmark = [pytest.mark.smoke, pytest.mark.slow]  # every baseline, loss and export once
 
 MLM_CONFIGS = sorted(
     p.stem

@@ -29,6 +29,8 @@ from models.base import PersonalizationModule
 from pretrained.tiny_motion_adapter import TINY_MOTION_ADAPTER_NAME, resolve_motion_adapter
 from train import main as train_main
 
+pytestmark = pytest.mark.slow  # runs training end to end, or a process grid
+
 CONCEPTS = [ConceptSpec("<v1>", "toy")]
 BASELINES: dict[str, Callable[[], PersonalizationModule]] = {
     "textual_inversion": lambda: TextualInversion(concepts=CONCEPTS),

@@ -54,6 +54,7 @@ def test_an_explicit_logger_folder_still_wins(tmp_path: Path) -> None:
     assert Path(cli.trainer.log_dir).parent.parent == logs
 
 
+@pytest.mark.slow
 def test_the_progress_bar_counts_the_runs_steps(tmp_path: Path) -> None:
     cli = main(fit_args(tmp_path))
     bar = cli.trainer.progress_bar_callback

@@ -12,7 +12,7 @@ from test_cli import cli_args, run_folder
 from callbacks.sample_images import SampleImages
 from train import main
 
-pytestmark = pytest.mark.smoke  # every baseline, loss and export once
+pytestmark = [pytest.mark.smoke, pytest.mark.slow]  # every baseline, loss and export once
 
 CONFIGS = {
     "classdiffusion/custom_diffusion": {"spl"},

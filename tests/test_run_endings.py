@@ -31,6 +31,7 @@ def signal_overlay(root: Path, signum: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_run_saves_and_exits_with_the_signal_code(
     signum: signal.Signals, code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -63,6 +64,7 @@ def test_a_finished_fit_says_where_the_run_went(
     assert run.is_relative_to(board.split(" ", 2)[2])
 
 
+@pytest.mark.slow
 def test_the_non_finite_error_starts_its_own_line_after_the_progress_bar(tmp_path: Path) -> None:
     """The bar (stdout) and the error (stderr) share a terminal: one stream here, as there."""
     huge_spl = "[{class_path: losses.spl.SemanticPreservationLoss, init_args: {weight: 1e39}}]"

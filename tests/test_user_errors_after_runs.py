@@ -24,6 +24,8 @@ from test_user_errors import assert_one_clear_line, photos, snapshot
 import models.base
 from train import run_from_command_line
 
+pytestmark = pytest.mark.slow  # runs training end to end, or a process grid
+
 CONFIGS = REPO_ROOT / "configs"
 TINY = ["--config", str(CONFIGS / "tiny.yaml")]
 LORA = ["--config", str(CONFIGS / "lora.yaml"), *TINY]

@@ -16,7 +16,7 @@ place of its base model (`default_contextualizer_dir`), where the ``mlm`` regula
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -31,6 +31,8 @@ from components.contextualizer.network import (
     padding_after_eos,
 )
 from components.contextualizer.store import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
     default_contextualizer_dir,
     save_contextualizer,
     text_encoder_fingerprint,
@@ -45,6 +47,7 @@ from components.text_masking import (
 )
 from core.concept import ConceptSpec
 from core.options import accepts_options_of
+from exports.manifest import Format
 from models.base import PersonalizationModule
 from models.text.concept_tokens import ConceptEmbedding
 from pretrained.resolve import resolve_pretrained
@@ -77,6 +80,11 @@ def load_text_components(
 class ContextualizerPretraining(L.LightningModule):
     """Trains psi and ``[MASK]`` by masked-token prediction on the frozen text encoder."""
 
+    EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (  # export.json in export/
+        (WEIGHTS_FILE, Format.MLM_CONTEXTUALIZER),
+        (CONFIG_FILE, Format.MLM_CONTEXTUALIZER_CONFIG),
+    )
+
     def __init__(
         self,
         pretrained_model_name_or_path: str = "tiny-sd",
@@ -97,7 +105,8 @@ class ContextualizerPretraining(L.LightningModule):
         """
         Args:
             pretrained_model_name_or_path: the base model whose text encoder psi reads.
-            num_layers / num_heads / feedforward_size / dropout: psi's shape (DESIGN.md: 4 / 4).
+            num_layers / num_heads / feedforward_size / dropout: psi's shape
+                (docs/DESIGN.md, "MLM": 4 layers, 4 heads).
             mask_probability: rho (the paper: 15%, after BERT).
             optimizer: a callable taking the parameter list (``class_path`` in configs).
             lr_warmup_steps: linear warm-up, then constant.

@@ -22,6 +22,8 @@ from benchmark.table import write_table
 from metrics.settings import ALL_METRICS
 from preparation.synthetic_concept import draw_synthetic_concept
 
+pytestmark = pytest.mark.slow  # runs training end to end, or a process grid
+
 QUICK = [
     "trainer.max_steps=1",
     "trainer.callbacks=[]",  # no sample grids: this test is about the runner

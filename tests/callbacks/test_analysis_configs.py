@@ -28,6 +28,7 @@ def test_config_enables_the_analysis_callbacks(config: str) -> None:
     assert paths >= ANALYSIS
 
 
+@pytest.mark.slow
 def test_quickstart_with_the_tiny_overlay_logs_every_analysis_tag(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

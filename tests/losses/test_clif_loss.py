@@ -124,6 +124,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_holding_both_halves() -> None:
     torch.manual_seed(0)
     weight = torch.randn(4, 3, requires_grad=True)

@@ -67,6 +67,7 @@ def _worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_sync_equals_one_process(tmp_path: Path) -> None:
     single = metric_values(rank=0, world_size=1)
     # fork where there is one: the children start with everything imported (spawn: ~10 s more).

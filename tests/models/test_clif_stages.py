@@ -212,6 +212,7 @@ def test_the_clif_loss_joins_another_baseline(tmp_path: Path) -> None:
         tiny_trainer(tmp_path / "b", max_steps=1).fit(module, datamodule=plain)
 
 
+@pytest.mark.slow
 def test_stage1_and_stage2_resume_exactly(stage1: dict, tmp_path: Path) -> None:
     from baseline_checks import assert_resume_is_exact
 

@@ -168,6 +168,7 @@ def test_adam_8bit_without_bitsandbytes_says_how(monkeypatch: pytest.MonkeyPatch
         module.configure_optimizers()
 
 
+@pytest.mark.slow
 def test_compiled_unet_gives_the_same_loss_and_keeps_its_names() -> None:
     plain_loss, _ = one_step_gradients(build("custom_diffusion"))
     module = build("custom_diffusion", compile_unet=True, compile_backend="eager")
