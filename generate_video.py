@@ -3,14 +3,16 @@
     python generate_video.py --run runs/custom_diffusion/custom_diffusion/version_0 \
         --prompt "a {} running on the grass"
 
-loads the run's export (Textual Inversion, Custom Diffusion, LoRA or DreamBooth) into a
-Stable Diffusion pipeline with diffusers' own loaders, wraps it with a motion adapter
+loads the run's export (Textual Inversion, Custom Diffusion, LoRA, DreamBooth or CLIF), as its
+``export.json`` describes it, into a Stable Diffusion pipeline with diffusers' own loaders
+(``models.load_export``), wraps it with a motion adapter
 (``--motion-adapter``: a hub id, a local folder, or ``tiny-motion-adapter``) in diffusers'
 ``AnimateDiffPipeline``, and writes ``video.mp4``, ``video.gif``, ``frames.png`` and
 ``settings.json`` into a new ``<run>/eval/video-<n>/`` with the frame grid in its TensorBoard
 (``video/frames``). ``{}`` in the prompt is the run's concept ("<v1> dog"). Defaults are the
 paper's: 512x512, guidance 7.5, 25 DDIM steps, 16 frames (tiny-sd runs: 32 px, its size).
-Without ``--run``: ``--export <folder> --pretrained <base> --output <folder>``.
+Without ``--run``: ``--export <folder> --output <folder>`` (the base model is the one the
+export's ``export.json`` names unless ``--pretrained`` says otherwise).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import yaml
 from core.concept import ConceptSpec
 from core.errors import user_message
 from core.run_config import RUN_CONFIG, next_numbered
+from exports.manifest import ExportManifest, Format, NotLoadableError
 from generation.video import (
     VideoSettings,
     animate,
@@ -46,17 +49,13 @@ from pretrained.tiny_sd import TINY_MODEL_NAME, TINY_RESOLUTION
 
 SD15_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
 DEFAULT_PROMPT = "a {} running on the grass"
-NOT_VIDEO = {
-    "xti_embeds.safetensors": "XTI / P+ (its per-layer tokens need its own pipeline)",
-    "visual_encoder.safetensors": "VisualEncoder (its vectors come from photos at use time)",
-}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a run folder (holds config.yaml, export/)")
     parser.add_argument("--export", type=Path, help="an export folder (default: <run>/export)")
-    parser.add_argument("--pretrained", help="the base model (default: the run's)")
+    parser.add_argument("--pretrained", help="the base model (default: the export's)")
     parser.add_argument("--motion-adapter", help=f"default: {SD15_MOTION_ADAPTER}, "
                         f"or {TINY_MOTION_ADAPTER_NAME} for tiny-sd")  # fmt: skip
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="{} = the run's concept")
@@ -95,58 +94,57 @@ def concept_phrase(config: dict[str, Any]) -> str:
     return ConceptSpec(data.get("concept_token") or "<v1>", word).phrase
 
 
-def export_kind(folder: Path) -> str:
-    """Which baseline wrote the export folder, from the files in it."""
-    from models.custom_diffusion import CUSTOM_DIFFUSION_WEIGHTS
-    from models.lora import LORA_WEIGHTS
+def video_export(folder: Path) -> ExportManifest:
+    """The export's manifest, once it is known to go into a Stable Diffusion pipeline (before
+    any weights load): a folder without ``export.json`` or an XTI / VisualEncoder export is
+    one clear error."""
+    from models.exports_loading import check_loadable
 
-    if not folder.is_dir():
-        raise FileNotFoundError(f"export folder {folder} does not exist; train first, or pass "
-                                "--export <run>/export/step-<N>")  # fmt: skip
-    for name, method in NOT_VIDEO.items():
-        if (folder / name).exists():
-            raise ValueError(
-                f"{folder} is a {method} export, which AnimateDiff cannot take; video works "
-                "with Textual Inversion, Custom Diffusion, LoRA and DreamBooth exports"
-            )
-    kinds = {
-        "model_index.json": "dreambooth",
-        CUSTOM_DIFFUSION_WEIGHTS: "custom_diffusion",
-        LORA_WEIGHTS: "lora",
-    }
-    found = [kind for name, kind in kinds.items() if (folder / name).exists()]
-    if found:
-        return found[0]
-    if list(folder.glob("learned_embeds*.safetensors")):
-        return "textual_inversion"
-    raise FileNotFoundError(
-        f"{folder} holds no export (learned_embeds, Custom Diffusion or LoRA weights, or a "
-        "DreamBooth pipeline); pass the run's export/ or export/step-<N> folder"
-    )
+    try:
+        return check_loadable(folder)
+    except NotLoadableError as error:
+        raise ValueError(
+            f"{error}. AnimateDiff takes a plain Stable Diffusion pipeline: video works with "
+            "Textual Inversion, Custom Diffusion, LoRA, DreamBooth and CLIF exports"
+        ) from None
 
 
-def concept_pipeline(base: str, export: Path, kind: str, dtype: torch.dtype) -> Any:
+def is_pipeline_folder(manifest: ExportManifest) -> bool:
+    """Whether the export is itself a whole pipeline (DreamBooth's): no base model needed."""
+    return bool(manifest.files_of(Format.DIFFUSERS_PIPELINE))
+
+
+def concept_pipeline(base: str, export: Path, manifest: ExportManifest, dtype: torch.dtype) -> Any:
     """An SD pipeline that generates the concept as the trained module does, with plain
     UNet weights (Custom Diffusion's K/V merged, the LoRA fused): what a motion UNet takes."""
     from diffusers import StableDiffusionPipeline
 
-    from models.custom_diffusion import load_custom_diffusion, merge_custom_diffusion
-    from models.lora import load_lora
+    from models.exports_loading import load_export
 
-    if kind == "dreambooth":
+    if is_pipeline_folder(manifest):
         return StableDiffusionPipeline.from_pretrained(export, dtype=dtype)
     pipe = StableDiffusionPipeline.from_pretrained(
         resolve_pretrained(base, "--pretrained"), dtype=dtype,
         safety_checker=None, requires_safety_checker=False,
     )  # fmt: skip
-    if kind == "textual_inversion":
-        for file in sorted(export.glob("learned_embeds*.safetensors")):
-            pipe.load_textual_inversion(file)
-    elif kind == "custom_diffusion":
-        load_custom_diffusion(pipe, export)
+    load_export(pipe, export)
+    return plain_unet(pipe)
+
+
+def plain_unet(pipe: Any) -> Any:
+    """Merge what a loader put beside the UNet's weights into them: Custom Diffusion's K/V
+    processors, LoRA adapters (fused, then unloaded)."""
+    from diffusers.models.attention_processor import (
+        CustomDiffusionAttnProcessor,
+        CustomDiffusionAttnProcessor2_0,
+    )
+
+    from models.custom_diffusion import merge_custom_diffusion
+
+    custom = (CustomDiffusionAttnProcessor, CustomDiffusionAttnProcessor2_0)
+    if any(isinstance(p, custom) for p in pipe.unet.attn_processors.values()):
         merge_custom_diffusion(pipe.unet)
-    else:
-        load_lora(pipe, export)
+    if any(pipe.get_list_adapters().values()):
         pipe.fuse_lora()  # into the weights, then the adapters go: a plain UNet is left
         pipe.unload_lora_weights()
     return pipe
@@ -166,12 +164,11 @@ def log_to_tensorboard(folder: Path, frames: list[Any], prompt: str) -> None:
 def generate(args: argparse.Namespace) -> Path:
     """Everything the command does; returns the output folder."""
     config = run_config(args.run) if args.run else {}
-    model_args = (config.get("model") or {}).get("init_args") or {}
-    base = args.pretrained or model_args.get("pretrained_model_name_or_path")
     export = args.export or (args.run / "export" if args.run else None)
     if export is None:
-        raise ValueError("give --run <run folder>, or --export <folder> with --pretrained")
-    kind = export_kind(export)
+        raise ValueError("give --run <run folder>, or --export <folder>")
+    manifest = video_export(export)
+    base = args.pretrained or manifest.base_model  # what the export was trained on
     if "{}" in args.prompt:
         if not (args.concept or args.run):
             raise ValueError('the prompt has {} but there is no run: pass --concept "<v1> dog"')
@@ -196,9 +193,8 @@ def generate(args: argparse.Namespace) -> Path:
 
     # Whether the adapter fits, from the two configs alone: before any weights are loaded.
     adapter_path = resolve_motion_adapter(adapter_name)
-    if kind != "dreambooth" and base is None:
-        raise ValueError("--pretrained is needed: the base model the export was trained on")
-    unet_home = export if kind == "dreambooth" else resolve_pretrained(base, "--pretrained")
+    pipeline_folder = is_pipeline_folder(manifest)
+    unet_home = export if pipeline_folder else resolve_pretrained(base, "--pretrained")
     check_adapter_fits(
         dict(UNet2DConditionModel.load_config(unet_home, subfolder="unet")),
         dict(MotionAdapter.load_config(adapter_path)),
@@ -206,13 +202,14 @@ def generate(args: argparse.Namespace) -> Path:
     )
     dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
     adapter = MotionAdapter.from_pretrained(adapter_path, dtype=dtype)
-    video_pipe = animate(concept_pipeline(base, export, kind, dtype), adapter, adapter_name)
+    video_pipe = animate(concept_pipeline(base, export, manifest, dtype), adapter, adapter_name)
     if args.device != "cpu":
         video_pipe.to(args.device)
     frames = generate_frames(video_pipe, prompt, settings)
     paths = write_video(frames, output, settings.fps)
     record = {
-        "prompt": prompt, "export": str(export), "kind": kind, "pretrained": base,
+        "prompt": prompt, "export": str(export), "baseline": manifest.baseline,
+        "pretrained": base,
         "motion_adapter": adapter_name, **settings.as_dict(),
         "files": {name: path.name for name, path in paths.items()},
     }  # fmt: skip

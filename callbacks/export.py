@@ -1,10 +1,14 @@
 """Write the learned weights in diffusers' formats into ``<log_dir>/export/``.
 
-Each export is written whole into a staging folder first, so a failure midway leaves the
-previous files as they were: ``step-<N>`` folders are swapped in whole (core/atomic.py), the
-final export's files renamed in one by one beside them. ``export/step-<N>`` is written with the
-weights of checkpoint N, but put in place only after that checkpoint's file is on disk (the
-checkpoint callback writes it right after this hook): at the next batch, or at the end.
+Every export folder (``export/`` and each ``export/step-<N>/``) carries ``export.json``, its
+manifest (exports/manifest.py): the module's export and the manifest are written together
+(`export_with_manifest`). Each export is written whole into a staging folder first, so a
+failure midway leaves the previous files as they were: ``step-<N>`` folders are swapped in
+whole (core/atomic.py), the final export's files renamed in one by one beside them, its
+``export.json`` taken out first and put in last, so a folder with one is complete.
+``export/step-<N>`` is written with the weights of checkpoint N, but put in place only after
+that checkpoint's file is on disk (the checkpoint callback writes it right after this hook): at
+the next batch, or at the end.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import Any
 import lightning as L
 
 from core.atomic import swap_in
+from exports.manifest import MANIFEST
 from models.base import PersonalizationModule
+from models.exports_loading import export_with_manifest
 
 
 class ExportWeights(L.Callback):
@@ -40,12 +46,14 @@ class ExportWeights(L.Callback):
         staging = final / ".final.partial"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            self._export(pl_module, staging)
+            self._export(pl_module, staging, trainer.global_step)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        # Beside the step-<N> folders: every file is complete before it is renamed in.
-        for file in staging.iterdir():
+        # Beside the step-<N> folders: every file is complete before it is renamed in; the
+        # manifest of the files being replaced goes first, the new one comes in last.
+        (final / MANIFEST).unlink(missing_ok=True)
+        for file in sorted(staging.iterdir(), key=lambda path: path.name == MANIFEST):
             if file.is_dir():  # a1111/: a folder replaces the one an earlier run left whole
                 swap_in(file, final / file.name)
             else:
@@ -80,7 +88,7 @@ class ExportWeights(L.Callback):
         staging = final.with_name(f".{final.name}.pending")
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            self._export(pl_module, staging)
+            self._export(pl_module, staging, trainer.global_step)
         except BaseException:  # a full disk midway: no hidden half-written folder is left
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -93,10 +101,11 @@ class ExportWeights(L.Callback):
         self._pending = []
 
     @staticmethod
-    def _export(pl_module: L.LightningModule, folder: Path) -> None:
-        # Any module with export(folder) (a baseline, or the contextualizer's pretraining).
+    def _export(pl_module: L.LightningModule, folder: Path, step: int) -> None:
+        # Any module with export(folder) and EXPORT_FORMATS (a baseline, or the
+        # contextualizer's pretraining).
         if not isinstance(pl_module, PersonalizationModule) and not callable(
             getattr(pl_module, "export", None)
         ):
             raise TypeError("ExportWeights needs a module with an export(folder) method.")
-        pl_module.export(folder)
+        export_with_manifest(pl_module, folder, step)

@@ -1,7 +1,8 @@
 """LightningModules: the shared base and one file per baseline (parts with one user beside it).
 
 Names resolve on first use (PEP 562), so configs' ``class_path: models.CustomDiffusion`` works
-and importing one baseline (or ``models.base`` for a type) loads no other.
+and importing one baseline (or ``models.base`` for a type) loads no other. ``load_export(pipe,
+folder)`` installs any export whose ``export.json`` names a baseline with a ``load_into``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ _HOMES = {
     "TextualInversion": "models.textual_inversion",
     "VisualEncoder": "models.visual_encoder",
     "XTI": "models.xti",
+    # an export folder's export.json: writing one with the export, loading by it
+    "export_with_manifest": "models.exports_loading",
+    "load_export": "models.exports_loading",
 }
 
 __all__ = sorted(_HOMES)

@@ -11,14 +11,17 @@ diffusers loads: ``<token>.safetensors`` per concept, and with the LoRA
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from exports.manifest import TOKEN_FILE_FORMATS, Format
 from losses.clif import CLIF_BATCH_KEYS, ContrastiveLanguageImageLoss
 from models.base import PersonalizationModule
+from models.lora import load_lora
 from models.lora_adapters import (
+    LORA_WEIGHTS,
     TEXT_ENCODER_TARGETS,
     add_seeded_adapters,
     check_lora_options,
@@ -33,6 +36,12 @@ STAGE1_REQUESTER = "CLIF stage 1 (models.CLIFTextTuning)"
 
 class CLIFTextTuning(PersonalizationModule):
     """Tokens (+ text-encoder LoRA) trained by the contrastive loss alone."""
+
+    EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
+        (LORA_WEIGHTS, Format.DIFFUSERS_LORA),  # text-encoder layers only
+        *TOKEN_FILE_FORMATS,
+    )
+    load_into = staticmethod(load_lora)  # the text-encoder LoRA when there is one, the tokens
 
     def __init__(
         self,

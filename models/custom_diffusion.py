@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -17,6 +17,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0, CustomDiffusi
 from safetensors.torch import save_file
 from torch import nn
 
+from exports.manifest import TOKEN_FILE_FORMATS, Format
 from exports.single_file import SINGLE_FILE, write_single_file
 from models.base import PersonalizationModule
 
@@ -59,6 +60,13 @@ def merge_custom_diffusion(unet: UNet2DConditionModel) -> UNet2DConditionModel:
 
 class CustomDiffusion(PersonalizationModule):
     """Trains K/V of every cross-attention layer (optionally Q and out too) and the tokens."""
+
+    EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
+        (CUSTOM_DIFFUSION_WEIGHTS, Format.CUSTOM_DIFFUSION),
+        (SINGLE_FILE, Format.SINGLE_FILE_CHECKPOINT),
+        *TOKEN_FILE_FORMATS,
+    )
+    load_into = staticmethod(load_custom_diffusion)  # the K/V processors and each <token>
 
     def __init__(
         self, train_q_out: bool = False, export_single_file: bool = False, **kwargs: Any

@@ -12,17 +12,30 @@ pull one condition two ways. The export is a full pipeline folder that diffusers
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
-from exports.external_formats import write_a1111_embedding
+from exports.external_formats import A1111_FOLDER, write_a1111_embedding
+from exports.manifest import Format
 from exports.single_file import SINGLE_FILE, write_single_file
 from models.base import PersonalizationModule
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+# The components a DreamBooth export replaces in a pipeline (the scheduler is the user's).
+PIPELINE_MODELS = ("unet", "text_encoder", "vae")
 
 
 class DreamBooth(PersonalizationModule):
     """Fine-tunes the UNet (and, if asked, the text encoder) on the subject's photos."""
+
+    EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
+        (SINGLE_FILE, Format.SINGLE_FILE_CHECKPOINT),
+        (f"{A1111_FOLDER}/*", Format.A1111_EMBEDDING),
+        ("*", Format.DIFFUSERS_PIPELINE),  # model_index.json, unet/, text_encoder/, ...
+    )
 
     def __init__(
         self,
@@ -93,3 +106,19 @@ class DreamBooth(PersonalizationModule):
         for index, concept in enumerate(self.concepts):  # the folder holds them merged already
             write_a1111_embedding(self.concept_tokens.vectors_of(index), folder, concept.token)
         return sorted(p for p in folder.rglob("*") if p.is_file())
+
+    @staticmethod
+    def load_into(pipeline: StableDiffusionPipeline, folder: str | Path) -> None:
+        """A DreamBooth export is itself a whole pipeline folder
+        (``StableDiffusionPipeline.from_pretrained(folder)`` loads it as is). Into an existing
+        ``pipeline``: its UNet, text encoder, VAE and tokenizer are replaced by the folder's
+        (each with its class's ``from_pretrained``, on the pipeline's device and dtype); the
+        pipeline's scheduler stays."""
+        folder = Path(folder)
+        parts: dict[str, Any] = {}
+        for name in PIPELINE_MODELS:
+            current = getattr(pipeline, name)
+            loaded = type(current).from_pretrained(folder, subfolder=name, dtype=current.dtype)
+            parts[name] = loaded.to(current.device)
+        parts["tokenizer"] = type(pipeline.tokenizer).from_pretrained(folder, subfolder="tokenizer")
+        pipeline.register_modules(**parts)

@@ -12,11 +12,12 @@ does not train the target's representation), but their files are written anyway:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
 from exports.external_formats import KOHYA_LORA, write_kohya_lora
+from exports.manifest import TOKEN_FILE_FORMATS, Format
 from models.base import PersonalizationModule
 from models.lora_adapters import (
     LORA_WEIGHTS,
@@ -48,6 +49,13 @@ def load_lora(pipe: StableDiffusionPipeline, folder: str | Path) -> None:
 
 class LoRA(PersonalizationModule):
     """Trains peft LoRA adapters (UNet attention; text encoder optional) and optionally tokens."""
+
+    EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
+        (LORA_WEIGHTS, Format.DIFFUSERS_LORA),
+        (KOHYA_LORA, Format.KOHYA_LORA),
+        *TOKEN_FILE_FORMATS,
+    )
+    load_into = staticmethod(load_lora)  # load_lora_weights, then each <token>
 
     def __init__(
         self,

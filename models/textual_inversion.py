@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from exports.external_formats import A1111_FOLDER
+from exports.manifest import Format
 from models.base import PersonalizationModule
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
 LEARNED_EMBEDS = "learned_embeds.safetensors"
 
 
 class TextualInversion(PersonalizationModule):
     """Learns ``num_vectors`` embedding vectors per concept; the whole model stays frozen."""
+
+    EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("learned_embeds*.safetensors", Format.TEXTUAL_INVERSION),
+        (f"{A1111_FOLDER}/*", Format.A1111_EMBEDDING),
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("train_tokens", True)
@@ -31,3 +41,10 @@ class TextualInversion(PersonalizationModule):
                 for i, c in enumerate(self.concepts)
             }
         return self.export_token_embeddings(paths)
+
+    @staticmethod
+    def load_into(pipeline: StableDiffusionPipeline, folder: str | Path) -> None:
+        """Each ``learned_embeds*.safetensors`` of an export through diffusers'
+        ``load_textual_inversion``."""
+        for path in sorted(Path(folder).glob("learned_embeds*.safetensors")):
+            pipeline.load_textual_inversion(path)

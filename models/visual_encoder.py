@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from PIL import Image
@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from exports.manifest import Format, not_loadable
 from models.base import PersonalizationModule
 from models.subject_encoder import (
     SubjectEncoder,
@@ -48,6 +49,15 @@ REFERENCE_KEY = "reference_pixel_values"
 
 class VisualEncoder(PersonalizationModule):
     """Trains only the image-to-token mapper; CLIP, the text encoder and the UNet stay frozen."""
+
+    EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
+        (VISUAL_ENCODER_WEIGHTS, Format.VISUAL_ENCODER_MAPPER),
+    )
+    LOAD_INSTEAD: ClassVar[str] = (
+        "it maps a subject's photos to the token's vectors; encoder, token = "
+        "models.visual_encoder.load_subject_encoder(folder), then "
+        "install_subject(pipe, encoder.embed_subject(photos), token)"
+    )
 
     def __init__(
         self,
@@ -135,6 +145,12 @@ class VisualEncoder(PersonalizationModule):
         path = folder / VISUAL_ENCODER_WEIGHTS
         save_file(weights, str(path), metadata={"visual_encoder": json.dumps(settings)})
         return [path]
+
+    @classmethod
+    def load_into(cls, pipeline: StableDiffusionPipeline, folder: str | Path) -> None:
+        """Refused (`NotLoadableError`): the vectors come from a subject's photos; the message
+        names `load_subject_encoder` and `install_subject`."""
+        raise not_loadable(cls.__name__, folder, cls.LOAD_INSTEAD)
 
     # ----- subjects ---------------------------------------------------------------------------
     def embed_subject(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:

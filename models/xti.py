@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from core.concept import vector_token_names
+from exports.manifest import Format, not_loadable
 from models.base import PersonalizationModule
 from models.xti_layers import (
     LayerTokenBlocks,
@@ -63,6 +64,13 @@ def read_xti(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
 
 class XTI(PersonalizationModule):
     """Learns ``num_vectors`` vectors per concept for each cross-attention layer."""
+
+    EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = ((XTI_EMBEDS, Format.XTI_EMBEDDINGS),)
+    LOAD_INSTEAD: ClassVar[str] = (
+        "its per-layer tokens need XTI's own prompt encoding; models.xti.xti_pipeline(<base "
+        "model>, folder) builds a pipeline that generates from plain prompts (or load_xti(pipe, "
+        "folder), then pipe(prompt_embeds=xti_prompt_embeds(pipe, prompts)))"
+    )
 
     def __init__(
         self, text_layer: int | None = None, init_embeddings: str | None = None, **kwargs: Any
@@ -164,6 +172,12 @@ class XTI(PersonalizationModule):
         }
         save_file(tensors, str(folder / XTI_EMBEDS), metadata=metadata)
         return [folder / XTI_EMBEDS]
+
+    @classmethod
+    def load_into(cls, pipeline: StableDiffusionPipeline, folder: str | Path) -> None:
+        """Refused (`NotLoadableError`): a plain pipeline's prompts cannot reach the per-layer
+        tokens; the message names `xti_pipeline` and `load_xti`."""
+        raise not_loadable(cls.__name__, folder, cls.LOAD_INSTEAD)
 
 
 # ----- diffusers: loading and generating ----------------------------------------------------

@@ -12,6 +12,7 @@ import yaml
 from helpers import REPO_ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from exports.manifest import MANIFEST
 from train import main
 
 CUSTOM_DIFFUSION_EXPORTS = {"pytorch_custom_diffusion_weights.safetensors", "<v1>.safetensors"}
@@ -25,14 +26,15 @@ def run_folder(root: Path) -> Path:
 
 
 def assert_complete_run(folder: Path, exports: set[str]) -> None:
-    """Events with train/loss and a samples grid, config.yaml, a checkpoint, the exports."""
+    """Events with train/loss and a samples grid, config.yaml, a checkpoint, the exports and
+    their export.json."""
     events = EventAccumulator(str(folder))
     events.Reload()
     assert "train/loss" in events.Tags()["scalars"]
     assert "samples" in events.Tags()["images"]
     assert (folder / "config.yaml").exists()
     assert list((folder / "checkpoints").glob("*.ckpt"))
-    assert {p.name for p in (folder / "export").iterdir() if p.is_file()} == exports
+    assert {p.name for p in (folder / "export").iterdir() if p.is_file()} == {*exports, MANIFEST}
 
 
 def cli_args(config: str, root: Path, steps: int = 3) -> list[str]:

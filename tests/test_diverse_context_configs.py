@@ -59,6 +59,7 @@ def test_contextualizer_run_exports_to_the_default_place(pretrained_cache: Path)
     assert {p.name for p in (run / "export").iterdir() if p.is_file()} == {
         WEIGHTS_FILE,
         CONFIG_FILE,
+        "export.json",  # the export's manifest (exports/manifest.py)
     }
     events = EventAccumulator(str(run))
     events.Reload()

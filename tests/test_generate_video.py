@@ -18,13 +18,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import generate_video
 from core.concept import ConceptSpec
+from exports.manifest import ExportManifest, write_manifest
 from generation.video import (
     MotionAdapterMismatchError,
     VideoSettings,
     animate,
     check_adapter_fits,
 )
-from models import CustomDiffusion, DreamBooth, LoRA, TextualInversion
+from models import CustomDiffusion, DreamBooth, LoRA, TextualInversion, export_with_manifest
 from models.base import PersonalizationModule
 from pretrained.tiny_motion_adapter import TINY_MOTION_ADAPTER_NAME, resolve_motion_adapter
 from train import main as train_main
@@ -33,10 +34,10 @@ pytestmark = pytest.mark.slow  # runs training end to end, or a process grid
 
 CONCEPTS = [ConceptSpec("<v1>", "toy")]
 BASELINES: dict[str, Callable[[], PersonalizationModule]] = {
-    "textual_inversion": lambda: TextualInversion(concepts=CONCEPTS),
-    "custom_diffusion": lambda: CustomDiffusion(concepts=CONCEPTS),
-    "lora": lambda: LoRA(concepts=CONCEPTS, rank=4, alpha=8.0),
-    "dreambooth": lambda: DreamBooth(concepts=CONCEPTS),
+    "TextualInversion": lambda: TextualInversion(concepts=CONCEPTS),
+    "CustomDiffusion": lambda: CustomDiffusion(concepts=CONCEPTS),
+    "LoRA": lambda: LoRA(concepts=CONCEPTS, rank=4, alpha=8.0),
+    "DreamBooth": lambda: DreamBooth(concepts=CONCEPTS),
 }
 
 
@@ -58,7 +59,7 @@ def exports(
         module = build()
         _randomise_trained(module, seed=len(made))
         folder = tmp_path_factory.mktemp(f"{kind}-export")
-        module.export(folder)
+        export_with_manifest(module, folder)
         made[kind] = (module, folder)
     return made
 
@@ -68,8 +69,9 @@ def test_each_export_gives_a_plain_pipeline_that_generates_the_module_images(
     kind: str, exports: dict, tiny_sd_path: Path
 ) -> None:
     module, folder = exports[kind]
-    assert generate_video.export_kind(folder) == kind
-    pipe = generate_video.concept_pipeline(str(tiny_sd_path), folder, kind, torch.float32)
+    manifest = generate_video.video_export(folder)
+    assert manifest.baseline == kind
+    pipe = generate_video.concept_pipeline(str(tiny_sd_path), folder, manifest, torch.float32)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     # Plain UNet weights: what a motion UNet can take (no LoRA layers, no K/V processors).
     assert not any("lora" in name for name, _ in pipe.unet.named_parameters())
@@ -79,12 +81,13 @@ def test_each_export_gives_a_plain_pipeline_that_generates_the_module_images(
     assert (loaded - pipe_sample(fresh_pipe(tiny_sd_path))).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("kind", ["custom_diffusion", "lora"])
+@pytest.mark.parametrize("kind", ["CustomDiffusion", "LoRA"])
 def test_the_motion_unet_carries_every_concept_weight(
     kind: str, exports: dict, tiny_sd_path: Path
 ) -> None:
     _, folder = exports[kind]
-    pipe = generate_video.concept_pipeline(str(tiny_sd_path), folder, kind, torch.float32)
+    manifest = generate_video.video_export(folder)
+    pipe = generate_video.concept_pipeline(str(tiny_sd_path), folder, manifest, torch.float32)
     spatial = {name: tensor.clone() for name, tensor in pipe.unet.state_dict().items()}
     adapter = MotionAdapter.from_pretrained(resolve_motion_adapter(TINY_MOTION_ADAPTER_NAME))
     motion = animate(pipe, adapter, TINY_MOTION_ADAPTER_NAME).unet.state_dict()
@@ -117,7 +120,7 @@ def test_a_run_becomes_a_video_in_its_eval_folder(trained_run: Path) -> None:
     folder = trained_run / "eval" / "video-1"
     settings = json.loads((folder / "settings.json").read_text())
     assert settings["prompt"] == "a <v1> toy running on the grass"
-    assert settings["kind"] == "custom_diffusion"
+    assert settings["baseline"] == "CustomDiffusion"
     assert settings["motion_adapter"] == TINY_MOTION_ADAPTER_NAME
     assert (settings["height"], settings["guidance_scale"]) == (32, 7.5)
     video = iio.imread(folder / "video.mp4")  # read back through ffmpeg
@@ -132,6 +135,18 @@ def test_a_run_becomes_a_video_in_its_eval_folder(trained_run: Path) -> None:
     assert generate_video.main(args) == 0  # a second call: a new folder, the first kept
     assert (trained_run / "eval" / "video-2" / "video.mp4").is_file()
     assert (folder / "video.mp4").is_file()
+
+
+def test_an_export_alone_takes_its_base_model_from_its_export_json(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = ["--export", str(trained_run / "export"), "--concept", "<v1> toy", "--output", str(out),
+            "--frames", "2", "--steps", "1", "--fps", "2"]  # fmt: skip
+    assert generate_video.main(args) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert (settings["pretrained"], settings["baseline"]) == ("tiny-sd", "CustomDiffusion")
+    assert (settings["height"], settings["width"]) == (32, 32)  # tiny-sd's size, from the base
 
 
 def _error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
@@ -164,9 +179,20 @@ def test_bad_input_gets_one_line(
 ) -> None:
     xti = tmp_path / "xti"
     xti.mkdir()
-    (xti / "xti_embeds.safetensors").write_bytes(b"")
-    assert "XTI" in _error(capsys, ["--export", str(xti), "--pretrained", "tiny-sd",
-                                    "--output", str(tmp_path / "out")])  # fmt: skip
+    (xti / "xti_embeds.safetensors").write_bytes(b"")  # refused before any weights load
+    write_manifest(
+        xti, ExportManifest("XTI", "tiny-sd", {"xti_embeds.safetensors": "xti-embeddings"})
+    )
+    message = _error(capsys, ["--export", str(xti), "--output", str(tmp_path / "out")])
+    assert "XTI export" in message and "xti_pipeline" in message
+    subject = tmp_path / "subject"
+    subject.mkdir()
+    write_manifest(subject, ExportManifest("VisualEncoder", "tiny-sd", {}))
+    message = _error(capsys, ["--export", str(subject), "--output", str(tmp_path / "out")])
+    assert "VisualEncoder export" in message and "install_subject" in message
+    (xti / "export.json").unlink()  # files, but no manifest: not an export folder
+    message = _error(capsys, ["--export", str(xti), "--output", str(tmp_path / "out")])
+    assert "has no export.json" in message and "export/step-<N>" in message
     assert "does not exist" in _error(
         capsys, ["--run", str(trained_run), "--export", str(tmp_path / "missing")]
     )

@@ -59,7 +59,7 @@ def test_a_finished_fit_says_where_the_run_went(
     (run,) = [p.parent for p in tmp_path.rglob("config.yaml")]
     assert f"done: 2 steps; run folder {run}" in lines
     export = run / "export"
-    assert f"export: {export} (a1111/, learned_embeds.safetensors)" in lines
+    assert f"export: {export} (a1111/, export.json, learned_embeds.safetensors)" in lines
     (board,) = [line for line in lines if line.startswith("tensorboard --logdir ")]
     assert run.is_relative_to(board.split(" ", 2)[2])
 
