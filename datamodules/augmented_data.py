@@ -77,8 +77,8 @@ class AugmentedData:
         if short:
             raise ValueError(
                 f"general concept folder {short[0][0]} has fewer than "
-                f"{settings.general_images_per_concept} images; the module generates them in "
-                "its setup (train through the Trainer), or add images there."
+                f"{settings.general_images_per_concept} images; the DataModule's setup generates "
+                "them with the model (train through the Trainer), or add images there."
             )
         wanted = settings.general_images_per_concept
         return {

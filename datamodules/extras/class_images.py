@@ -109,15 +109,16 @@ class ClassImages(SampleExtra):
         check_class_options(folder, prompt, wanted)
         if not Path(folder).is_dir():
             raise ValueError(
-                f"class folder {folder!r} does not exist; the module generates it in its setup "
-                "(train through the Trainer), or point class_data_dir at a folder of images."
+                f"class folder {folder!r} does not exist; the DataModule's setup generates it with "
+                "the model (train through the Trainer), or point class_data_dir at a folder of "
+                "images."
             )
         files = list_class_images(folder)
         if len(files) < wanted:
             raise ValueError(
                 f"class folder {folder!r} holds {len(files)} images, num_class_images is "
-                f"{wanted}; the module generates missing ones in its setup (train through the "
-                "Trainer), or add images, or lower num_class_images."
+                f"{wanted}; the DataModule's setup generates missing ones with the model (train "
+                "through the Trainer), or add images, or lower num_class_images."
             )
         resolution = int(datamodule.resolution)
         # The images used are read now (an unreadable one is named), before training.
