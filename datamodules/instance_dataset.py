@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from core.concept import ConceptSpec
 from core.images import crop_square, resize_short_side, to_tensor
-from datamodules.extras import SampleExtra
+from datamodules.extras.base import SampleExtra
 from datamodules.transforms import random_rescale
 from prompts.templates import FAR_AWAY_WORDS, ZOOMED_IN_WORDS
 

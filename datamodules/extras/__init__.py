@@ -1,71 +1,18 @@
-"""Per-sample batch extras: data the DataModule builds only when the module asks for it.
-
-An extra adds keys to every sample (class images, the superclass prompt, context-rich prompts,
-captions, ...). Each is one file in this package defining a `SampleExtra` subclass with the
-keys it ``provides``; defining the class registers it. When a regularizer or baseline
-``requires`` a key, the module's ``setup`` calls ``datamodule.request(keys, who)``, which builds
-the extra through ``from_datamodule`` (where it reads its DataModule options and raises a
-clear error naming the option to set when one is missing).
-
-Values must collate with torch's default collate: tensors of one shape, numbers, or strings
-(a variable-length list per sample would be transposed: join it into one string instead).
+"""Per-sample batch extras: data the DataModule builds only when the module asks for it
+(datamodules/extras/base.py says how). Each extra is one file here, listed below: importing it
+registers the keys it provides.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-import random
-from typing import TYPE_CHECKING, Any, ClassVar
+from datamodules.extras import (  # noqa: F401  (each import registers its extras)
+    captions,
+    class_images,
+    clif_pairs,
+    context_prompts,
+    reference_image,
+    superclass,
+)
+from datamodules.extras.base import SampleExtra, extra_for, known_keys
 
-if TYPE_CHECKING:
-    from datamodules.personalization import PersonalizationDataModule
-
-_REGISTRY: dict[str, type[SampleExtra]] = {}
-_discovered = False
-
-
-class SampleExtra:
-    """Base class: set ``provides``; override ``from_datamodule`` and ``add``."""
-
-    provides: ClassVar[frozenset[str]] = frozenset()
-    # True when ``add`` writes strings that depend only on the sample's prompt, photo index
-    # and concept (not on rng or pixels): the DataModule can then list every value its keys
-    # take (`PersonalizationDataModule.possible_values`), and losses encode them up front.
-    enumerable: ClassVar[bool] = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for key in cls.provides:
-            if key in _REGISTRY and _REGISTRY[key].__qualname__ != cls.__qualname__:
-                raise TypeError(f"Batch key {key!r} is provided by {_REGISTRY[key]} already.")
-            _REGISTRY[key] = cls
-
-    @classmethod
-    def from_datamodule(cls, datamodule: PersonalizationDataModule) -> SampleExtra:
-        """Build from the DataModule's options; raise ValueError naming a missing option."""
-        return cls()
-
-    def add(self, sample: dict[str, Any], concept_index: int, rng: random.Random) -> None:
-        """Write this extra's keys into one sample (rng: seeded by the sample index)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement add().")
-
-
-def _discover() -> None:
-    """Import every module of this package once, so each file's extras are registered."""
-    global _discovered
-    if not _discovered:
-        for info in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{info.name}")
-        _discovered = True
-
-
-def extra_for(key: str) -> type[SampleExtra] | None:
-    """The extra class that provides a batch key, if any."""
-    _discover()
-    return _REGISTRY.get(key)
-
-
-def known_keys() -> set[str]:
-    _discover()
-    return set(_REGISTRY)
+__all__ = ["SampleExtra", "extra_for", "known_keys"]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.concept import ConceptSpec
 from core.errors import read_utf8_text
-from datamodules.extras import SampleExtra
+from datamodules.extras.base import SampleExtra
 from preparation.captioning import caption_photos
 from preparation.photos import list_image_files
 

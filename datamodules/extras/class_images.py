@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from PIL import Image
 
 from core.images import resize_and_crop, to_tensor
-from datamodules.extras import SampleExtra
+from datamodules.extras.base import SampleExtra
 from preparation.model_images import list_class_images
 from preparation.photos import load_rgb_image
 

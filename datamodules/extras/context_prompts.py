@@ -12,7 +12,7 @@ import random
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from datamodules.extras import SampleExtra
+from datamodules.extras.base import SampleExtra
 from prompts.context import (
     category_of,
     check_category,

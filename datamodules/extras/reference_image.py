@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from PIL import Image
 
 from core.images import resize_and_crop, to_tensor
-from datamodules.extras import SampleExtra
+from datamodules.extras.base import SampleExtra
 
 if TYPE_CHECKING:
     from datamodules.personalization import PersonalizationDataModule

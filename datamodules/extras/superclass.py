@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.concept import ConceptSpec, token_pattern
-from datamodules.extras import SampleExtra
+from datamodules.extras.base import SampleExtra
 
 if TYPE_CHECKING:
     from datamodules.personalization import PersonalizationDataModule
