@@ -13,6 +13,8 @@ from pathlib import Path
 
 import lightning as L
 
+from callbacks.run_summary import run_folder
+
 # What start-up writes into a run folder before any step.
 START_UP_FILES = ("config.yaml", "hparams.yaml")
 EVENT_FILE_PREFIX = "events.out.tfevents."
@@ -34,7 +36,7 @@ class RemoveEmptyRun(L.Callback):
     ) -> None:
         if trainer.global_step > 0 or not trainer.is_global_zero or not trainer.loggers:
             return
-        folder = Path(trainer.loggers[0].log_dir or "")  # not trainer.log_dir: a collective
+        folder = run_folder(trainer)  # not trainer.log_dir: a collective under DDP
         if (
             folder.is_dir()
             and folder != Path(trainer.default_root_dir)
