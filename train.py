@@ -31,6 +31,7 @@ from callbacks.run_summary import summary_lines
 from core.errors import config_files, environment_message, user_message
 from core.run_config import EVALUATING_COMMANDS, with_run_config
 from core.threads import configure_torch_threads
+from datamodules.moved_options import moved_option_hint
 from pretrained.tiny_sd import TINY_MODEL_NAME
 from training.finite_guard import NonFiniteError
 from training.safe_checkpoints import check_loads_weights_only
@@ -217,6 +218,7 @@ def run_from_command_line(argv: list[str]) -> int:
         if message is None:
             traceback.print_exc()
             return 1
+        message = moved_option_hint(message)
         print(f"error: {message}", file=sys.stderr)
         return 2
     stopped = interrupted_by(cli.trainer)

@@ -48,3 +48,19 @@ def accepts_options_of(*others: type) -> Callable[[T], T]:
         return cls
 
     return decorate
+
+
+# LightningCLI's subclass mode hands `--data.init_args.<group>.<field> null` to a dataclass
+# field typed ``str | None`` as the string "None" (a config file's ``null`` arrives as None).
+_NULL_WORDS = frozenset({"None", "null"})
+
+
+def none_for_null(value: str | None) -> str | None:
+    """None for the command line's ``null`` (see above); other values unchanged."""
+    return None if value in _NULL_WORDS else value
+
+
+def clear_null_strings(options: Any, *fields: str) -> None:
+    """In a frozen dataclass's ``__post_init__``: each of ``fields`` through `none_for_null`."""
+    for name in fields:
+        object.__setattr__(options, name, none_for_null(getattr(options, name)))

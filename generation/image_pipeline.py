@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 # diffusers' DreamBooth script samples class images with the pipeline's defaults (the step
-# count, 50 there, is the DataModule's class_generation_steps).
+# count, 50 there, is the DataModule's class_images.generation_steps).
 GUIDANCE_SCALE = 7.5
 
 

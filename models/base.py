@@ -104,7 +104,7 @@ class PersonalizationModule(
             noise_offset: offset noise strength (0 disables).
             prior_loss_weight: DreamBooth's prior preservation (0 disables): class images go
                 through the same UNet call and their denoising loss is added with this weight;
-                the DataModule then needs class_data_dir and class_prompt.
+                the DataModule then needs data.init_args.class_images.folder.
             seed: seeds noise and timesteps per step, so a resumed run draws the same ones.
             evaluation: how ``test`` / ``predict`` generate and what ``test`` scores
                 (generation/evaluation.py; test_step and predict_step come from its mixin).

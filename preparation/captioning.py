@@ -30,7 +30,7 @@ from core.atomic import write_file_atomically
 from core.cache import cache_root
 from pretrained.eval_models import load_eval_model
 
-CAPTIONER_OPTION = "data.init_args.captioner"
+CAPTIONER_OPTION = "data.init_args.captions.captioner"
 MAX_NEW_TOKENS = 30
 CACHE_VERSION = 1
 

@@ -108,7 +108,7 @@ def generate_class_images(
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"class_data_dir {str(folder)!r} is a file, not a folder.")
+        raise NotADirectoryError(f"class image folder {str(folder)!r} is a file, not a folder.")
     indices = missing_indices(folder, num_images)
     if not indices:  # nobody writes, so every rank sees this same answer
         return []

@@ -82,7 +82,7 @@ def category_of(class_word: str, living_classes: Iterable[str] | None = None) ->
 
     Rule: the lower-cased class word, or its last word, is in ``living_classes`` (default
     `context_words.LIVING_CLASSES`), and none of its words marks an object ("teddy bear",
-    "toy dog" are objects). Override per run with the DataModule's ``context_category``.
+    "toy dog" are objects). Override per run with the DataModule's ``context_prompts.category``.
     """
     living = frozenset(w.lower() for w in (living_classes or words.LIVING_CLASSES))
     text = " ".join(class_word.lower().split())

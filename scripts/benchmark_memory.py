@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datamodules.extras.captions import CaptionOptions  # noqa: E402
 from datamodules.personalization import ConceptData, PersonalizationDataModule  # noqa: E402
 from losses.dd_loss import DenoisingDecoupleLoss  # noqa: E402
 from losses.pd_loss import PriorDecoupleLoss  # noqa: E402
@@ -69,7 +70,8 @@ def build_case(case: str, switches: dict[str, Any], resolution: int, batch_size:
         others = [ConceptData("<v1>", "cat", str(DREAMBENCH / "cat"))]
         data_args = {"shared_tokens": True, "additional_concepts": others}
     if case == "cd+dd+pd":
-        data_args["captioner"] = None  # the prompts stand in for BLIP captions
+        # The prompts stand in for BLIP captions.
+        data_args["captions"] = CaptionOptions(captioner=None)
     data = PersonalizationDataModule(
         instance_data_dir=str(DREAMBENCH / "dog"), class_word="dog", resolution=resolution,
         batch_size=batch_size, repeats=10, num_workers=0, **data_args,

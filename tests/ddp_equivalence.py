@@ -78,7 +78,7 @@ def fit_and_save(method: str, out: Path, global_batch: int, world_size: int) -> 
         # A learning rate that moves every method's weights well past float rounding in 7 steps.
         "--model.init_args.optimizer.init_args.lr", "1e-3",
         # One class-image folder for both runs: the same prior images (made by the first run).
-        "--data.init_args.class_data_dir", str(out / "class_images"),
+        "--data.init_args.class_images.folder", str(out / "class_images"),
         *EXTRA_OPTIONS.get(method, lambda out: [])(out),
     ]  # fmt: skip
     cli = train.main(args, run=False)

@@ -38,7 +38,7 @@ def test_config_runs_three_steps_with_the_tiny_overlay(
     class_dir = tmp_path / "class_images"
     args = cli_args(config, tmp_path) + [
         "--trainer.callbacks", CHEAP_CALLBACKS,
-        "--data.init_args.class_data_dir", str(class_dir),
+        "--data.init_args.class_images.folder", str(class_dir),
     ]  # fmt: skip
     cli = main(args)
     assert cli.trainer.global_step == 3
@@ -70,7 +70,7 @@ def test_configs_hold_the_sd15_recipes(
     if config == "dreambooth":
         assert printed["model"]["class_path"] == "models.DreamBooth"
         assert model["optimizer"]["init_args"]["lr"] == 5e-6
-        assert model["prior_loss_weight"] == 1.0 and data["num_class_images"] == 200
+        assert model["prior_loss_weight"] == 1.0 and data["class_images"]["count"] == 200
         assert 400 <= printed["trainer"]["max_steps"] <= 1000
     else:
         assert printed["model"]["class_path"] == "models.LoRA"

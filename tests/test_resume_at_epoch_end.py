@@ -12,6 +12,7 @@ from baseline_checks import assert_resume_is_exact
 from helpers import CLASS_PROMPT, optimizer_with_lr, tiny_datamodule, write_class_folder
 
 from datamodules import ConceptData
+from datamodules.extras.class_images import ClassImageOptions
 from losses.dd_loss import DenoisingDecoupleLoss
 from losses.mlm import MaskedLanguageModelingLoss
 from losses.pd_loss import PriorDecoupleLoss
@@ -26,7 +27,7 @@ def baseline_case(cls: type, **data: Any) -> Callable[[Path, Path], Any]:
     def build(root: Path, psi_dir: Path) -> Any:
         if cls is DreamBooth:
             folder = write_class_folder(root / "class", count=3)
-            data.update(class_data_dir=str(folder), class_prompt=CLASS_PROMPT, num_class_images=3)
+            data.update(class_images=ClassImageOptions(str(folder), CLASS_PROMPT, count=3))
         datamodule = tiny_datamodule(**ONE_EPOCH, **data)
         settings: dict[str, Any] = {"concepts": datamodule.concepts}
         settings["optimizer"] = optimizer_with_lr(1e-3 if cls is DreamBooth else 1e-2)

@@ -166,6 +166,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         ],
         "less than a quarter of the training resolution 64",
     ),  # fmt: skip
+    "an option from an older config": (
+        lambda r: ["--data.init_args.num_class_images", "3"],
+        "it moved to data.init_args.class_images.count",
+    ),
     "token with a space": (
         lambda r: ["--data.init_args.concept_token", "<v 1>"],
         "without spaces",
@@ -173,15 +177,15 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "prior without class images": (
         lambda r: [
             "--model.init_args.prior_loss_weight", "1",
-            "--data.init_args.class_data_dir", "null",
+            "--data.init_args.class_images.folder", "null",
         ],
-        "class_data_dir",
+        "class_images.folder",
     ),  # fmt: skip
     # Beyond the list: what the other options and subcommands let through.
     "class prompt naming another class": (
         lambda r: [
             "--model.init_args.prior_loss_weight", "1",
-            "--data.init_args.class_prompt", "a photo of a cat",
+            "--data.init_args.class_images.prompt", "a photo of a cat",
         ],
         "does not name the class word 'toy'",
     ),  # fmt: skip
@@ -286,7 +290,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda r: [
             *regularizer("losses.dd_loss.DenoisingDecoupleLoss"),
             *photo_args(str(photos(r / "uncaptioned"))),
-            "--data.init_args.captioner", str(r / "no-captioner"),
+            "--data.init_args.captions.captioner", str(r / "no-captioner"),
         ],
         "cannot be loaded here (no such folder)",
     ),  # fmt: skip

@@ -9,11 +9,11 @@ decouple from it. A subject folder may hold a captions file beside the photos:
     00.jpg: a {} on the back of a girl walking in a park
     01.jpg: a {} lying on a wooden bench
 
-Without one, the DataModule's ``captioner`` (BLIP) captions the photos once, as the paper does
-with a VLM (preparation/captioning.py, cached); with no captioner either, the sample's own
-prompt is the caption ("a photo of a <v1> toy"), the template fallback, with a warning: the
-general part is then the near-empty "a photo of a", which DDLoss and PDLoss average over.
-The keys, all strings: ``caption_full``, ``caption_concept``
+Without one, the DataModule's ``captions.captioner`` (BLIP) captions the photos once, as the
+paper does with a VLM (preparation/captioning.py, cached); with no captioner either, the
+sample's own prompt is the caption ("a photo of a <v1> toy"), the template fallback, with a
+warning: the general part is then the near-empty "a photo of a", which DDLoss and PDLoss
+average over. The keys, all strings: ``caption_full``, ``caption_concept``
 ("<v1> dog"), ``caption_general`` (the caption without the concept phrase) and
 ``caption_superclass`` (the class word, cs: the concept's superclass, for PDLoss).
 """
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.concept import ConceptSpec
 from core.errors import read_utf8_text
+from core.options import clear_null_strings
 from datamodules.extras.base import SampleExtra
 from preparation.captioning import caption_photos
 from preparation.photos import list_image_files
@@ -37,6 +38,22 @@ if TYPE_CHECKING:
 
 CAPTIONS_FILE = "captions.txt"
 PLACEHOLDER = "{}"
+
+
+@dataclass(frozen=True)
+class CaptionOptions:
+    """How photos without a captions file get captions (DataModule option ``captions``).
+
+    Attributes:
+        captioner: a BLIP captioning model (hub id, folder, or ``tiny-blip-captioner``), run
+            once per subject and cached; None: the prompts stand in (with a warning). Used
+            only when a loss asks for captions.
+    """
+
+    captioner: str | None = None
+
+    def __post_init__(self) -> None:
+        clear_null_strings(self, "captioner")
 
 
 @dataclass(frozen=True)
@@ -121,7 +138,7 @@ class Captions(SampleExtra):
     def from_datamodule(cls, datamodule: PersonalizationDataModule) -> SampleExtra:
         """Reads (and checks) each concept's captions file now, before training; captions the
         photos that have none when the DataModule names a captioner."""
-        captioner = getattr(datamodule, "captioner", None)
+        captioner = datamodule.captions.captioner
         captions: list[list[str] | None] = []
         # One entry per concept_data row (samples index it), also when subjects share a token.
         for index, data in enumerate(datamodule.concept_data):
@@ -140,7 +157,7 @@ class Captions(SampleExtra):
                     f"No {CAPTIONS_FILE} beside the photos of {data.spec.token} and no "
                     "captioner: the prompts stand in for ACCORD's captions, so DDLoss and "
                     "PDLoss decouple the concept from the template's near-empty rest ('a photo "
-                    "of a') only. Set data.init_args.captioner (e.g. Salesforce/"
+                    "of a') only. Set data.init_args.captions.captioner (e.g. Salesforce/"
                     f"blip-image-captioning-large) or write {CAPTIONS_FILE}.",
                     stacklevel=2,
                 )

@@ -12,18 +12,63 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
 from core.images import resize_and_crop, to_tensor
+from core.options import clear_null_strings
 from datamodules.extras.base import SampleExtra
 from preparation.model_images import list_class_images
 from preparation.photos import load_rgb_image
 
 if TYPE_CHECKING:
     from datamodules.personalization import PersonalizationDataModule
+
+
+OPTION = "data.init_args.class_images"
+
+
+@dataclass(frozen=True)
+class ClassImageOptions:
+    """Prior preservation's class images (DataModule option ``class_images``); used only when
+    the model trains with them (``prior_loss_weight`` > 0 or a regularizer asking for them).
+
+    Attributes:
+        folder: where the class images are; missing ones are generated there by the base model
+            before training. ``{class_word}`` in it becomes the (first) class word, so one
+            config serves every subject: ``class_images/{class_word}``.
+        prompt: the class images' prompt; None: "a photo of a <class word>". It must name a
+            concept's class word (else the prior would show another class).
+        count: how many class images to use (and to generate if missing).
+        generation_steps: sampling steps per generated class image (DDIM, cfg 7.5).
+    """
+
+    folder: str | None = None
+    prompt: str | None = None
+    count: int = 100
+    generation_steps: int = 50
+
+    def __post_init__(self) -> None:
+        clear_null_strings(self, "folder", "prompt")
+        if self.count < 1:
+            raise ValueError(f"{OPTION}.count must be >= 1, got {self.count}.")
+        if self.generation_steps < 1:
+            raise ValueError(
+                f"{OPTION}.generation_steps must be >= 1, got {self.generation_steps}."
+            )
+        if self.folder is not None and Path(self.folder).is_file():
+            raise ValueError(f"{OPTION}.folder {self.folder!r} is a file; give a folder.")
+
+    def for_classes(self, class_words: list[str]) -> ClassImageOptions:
+        """These options with the prompt checked (or defaulted) and ``{class_word}`` in the
+        folder replaced by the first class word."""
+        folder = self.folder
+        if folder is not None:
+            folder = folder.replace("{class_word}", class_words[0].replace(" ", "_"))
+        return replace(self, folder=folder, prompt=class_prompt_for(class_words, self.prompt))
 
 
 def class_prompt_for(class_words: list[str], class_prompt: str | None) -> str:
@@ -35,37 +80,16 @@ def class_prompt_for(class_words: list[str], class_prompt: str | None) -> str:
     named = [w for w in class_words if _contains(words, re.findall(r"[\w'-]+", w.lower()))]
     if not named:
         raise ValueError(
-            f"class_prompt {class_prompt!r} does not name the class word "
+            f"{OPTION}.prompt {class_prompt!r} does not name the class word "
             f"{' or '.join(repr(w) for w in dict.fromkeys(class_words))}: the prior images "
-            f"would show another class. Set class_prompt to e.g. 'a photo of a "
-            f"{class_words[0]}', or leave it unset (that is the default)."
+            f"would show another class. Set it to e.g. 'a photo of a {class_words[0]}', or "
+            "leave it unset (that is the default)."
         )
     return class_prompt
 
 
 def _contains(words: list[str], phrase: list[str]) -> bool:
     return any(words[i : i + len(phrase)] == phrase for i in range(len(words)))
-
-
-def check_class_options(
-    class_data_dir: str | None,
-    class_prompt: str | None,
-    num_class_images: int,
-    generation_steps: int = 1,
-) -> None:
-    """DataModule-time checks, so a bad combination fails before any model is loaded."""
-    if num_class_images < 1:
-        raise ValueError(f"num_class_images must be >= 1, got {num_class_images}.")
-    if generation_steps < 1:
-        raise ValueError(f"class_generation_steps must be >= 1, got {generation_steps}.")
-    if class_data_dir is not None and not (class_prompt or "").strip():
-        raise ValueError(
-            f"class_data_dir / num_class_images ({num_class_images}) need class_prompt, the "
-            "prompt the class images are trained with and generated from: set "
-            "data.init_args.class_prompt, e.g. 'a photo of a dog'."
-        )
-    if class_data_dir is not None and Path(class_data_dir).is_file():
-        raise ValueError(f"class_data_dir {class_data_dir!r} is a file; give a folder.")
 
 
 def _shorter_side_to(image: Image.Image, resolution: int) -> Image.Image:
@@ -98,34 +122,32 @@ class ClassImages(SampleExtra):
 
     @classmethod
     def from_datamodule(cls, datamodule: PersonalizationDataModule) -> ClassImages:
-        folder = getattr(datamodule, "class_data_dir", None)
-        prompt = getattr(datamodule, "class_prompt", None)
-        wanted = int(getattr(datamodule, "num_class_images", 100))
+        options: ClassImageOptions = datamodule.class_images
+        folder, wanted = options.folder, options.count
         if folder is None:
             raise ValueError(
-                "set data.init_args.class_data_dir to a folder for the class images (missing "
-                "ones are generated there before training), e.g. class_images/dog."
+                f"set {OPTION}.folder to a folder for the class images (missing ones are "
+                "generated there before training), e.g. class_images/{class_word}."
             )
-        check_class_options(folder, prompt, wanted)
         if not Path(folder).is_dir():
             raise ValueError(
-                f"class folder {folder!r} does not exist; the DataModule's setup generates it with "
-                "the model (train through the Trainer), or point class_data_dir at a folder of "
-                "images."
+                f"class folder {folder!r} does not exist; the DataModule's setup generates it "
+                f"with the model (train through the Trainer), or point {OPTION}.folder at a "
+                "folder of images."
             )
         files = list_class_images(folder)
         if len(files) < wanted:
             raise ValueError(
-                f"class folder {folder!r} holds {len(files)} images, num_class_images is "
+                f"class folder {folder!r} holds {len(files)} images, {OPTION}.count is "
                 f"{wanted}; the DataModule's setup generates missing ones with the model (train "
-                "through the Trainer), or add images, or lower num_class_images."
+                "through the Trainer), or add images, or lower the count."
             )
         resolution = int(datamodule.resolution)
         # The images used are read now (an unreadable one is named), before training.
         images = [_shorter_side_to(load_rgb_image(f), resolution) for f in files[:wanted]]
         return cls(
             images,
-            str(prompt),
+            str(options.prompt),
             resolution,
             random_crop=bool(datamodule.random_crop),
             flip_probability=float(datamodule.flip_probability),

@@ -1,17 +1,19 @@
 """Batch extra ``context_prompts``: one context-rich prompt per sample, with its concept phrase.
 
 Built when a regularizer requires the key (the MLM loss). Each concept draws from its own pool:
-the DataModule's ``context_prompts_file`` if set (every line, with "{}" for the concept
+the DataModule's ``context_prompts.file`` if set (every line, with "{}" for the concept
 phrase), else the generated set of the concept's category (living / object from its class
-word, or the DataModule's ``context_category``) minus the held-out share.
+word, or ``context_prompts.category``) minus the held-out share.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from core.options import clear_null_strings
 from datamodules.extras.base import SampleExtra
 from prompts.context import (
     category_of,
@@ -25,6 +27,26 @@ if TYPE_CHECKING:
     from datamodules.personalization import PersonalizationDataModule
 
 POOL_SIZE = 10_000  # the paper's order of magnitude per category
+
+
+@dataclass(frozen=True)
+class ContextPromptOptions:
+    """Where the context-rich prompts come from (DataModule option ``context_prompts``).
+
+    Attributes:
+        file: one prompt per line with "{}" for the concept phrase; None: the generated set
+            (prompts/context.py).
+        category: ``living`` or ``object`` for the generated set; None decides from each
+            class word (``category_of``).
+    """
+
+    file: str | None = None
+    category: str | None = None
+
+    def __post_init__(self) -> None:
+        clear_null_strings(self, "file", "category")
+        if self.category is not None:
+            check_category(self.category)
 
 
 @lru_cache(maxsize=8)
@@ -44,11 +66,11 @@ class ContextPrompts(SampleExtra):
     @classmethod
     def from_datamodule(cls, datamodule: PersonalizationDataModule) -> ContextPrompts:
         concepts = datamodule.concepts
-        file = getattr(datamodule, "context_prompts_file", None)
-        if file is not None:
-            pools = [tuple(read_prompt_file(file))] * len(concepts)
+        options: ContextPromptOptions = datamodule.context_prompts
+        if options.file is not None:
+            pools = [tuple(read_prompt_file(options.file))] * len(concepts)
         else:
-            forced = getattr(datamodule, "context_category", None)
+            forced = options.category
             categories = [
                 check_category(forced) if forced else category_of(c.class_word) for c in concepts
             ]

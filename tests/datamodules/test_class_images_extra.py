@@ -12,7 +12,7 @@ from PIL import Image
 
 from core.images import to_tensor
 from datamodules.extras import extra_for
-from datamodules.extras.class_images import ClassImages
+from datamodules.extras.class_images import ClassImageOptions, ClassImages
 
 
 def test_the_extra_provides_the_prior_keys() -> None:
@@ -23,7 +23,7 @@ def test_the_extra_provides_the_prior_keys() -> None:
 def test_each_sample_gets_one_class_image_chosen_by_its_rng(tmp_path: Path) -> None:
     folder = write_class_folder(tmp_path / "cls")
     plain = tiny_datamodule()
-    dm = tiny_datamodule(class_data_dir=str(folder), class_prompt=PROMPT, num_class_images=3)
+    dm = tiny_datamodule(class_images=ClassImageOptions(folder=str(folder), prompt=PROMPT, count=3))
     dm.request({"class_pixel_values", "class_prompts"}, "test")
     dataset, plain_dataset = dm.train_dataloader().dataset, plain.train_dataloader().dataset
     seen_images, seen_flips = set(), set()
@@ -48,9 +48,9 @@ def test_each_sample_gets_one_class_image_chosen_by_its_rng(tmp_path: Path) -> N
     assert batch["class_prompts"] == [PROMPT, PROMPT]
 
 
-def test_only_the_first_num_class_images_are_used(tmp_path: Path) -> None:
+def test_only_the_first_count_class_images_are_used(tmp_path: Path) -> None:
     folder = write_class_folder(tmp_path / "cls", count=3)
-    dm = tiny_datamodule(class_data_dir=str(folder), class_prompt=PROMPT, num_class_images=2)
+    dm = tiny_datamodule(class_images=ClassImageOptions(folder=str(folder), prompt=PROMPT, count=2))
     dm.request({"class_pixel_values"}, "test")
     dataset = dm.train_dataloader().dataset
     assert {dataset[i]["class_cache_key"].split("/")[1] for i in range(30)} == {"0", "1"}
@@ -59,7 +59,7 @@ def test_only_the_first_num_class_images_are_used(tmp_path: Path) -> None:
 def test_random_crop_turns_off_class_latent_caching(tmp_path: Path) -> None:
     folder = write_class_folder(tmp_path / "cls")
     dm = tiny_datamodule(
-        class_data_dir=str(folder), class_prompt=PROMPT, num_class_images=3, random_crop=True
+        class_images=ClassImageOptions(folder=str(folder), prompt=PROMPT, count=3), random_crop=True
     )
     dm.request({"class_pixel_values"}, "test")
     assert dm.train_dataloader().dataset[0]["class_cache_key"] == ""
@@ -68,44 +68,45 @@ def test_random_crop_turns_off_class_latent_caching(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"class_data_dir": "x", "class_prompt": "  "}, "does not name the class word"),
-        ({"class_prompt": "a photo of a cat"}, "does not name the class word 'toy'"),
-        ({"class_prompt": "a photo of toys"}, "does not name the class word"),  # whole words
-        ({"class_prompt": PROMPT, "num_class_images": 0}, "num_class_images must be >= 1"),
-        ({"class_prompt": PROMPT, "class_generation_steps": 0}, "class_generation_steps"),
+        ({"folder": "x", "prompt": "  "}, "does not name the class word"),
+        ({"prompt": "a photo of a cat"}, "does not name the class word 'toy'"),
+        ({"prompt": "a photo of toys"}, "does not name the class word"),  # whole words
+        ({"prompt": PROMPT, "count": 0}, "class_images.count must be >= 1"),
+        ({"prompt": PROMPT, "generation_steps": 0}, "class_images.generation_steps"),
     ],
 )
 def test_bad_options_fail_when_the_datamodule_is_built(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        tiny_datamodule(**options)
+        tiny_datamodule(class_images=ClassImageOptions(**options))
 
 
 def test_class_prompt_and_folder_follow_the_class_word(tmp_path: Path) -> None:
     photos = write_class_folder(tmp_path / "dog", count=3)
     dm = tiny_datamodule(
         instance_data_dir=str(photos), class_word="teddy bear",
-        class_data_dir=str(tmp_path / "class_images" / "{class_word}"),
+        class_images=ClassImageOptions(folder=str(tmp_path / "class_images" / "{class_word}")),
     )  # fmt: skip
-    assert dm.class_prompt == "a photo of a teddy bear"
-    assert dm.class_data_dir == str(tmp_path / "class_images" / "teddy_bear")
+    assert dm.class_images.prompt == "a photo of a teddy bear"
+    assert dm.class_images.folder == str(tmp_path / "class_images" / "teddy_bear")
     # A prompt of its own is kept when it names the class (any concept's class word).
-    assert tiny_datamodule(class_prompt="a TOY on a table").class_prompt == "a TOY on a table"
+    own = tiny_datamodule(class_images=ClassImageOptions(prompt="a TOY on a table"))
+    assert own.class_images.prompt == "a TOY on a table"
 
 
 def test_class_folder_that_is_a_file_fails_early(tmp_path: Path) -> None:
     (tmp_path / "file.png").write_bytes(b"x")
     with pytest.raises(ValueError, match="is a file"):
-        tiny_datamodule(class_data_dir=str(tmp_path / "file.png"), class_prompt=PROMPT)
+        tiny_datamodule(class_images=ClassImageOptions(str(tmp_path / "file.png"), PROMPT))
 
 
 def test_request_errors_name_the_missing_option_and_the_bad_file(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="Prior preservation needs .*class_data_dir"):
-        tiny_datamodule(class_prompt=PROMPT).request({"class_pixel_values"}, "Prior preservation")
+    with pytest.raises(ValueError, match="Prior preservation needs .*class_images.folder"):
+        tiny_datamodule().request({"class_pixel_values"}, "Prior preservation")
     folder = write_class_folder(tmp_path / "cls", count=2)
-    short = tiny_datamodule(class_data_dir=str(folder), class_prompt=PROMPT, num_class_images=3)
-    with pytest.raises(ValueError, match="holds 2 images, num_class_images is 3"):
+    short = tiny_datamodule(class_images=ClassImageOptions(str(folder), PROMPT, count=3))
+    with pytest.raises(ValueError, match="holds 2 images, data.init_args.class_images.count is 3"):
         short.request({"class_pixel_values"}, "test")
     (folder / "img-1.png").write_bytes(b"not a png")
-    broken = tiny_datamodule(class_data_dir=str(folder), class_prompt=PROMPT, num_class_images=2)
+    broken = tiny_datamodule(class_images=ClassImageOptions(str(folder), PROMPT, count=2))
     with pytest.raises(ValueError, match="img-1.png"):
         broken.request({"class_pixel_values"}, "test")

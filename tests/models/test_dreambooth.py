@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 
 from core.concept import ConceptSpec
+from datamodules.extras.class_images import ClassImageOptions
 from exports.external_formats import A1111_FOLDER
 from exports.single_file import SINGLE_FILE
 from models import DreamBooth
@@ -44,7 +45,7 @@ class RecordModes(L.Callback):
 
 def build(class_dir: Path, **overrides: Any) -> tuple[DreamBooth, Any]:
     datamodule = tiny_datamodule(
-        class_data_dir=str(class_dir), class_prompt=CLASS_PROMPT, num_class_images=3
+        class_images=ClassImageOptions(folder=str(class_dir), prompt=CLASS_PROMPT, count=3)
     )
     settings: dict[str, Any] = {
         "concepts": datamodule.concepts,

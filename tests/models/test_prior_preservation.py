@@ -10,6 +10,7 @@ import torch
 from helpers import CLASS_PROMPT as PROMPT
 from helpers import tiny_datamodule, write_class_folder
 
+from datamodules.extras.class_images import ClassImageOptions
 from losses.base import Regularizer
 from models import DreamBooth, TextualInversion
 from step.prior import PRIOR_BATCH_KEYS, PRIOR_REQUESTER
@@ -46,7 +47,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 def prior_batch(tmp_path: Path) -> tuple[Any, dict[str, Any]]:
     folder = write_class_folder(tmp_path / "cls", count=3)
     datamodule = tiny_datamodule(
-        class_data_dir=str(folder), class_prompt=PROMPT, num_class_images=3,
+        class_images=ClassImageOptions(folder=str(folder), prompt=PROMPT, count=3),
         rescale_augmentation=True,  # instance loss masks, so the halves' masks differ
     )  # fmt: skip
     datamodule.request(PRIOR_BATCH_KEYS, PRIOR_REQUESTER)

@@ -11,7 +11,7 @@ from helpers import tiny_datamodule
 from PIL import Image
 
 from core.cache import cache_root
-from datamodules.extras.captions import CAPTIONS_FILE, read_captions
+from datamodules.extras.captions import CAPTIONS_FILE, CaptionOptions, read_captions
 from preparation import captioning
 from preparation.captioning import caption_photos, caption_template, photos_manifest
 
@@ -80,8 +80,9 @@ def test_captions_are_made_once_and_reused(fake_blip: list[int], tmp_path: Path)
 def test_the_datamodule_captions_uncaptioned_photos(fake_blip: list[int], tmp_path: Path) -> None:
     folder = photos(tmp_path / "dog")
     datamodule = tiny_datamodule(
-        instance_data_dir=str(folder), class_word="dog", captioner="tiny-blip-captioner"
-    )
+        instance_data_dir=str(folder), class_word="dog",
+        captions=CaptionOptions("tiny-blip-captioner"),
+    )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         datamodule.request(CAPTION_KEYS, "test")
@@ -103,8 +104,9 @@ def test_a_captions_file_wins_over_the_captioner(fake_blip: list[int], tmp_path:
         "".join(f"{i:02d}.png: a {{}} on a red sofa\n" for i in range(3))
     )
     datamodule = tiny_datamodule(
-        instance_data_dir=str(folder), class_word="dog", captioner="tiny-blip-captioner"
-    )
+        instance_data_dir=str(folder), class_word="dog",
+        captions=CaptionOptions("tiny-blip-captioner"),
+    )  # fmt: skip
     datamodule.request(CAPTION_KEYS, "test")
     batch = next(iter(datamodule.train_dataloader()))
     assert set(batch["caption_full"]) == {"a <v1> dog on a red sofa"}

@@ -12,6 +12,7 @@ from helpers import CLASS_PROMPT, optimizer_with_lr, tiny_datamodule, tiny_train
 from helpers import write_class_folder as write_images
 from PIL import Image
 
+from datamodules.extras.class_images import ClassImageOptions
 from models import CustomDiffusion, DreamBooth, TextualInversion
 from preparation.model_images import class_file_name, generate_class_images, missing_indices
 
@@ -93,8 +94,7 @@ def test_ranks_split_the_missing_indices_and_meet_at_barriers(tmp_path: Path) ->
 def test_fit_generates_missing_class_images_before_training(tmp_path: Path) -> None:
     folder = tmp_path / "cls"
     datamodule = tiny_datamodule(
-        class_data_dir=str(folder), class_prompt=CLASS_PROMPT, num_class_images=3,
-        class_generation_steps=2,
+        class_images=ClassImageOptions(str(folder), CLASS_PROMPT, count=3, generation_steps=2),
     )  # fmt: skip
     # Custom Diffusion's paper trains with class images too: the mechanism is the base's.
     module = CustomDiffusion(
@@ -113,7 +113,7 @@ def test_fit_generates_missing_class_images_before_training(tmp_path: Path) -> N
 
 def test_validate_neither_needs_nor_generates_class_images(tmp_path: Path) -> None:
     folder = tmp_path / "cls"
-    datamodule = tiny_datamodule(class_data_dir=str(folder), class_prompt=CLASS_PROMPT)
+    datamodule = tiny_datamodule(class_images=ClassImageOptions(str(folder), CLASS_PROMPT))
     module = DreamBooth(concepts=datamodule.concepts, prior_loss_weight=1.0)
     trainer = tiny_trainer(tmp_path, max_steps=1, limit_val_batches=1)
     trainer.validate(module, datamodule=datamodule)
@@ -125,7 +125,7 @@ def test_unreadable_class_image_fails_before_training(tmp_path: Path) -> None:
     folder = write_images(tmp_path / "cls", count=3)
     (folder / "img-2.png").write_bytes(b"\x89PNG broken")
     datamodule = tiny_datamodule(
-        class_data_dir=str(folder), class_prompt=CLASS_PROMPT, num_class_images=3
+        class_images=ClassImageOptions(folder=str(folder), prompt=CLASS_PROMPT, count=3)
     )
     module = DreamBooth(concepts=datamodule.concepts, prior_loss_weight=1.0)
     trainer = tiny_trainer(tmp_path, max_steps=2)
@@ -135,9 +135,9 @@ def test_unreadable_class_image_fails_before_training(tmp_path: Path) -> None:
 
 
 def test_prior_without_a_class_folder_fails_before_training(tmp_path: Path) -> None:
-    datamodule = tiny_datamodule(class_prompt=CLASS_PROMPT)
+    datamodule = tiny_datamodule(class_images=ClassImageOptions(prompt=CLASS_PROMPT))
     module = DreamBooth(concepts=datamodule.concepts, prior_loss_weight=1.0)
     trainer = tiny_trainer(tmp_path, max_steps=2)
-    with pytest.raises(ValueError, match="set data.init_args.class_data_dir"):
+    with pytest.raises(ValueError, match="set data.init_args.class_images.folder"):
         trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 0

@@ -8,7 +8,7 @@ import pytest
 from helpers import tiny_datamodule
 
 from datamodules.context_corpus import ContextCorpusDataModule
-from datamodules.extras.context_prompts import training_templates
+from datamodules.extras.context_prompts import ContextPromptOptions, training_templates
 from prompts.context import (
     CATEGORIES,
     category_of,
@@ -97,15 +97,14 @@ def test_extra_adds_a_rich_prompt_with_each_samples_concept_phrase(tmp_path: Pat
     assert not any("wearing" in p for p in prompts)
     file = tmp_path / "mine.txt"
     file.write_text("a {} at the zoo\n")
-    from_file = tiny_datamodule(context_prompts_file=str(file))
+    from_file = tiny_datamodule(context_prompts=ContextPromptOptions(file=str(file)))
     from_file.request({"context_prompts"}, "test")
     assert from_file.train_dataloader().dataset[0]["context_prompts"] == "a <v1> toy at the zoo"
 
 
-def test_bad_category_is_an_error_at_request() -> None:
-    datamodule = tiny_datamodule(context_category="plant")
+def test_bad_category_is_an_error_when_the_options_are_read() -> None:
     with pytest.raises(ValueError, match="Unknown prompt category 'plant'"):
-        datamodule.request({"context_prompts"}, "Regularizer 'mlm'")
+        tiny_datamodule(context_prompts=ContextPromptOptions(category="plant"))
 
 
 def test_corpus_fills_subjects_and_validates_on_held_out_prompts() -> None:

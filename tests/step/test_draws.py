@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from helpers import CLASS_PROMPT, optimizer_with_lr, tiny_datamodule, write_class_folder
 
+from datamodules.extras.class_images import ClassImageOptions
 from models import CustomDiffusion
 from step.draws import INSTANCE_SALT, PRIOR_SALT, SampleDraws
 from step.prior import PRIOR_BATCH_KEYS, PRIOR_REQUESTER
@@ -52,7 +53,7 @@ def test_a_batch_of_two_has_the_mean_gradient_of_its_halves(tmp_path: Path) -> N
     preservation on, so the class samples' draws are keyed too)."""
     folder = write_class_folder(tmp_path / "class", count=3)
     datamodule = tiny_datamodule(
-        class_data_dir=str(folder), class_prompt=CLASS_PROMPT, num_class_images=3,
+        class_images=ClassImageOptions(folder=str(folder), prompt=CLASS_PROMPT, count=3),
         rescale_augmentation=True,
     )  # fmt: skip
     datamodule.request(PRIOR_BATCH_KEYS, PRIOR_REQUESTER)
