@@ -1,7 +1,8 @@
 """Sampling from a personalization module: a diffusers pipeline over its live components.
 
-Mixed into `PersonalizationModule`, so ``self.vae``, ``self.unet``, ``self.tokenizer``,
-``self.noise_scheduler`` and ``self.encode_text`` are the module's (concept tokens included).
+Mixed into `PersonalizationModule`, so ``self.vae``, ``self.unet``, ``self.family`` (whose
+pipeline it is: backbones/), ``self.noise_scheduler`` and ``self.encode_text`` are the
+module's (concept tokens included).
 Sample grids, class images, ``test`` / ``predict`` and exports all sample through here, so
 they agree on the sampler and its settings.
 """
@@ -16,32 +17,22 @@ from torch import nn
 from generation.schedulers import make_scheduler
 
 if TYPE_CHECKING:  # the pipeline module is imported when a run first samples
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
 
 class SamplingMixin:
     """``generate`` and the pipelines it builds, for `PersonalizationModule`."""
 
-    def pipeline(self) -> StableDiffusionPipeline:
+    def pipeline(self) -> DiffusionPipeline:
         """A diffusers pipeline over this module's live components (DDIM sampling)."""
-        pipe = self.ddim_pipeline(self.text_encoder)
+        pipe = self.ddim_pipeline(*self.text_encoders)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def ddim_pipeline(self, text_encoder: nn.Module) -> StableDiffusionPipeline:
-        """This module's components with `text_encoder` and DDIM, so sampling and export agree."""
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-        return StableDiffusionPipeline(
-            vae=self.vae,
-            text_encoder=text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+    def ddim_pipeline(self, *text_encoders: nn.Module) -> DiffusionPipeline:
+        """This module's components with ``text_encoders`` (the family's, in its order) and
+        DDIM, so sampling and export agree."""
+        return self.family.pipeline(self, list(text_encoders))
 
     @torch.no_grad()
     def generate(
@@ -60,8 +51,8 @@ class SamplingMixin:
         ``scheduler`` names a sampler of generation/schedulers.py (None: the pipeline's DDIM).
         """
         size = resolution or self.unet.config.sample_size * self.vae_scale_factor
-        positive = self.encode_text(prompts).conditioning
-        negative = self.encode_text([negative_prompt] * len(prompts)).conditioning
+        positive = self.encode_text(prompts)
+        negative = self.encode_text([negative_prompt] * len(prompts))
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one each.")
         seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
@@ -70,8 +61,7 @@ class SamplingMixin:
         if scheduler is not None:
             pipe.scheduler = make_scheduler(scheduler, self.noise_scheduler.config)
         images = pipe(
-            prompt_embeds=positive,
-            negative_prompt_embeds=negative,
+            **self.family.prompt_kwargs(positive, negative, size),
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             height=size,

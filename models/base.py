@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from safetensors.torch import save_file
 from torch import nn
 
+from backbones import AUTO, choose_family
 from components.text_projection import default_clip_for, load_text_projection
 from core.concept import ConceptSpec
 from exports.external_formats import write_a1111_embedding
@@ -34,13 +35,13 @@ from generation.sampling import SamplingMixin
 from losses.base import Regularizer
 from models.text.concept_tokens import ConceptTokens
 from models.text.text_path import TextPathMixin
-from pretrained.stable_diffusion import load_components
 from step.draws import (
     INSTANCE_SALT,
     PRIOR_SALT,
     VALIDATION_SALT,
     SampleDraws,
 )
+from step.encoding import TextEncoding
 from step.prior import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
 from step.record import StepRecord
 from step.requests import TextRequest
@@ -82,12 +83,15 @@ class PersonalizationModule(
         seed: int = 0,
         revision: str | None = None,
         variant: str | None = None,
+        backbone: str = AUTO,
         evaluation: EvaluationSettings = EvaluationSettings(),  # noqa: B008 (never mutated)
         memory: MemorySettings = MemorySettings(),  # noqa: B008 (frozen)
     ) -> None:
         """
         Args:
-            pretrained_model_name_or_path: hub id, local diffusers folder, or ``tiny-sd``.
+            pretrained_model_name_or_path: hub id, local diffusers folder, ``tiny`` (the
+                chosen family's tiny offline pipeline), ``tiny-sd``, ``tiny-sdxl``,
+                ``sd15-random`` or ``sdxl-random``.
             concepts: linked from the DataModule by the CLI (token, class word, initializer).
             num_vectors: learned vectors per concept token (Textual Inversion's multi-vector).
             train_tokens: whether the concept token vectors train.
@@ -106,6 +110,8 @@ class PersonalizationModule(
                 through the same UNet call and their denoising loss is added with this weight;
                 the DataModule then needs data.init_args.class_images.folder.
             seed: seeds noise and timesteps per step, so a resumed run draws the same ones.
+            backbone: the denoiser family (backbones/): ``auto`` reads it from the model's
+                model_index.json (SD 1.x when it cannot), or ``sd1`` / ``sdxl``.
             evaluation: how ``test`` / ``predict`` generate and what ``test`` scores
                 (generation/evaluation.py; test_step and predict_step come from its mixin).
             memory: half-stored frozen weights, gradient checkpointing, 8-bit AdamW, a
@@ -118,20 +124,29 @@ class PersonalizationModule(
                 "No concepts given. The CLI links them from the DataModule (data.init_args."
                 "concept_token / class_word); in code pass concepts=[ConceptSpec('<v1>', 'dog')]."
             )
-        components = load_components(pretrained_model_name_or_path, revision, variant)
-        self.pretrained_model_name_or_path = pretrained_model_name_or_path
-        self.tokenizer = components.tokenizer
+        self.family, model_name = choose_family(pretrained_model_name_or_path, backbone)
+        self.backbone = self.family.name
+        components = self.family.load(model_name, revision, variant)
+        self.pretrained_model_name_or_path = model_name
+        for name, tokenizer in zip(self.family.tokenizer_names, components.tokenizers):
+            setattr(self, name, tokenizer)
+        for name, encoder in zip(self.family.text_encoder_names, components.text_encoders):
+            setattr(self, name, encoder)
         self.noise_scheduler = components.noise_scheduler
-        self.text_encoder = components.text_encoder
         self.vae = components.vae
         self.unet = components.unet
-        for frozen in (self.text_encoder, self.vae, self.unet):
+        for frozen in (*self.text_encoders, self.vae, self.unet):
             frozen.requires_grad_(False)
             frozen.eval()
-        self.concept_tokens = ConceptTokens(
-            self.tokenizer, self.text_encoder, concepts, num_vectors
-        )
-        self.concept_tokens.embedding.vectors.requires_grad_(train_tokens)
+        # Concept tokens in every text encoder, with the same ids (the families' tokenizers
+        # share a vocabulary); the first encoder's are ``concept_tokens``.
+        self.encoder_concept_tokens = [
+            ConceptTokens(tokenizer, encoder, concepts, num_vectors)
+            for tokenizer, encoder in zip(components.tokenizers, components.text_encoders)
+        ]
+        self.concept_tokens = self.encoder_concept_tokens[0]
+        for tokens in self.encoder_concept_tokens:
+            tokens.embedding.vectors.requires_grad_(train_tokens)
         self.concepts = list(concepts)
         self.regularizers = nn.ModuleList(regularizers or [])
         self.optimizer_factory = optimizer
@@ -156,10 +171,15 @@ class PersonalizationModule(
         self._latent_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ----- what a baseline declares ---------------------------------------------------------
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        """The family's text encoders in its order (SD 1.x: one; SDXL: two)."""
+        return [getattr(self, name) for name in self.family.text_encoder_names]
+
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameter groups by name; each may get its own learning rate."""
-        vectors = self.concept_tokens.embedding.vectors
-        return {"tokens": [vectors]} if vectors.requires_grad else {}
+        vectors = [t.embedding.vectors for t in self.encoder_concept_tokens]
+        return {"tokens": vectors} if vectors[0].requires_grad else {}
 
     def export(self, folder: Path) -> list[Path]:
         """Write the learned weights in formats diffusers loads; return the files written."""
@@ -168,7 +188,7 @@ class PersonalizationModule(
     def frozen_components(self) -> list[nn.Module]:
         """The pretrained models whose frozen weights ``memory.frozen_dtype`` stores in half
         precision (a baseline with more, e.g. VisualEncoder's image encoder, adds them)."""
-        return [self.unet, self.text_encoder, self.vae]
+        return [self.unet, *self.text_encoders, self.vae]
 
     def trained_components(self) -> tuple[nn.Module, ...]:
         """Pretrained components that train as a whole and so run in train mode (none here)."""
@@ -176,10 +196,28 @@ class PersonalizationModule(
 
     # ----- documented methods regularizers may call ------------------------------------------
     def predict_noise(
-        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, encoder_states: torch.Tensor
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        encoder_states: torch.Tensor | TextEncoding,
+        time_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One UNet call; returns the prediction in the scheduler's parameterisation."""
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states=encoder_states).sample
+        """One UNet call; returns the prediction in the scheduler's parameterisation.
+
+        ``encoder_states``: the states (SD 1.x), or the `TextEncoding` itself, which families
+        with pooled text (SDXL) need; ``time_ids``: SDXL's size ids (None: uncropped images of
+        the latents' size, see `size_ids`)."""
+        text = encoder_states
+        states = text.conditioning if isinstance(text, TextEncoding) else text
+        if time_ids is None:
+            time_ids = self.size_ids(None, noisy_latents)
+        added = self.family.added_conditioning(text, time_ids)
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=states, **added).sample
+
+    def size_ids(self, batch: dict[str, Any] | None, latents: torch.Tensor) -> torch.Tensor | None:
+        """The family's size conditioning of these latents' rows (None for SD 1.x)."""
+        side = latents.shape[-1] * self.vae_scale_factor
+        return self.family.time_ids(batch, latents.shape[0], side, latents.device)
 
     def text_projection(self, clip_model: str | None = None) -> nn.Linear:
         """CLIP's frozen text projection for this text encoder's pooled features (PDLoss, SPL).
@@ -248,7 +286,7 @@ class PersonalizationModule(
                 dist = self.vae.encode(pixel_values).latent_dist
                 mean, std = dist.mean.float(), dist.std.float()
         sample = mean + std * draws.randn(mean.shape[1:]).to(mean.dtype)
-        return sample * self.vae.config.scaling_factor
+        return self.family.scale_latents(self.vae, sample)
 
     def latent_loss_mask(self, pixel_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """A latent cell counts only if its whole pixel footprint is valid (min-pooling)."""
@@ -286,12 +324,10 @@ class PersonalizationModule(
         if self.noise_offset:
             offset = draws.randn(latents.shape[1:2])
             noise = noise + self.noise_offset * offset[..., None, None]
-        timesteps = draws.randint(self.noise_scheduler.config.num_train_timesteps)
-        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
+        timesteps = self.family.draw_timesteps(draws, self.noise_scheduler)
+        noisy_latents, target = self.family.noised_and_target(
+            self.noise_scheduler, latents, noise, timesteps
+        )
         requests = text_requests or {}
         flat = [request for wanted in requests.values() for request in wanted]
         text, encoded = self.encode_step_text(prompts, flat)
@@ -299,7 +335,11 @@ class PersonalizationModule(
         for owner, wanted in requests.items():
             requested_text[owner] = list(zip(wanted, encoded[start : start + len(wanted)]))
             start += len(wanted)
-        model_pred = self.predict_noise(noisy_latents, timesteps, text.conditioning)
+        time_ids = self.size_ids(batch, noisy_latents)
+        if time_ids is None:  # SD 1.x: the states alone, as the regularizers' own calls pass
+            model_pred = self.predict_noise(noisy_latents, timesteps, text.conditioning)
+        else:
+            model_pred = self.predict_noise(noisy_latents, timesteps, text, time_ids)
         pixel_mask = batch.get("loss_mask")
         if pixel_mask is None:
             loss_mask = torch.ones_like(latents[:, :1])
@@ -372,6 +412,8 @@ class PersonalizationModule(
         }
         if self.prior_loss_weight > 0:
             needs[PRIOR_REQUESTER] = PRIOR_BATCH_KEYS
+        if self.family.batch_keys():
+            needs[f"The {self.family.name} backbone's conditioning"] = self.family.batch_keys()
         return needs
 
     def setup(self, stage: str) -> None:
@@ -401,7 +443,7 @@ class PersonalizationModule(
             parts = [p for m in called for p in (m.children() if m is self.vae else [m])]
             autocast_calls(parts, settings.half)
         if settings.gradient_checkpointing:
-            enable_gradient_checkpointing(self.unet, self.text_encoder)
+            enable_gradient_checkpointing(self.unet, *self.text_encoders)
         if settings.compile_unet:
             self.unet.compile(backend=settings.compile_backend)
         self._memory_applied = True
@@ -451,7 +493,7 @@ class PersonalizationModule(
         """Frozen components stay in eval mode whatever Lightning asks of the module."""
         super().train(mode)
         trained = {id(m) for m in self.trained_components()}
-        for component in (self.text_encoder, self.vae, self.unet):
+        for component in (*self.text_encoders, self.vae, self.unet):
             if id(component) not in trained:
                 component.eval()
         return self

@@ -1,11 +1,13 @@
 """A model option's value to what ``from_pretrained`` reads: the names of the models the
-project builds itself (``tiny-sd``, ``tiny-clip``, ``sd15-random``) to their cache folders, a
-hub id to itself or its cached snapshot, a folder to itself."""
+project builds itself (``tiny-sd``, ``tiny-sdxl``, ``tiny-clip``, ``sd15-random``,
+``sdxl-random``) to their cache folders, a hub id to itself or its cached snapshot, a folder to
+itself."""
 
 from __future__ import annotations
 
 from pretrained.hub import resolve_folder_or_hub_id
 from pretrained.sd15_random import ensure_sd15_random
+from pretrained.sdxl_random import SDXL_RANDOM_NAME, ensure_sdxl_random
 from pretrained.tiny_sd import (
     SD15_RANDOM_NAME,
     TINY_CLIP_NAME,
@@ -13,6 +15,15 @@ from pretrained.tiny_sd import (
     ensure_tiny_clip,
     ensure_tiny_pipeline,
 )
+from pretrained.tiny_sdxl import TINY_SDXL_NAME, ensure_tiny_sdxl
+
+BUILT_IN = {
+    TINY_MODEL_NAME: ensure_tiny_pipeline,
+    TINY_SDXL_NAME: ensure_tiny_sdxl,
+    TINY_CLIP_NAME: ensure_tiny_clip,
+    SD15_RANDOM_NAME: ensure_sd15_random,
+    SDXL_RANDOM_NAME: ensure_sdxl_random,
+}
 
 
 def resolve_pretrained(
@@ -21,14 +32,10 @@ def resolve_pretrained(
     revision: str | None = None,
     tiny_name: str = TINY_MODEL_NAME,
 ) -> str:
-    """Map ``tiny-sd`` / ``tiny-clip`` to their cache folders, and a hub id to itself when the
+    """Map the built-in names to their cache folders, and a hub id to itself when the
     hub is reachable, else to its cached snapshot, else a one-line error (pretrained/hub.py);
     a folder is returned as given."""
-    if name_or_path == TINY_MODEL_NAME:
-        return str(ensure_tiny_pipeline())
-    if name_or_path == TINY_CLIP_NAME:
-        return str(ensure_tiny_clip())
-    if name_or_path == SD15_RANDOM_NAME:
-        return str(ensure_sd15_random())
+    if name_or_path in BUILT_IN:
+        return str(BUILT_IN[name_or_path]())
     tiny = f"{tiny_name!r} for its tiny offline twin"
     return resolve_folder_or_hub_id(name_or_path, option, tiny, revision)

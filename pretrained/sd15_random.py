@@ -64,7 +64,7 @@ SD15_TEXT = {
 }
 
 
-def _pad_vocabulary(folder: Path, size: int) -> None:
+def pad_vocabulary(folder: Path, size: int) -> None:
     """Give vocab.json `size` entries: the specials last, as in CLIP, and filler entries that
     no merge produces (so tokenizing is unchanged)."""
     path = folder / "vocab.json"
@@ -79,7 +79,7 @@ def _pad_vocabulary(folder: Path, size: int) -> None:
 def save_sd15_random(folder: Path, seed: int = 0) -> Path:
     tokenizer_dir = folder / "tokenizer"
     write_tiny_clip_tokenizer(tokenizer_dir)
-    _pad_vocabulary(tokenizer_dir, SD15_VOCAB_SIZE)
+    pad_vocabulary(tokenizer_dir, SD15_VOCAB_SIZE)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=77)
     tokenizer.save_pretrained(tokenizer_dir)
     text_config = CLIPTextConfig(

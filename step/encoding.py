@@ -30,11 +30,14 @@ class TextEncoding:
     layer_states: set by baselines whose UNet layers each read their own text states (XTI/P+):
     (B, n_layers * L, D), the layers' states packed along the sequence; ``hidden_states`` is then
     one documented layer's. Give ``conditioning`` (not ``hidden_states``) to ``predict_noise``.
+    text_embeds: (B, P), the pooled text embedding of families that condition on one (SDXL:
+    the second encoder's projected end-of-text feature); None for SD 1.x.
     """
 
     hidden_states: torch.Tensor
     input_ids: torch.Tensor
     layer_states: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
 
     @property
     def conditioning(self) -> torch.Tensor:

@@ -78,13 +78,23 @@ def split_requests(
     stacked: TextEncoding, main_rows: int, requests: list[TextRequest]
 ) -> tuple[TextEncoding, list[TextEncoding]]:
     """The stacked call's encoding back into the main rows' and each request's own."""
-    main = TextEncoding(stacked.hidden_states[:main_rows], stacked.input_ids[:main_rows])
+    pooled = stacked.text_embeds
+    main = TextEncoding(
+        stacked.hidden_states[:main_rows],
+        stacked.input_ids[:main_rows],
+        text_embeds=None if pooled is None else pooled[:main_rows],
+    )
     parts, start = [], main_rows
     for request in requests:
         rows, width = request.input_ids.shape
         hidden = stacked.hidden_states[start : start + rows, :width]
+        embeds = None if pooled is None else pooled[start : start + rows]
+        if embeds is not None and not request.with_grad:
+            embeds = embeds.detach()
         parts.append(
-            TextEncoding(hidden if request.with_grad else hidden.detach(), request.input_ids)
+            TextEncoding(
+                hidden if request.with_grad else hidden.detach(), request.input_ids, None, embeds
+            )
         )
         start += rows
     return main, parts

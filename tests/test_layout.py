@@ -29,6 +29,7 @@ ROOMS = (
     "datamodules",
     "generation",
     "step",
+    "backbones",
     "components",
     "training",
     "exports",

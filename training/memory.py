@@ -85,14 +85,15 @@ def check_mixed_precision(settings: MemorySettings, precision: str) -> None:
         )
 
 
-def enable_gradient_checkpointing(unet: nn.Module, text_encoder: nn.Module) -> None:
-    """Recompute UNet activations in backward; the text encoder's too where it trains (in
+def enable_gradient_checkpointing(unet: nn.Module, *text_encoders: nn.Module) -> None:
+    """Recompute UNet activations in backward; a text encoder's too where it trains (in
     train mode: transformers checkpoints only then)."""
     unet.enable_gradient_checkpointing()
-    if any(p.requires_grad for p in text_encoder.parameters()):
-        text_encoder.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+    for text_encoder in text_encoders:
+        if any(p.requires_grad for p in text_encoder.parameters()):
+            text_encoder.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
 
 
 def adam_8bit(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

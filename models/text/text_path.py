@@ -1,7 +1,8 @@
 """The prompt -> encoder-states path of every baseline, concept tokens injected.
 
-Mixed into `PersonalizationModule` (``self.tokenizer``, ``self.text_encoder``,
-``self.concept_tokens`` and ``self.device`` are the module's). These are documented methods a
+Mixed into `PersonalizationModule` (``self.tokenizer``, ``self.text_encoders``,
+``self.concept_tokens``, ``self.family`` and ``self.device`` are the module's; the family turns
+token ids into the denoiser's conditioning, backbones/). These are documented methods a
 regularizer may call; the step's prompts and the regularizers' text requests share one
 text-encoder call through ``encode_step_text``.
 """
@@ -28,14 +29,14 @@ class TextPathMixin:
     """``encode_text``, ``tokenize``, ``encode_token_ids``, ``encode_step_text``, and the text
     encoder as a plain model for exports (``standalone_text_encoder``)."""
 
-    def standalone_text_encoder(self) -> CLIPTextModel:
-        """A plain copy of the text encoder whose embedding matrix holds the concept rows.
+    def standalone_text_encoder(self, index: int = 0) -> CLIPTextModel:
+        """A plain copy of text encoder ``index`` whose embedding matrix holds the concept rows.
 
         The live one reads new ids through `ConceptEmbedding`, which a saved model must not
         contain: diffusers would neither know the wrapper nor size the matrix to the tokenizer.
         """
-        embedding = self.concept_tokens.embedding
-        plain = copy.deepcopy(self.text_encoder)
+        embedding = self.encoder_concept_tokens[index].embedding
+        plain = copy.deepcopy(self.text_encoders[index])
         base = embedding.base.weight.detach()
         rows = embedding.vectors.detach().to(base.dtype)
         merged = nn.Embedding.from_pretrained(torch.cat([base, rows]), freeze=False)
@@ -60,12 +61,17 @@ class TextPathMixin:
         ``extra_vectors`` (n, D): for this call, the ids ``len(self.tokenizer) + k`` embed as
         row k (MLM's frozen ``[MASK]`` vector), swapped into the lookup like concept tokens.
         """
+        encoders = self.text_encoders
+        pad_ids = [getattr(self, name).pad_token_id for name in self.family.tokenizer_names]
         if extra_vectors is None:
-            hidden = self.text_encoder(input_ids).last_hidden_state
-        else:
-            with extra_vectors_in(self.text_encoder, len(self.tokenizer), extra_vectors):
-                hidden = self.text_encoder(input_ids).last_hidden_state
-        return TextEncoding(hidden_states=hidden, input_ids=input_ids)
+            return self.family.encode_ids(encoders, input_ids, pad_ids)
+        if len(encoders) > 1:
+            raise ValueError(
+                f"extra vectors (MLM's [MASK]) are written for one text encoder; the "
+                f"{self.family.name} backbone has {len(encoders)}."
+            )
+        with extra_vectors_in(encoders[0], len(self.tokenizer), extra_vectors):
+            return self.family.encode_ids(encoders, input_ids, pad_ids)
 
     def encode_token_variants(
         self, input_ids: torch.Tensor, extra_vectors: torch.Tensor | None = None

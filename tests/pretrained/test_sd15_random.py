@@ -13,7 +13,7 @@ from pretrained.sd15_random import (
     SD15_UNET,
     SD15_VAE,
     SD15_VOCAB_SIZE,
-    _pad_vocabulary,
+    pad_vocabulary,
 )
 from pretrained.tiny_tokenizer import write_tiny_clip_tokenizer
 
@@ -23,7 +23,7 @@ PROMPTS = ["a photo of a dog", "a cat wearing a red hat on the beach", "<v1> toy
 def test_the_padded_vocabulary_has_sd_size_and_tokenizes_as_before(tmp_path: Path) -> None:
     write_tiny_clip_tokenizer(tmp_path / "plain")
     write_tiny_clip_tokenizer(tmp_path / "padded")
-    _pad_vocabulary(tmp_path / "padded", SD15_VOCAB_SIZE)
+    pad_vocabulary(tmp_path / "padded", SD15_VOCAB_SIZE)
     plain = CLIPTokenizer.from_pretrained(tmp_path / "plain")
     padded = CLIPTokenizer.from_pretrained(tmp_path / "padded")
     assert len(padded) == SD15_VOCAB_SIZE

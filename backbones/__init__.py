@@ -1,0 +1,59 @@
+"""Denoiser families (backbones/base.py says what one provides), listed by name, and which one
+a model option means."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backbones.base import BackboneFamily
+from backbones.sd1 import StableDiffusion1
+from backbones.sdxl import StableDiffusionXL
+
+FAMILIES: dict[str, BackboneFamily] = {f.name: f for f in (StableDiffusion1(), StableDiffusionXL())}
+AUTO = "auto"
+DEFAULT_FAMILY = "sd1"  # what "auto" means for a model whose family cannot be read
+TINY = "tiny"  # the tiny offline pipeline of the chosen family (configs/tiny.yaml)
+OPTION = "model.init_args.backbone"
+
+
+def family_named(name: str) -> BackboneFamily:
+    if name not in FAMILIES:
+        raise ValueError(f"{OPTION} is {name!r}; use {AUTO} or one of {sorted(FAMILIES)}.")
+    return FAMILIES[name]
+
+
+def declared_family(path: str) -> str | None:
+    """The family a diffusers folder's model_index.json declares (None: no folder / unknown)."""
+    index = Path(path).expanduser() / "model_index.json"
+    if not index.is_file():
+        return None
+    import json
+
+    class_name = json.loads(index.read_text()).get("_class_name", "")
+    return next((f.name for f in FAMILIES.values() if class_name in f.pipeline_class_names), None)
+
+
+def choose_family(name_or_path: str, backbone: str = AUTO) -> tuple[BackboneFamily, str]:
+    """(family, the model name to load) for a model option and ``backbone`` (``auto``: read
+    from the model, else SD 1.x). ``tiny`` is the chosen family's tiny pipeline. A model
+    whose folder declares another family than ``backbone`` is a one-line error."""
+    chosen = None if backbone == AUTO else family_named(backbone)
+    if name_or_path == TINY:
+        family = chosen or FAMILIES[DEFAULT_FAMILY]
+        return family, family.tiny_name
+    by_name = next(
+        (f for f in FAMILIES.values() if name_or_path in (f.tiny_name, f.random_name)), None
+    )
+    declared = by_name.name if by_name is not None else declared_family(name_or_path)
+    if chosen is not None and declared is not None and declared != chosen.name:
+        raise ValueError(
+            f"model {name_or_path!r} is an {declared} pipeline but {OPTION} is "
+            f"{chosen.name!r}; set {OPTION} to {declared} (or auto), or give an {chosen.name} "
+            "model."
+        )
+    if chosen is not None:
+        return chosen, name_or_path
+    return FAMILIES[declared or DEFAULT_FAMILY], name_or_path
+
+
+__all__ = ["FAMILIES", "BackboneFamily", "choose_family", "family_named"]

@@ -1,0 +1,132 @@
+"""What a denoiser family provides: the seam between the personalization code and a backbone.
+
+The base module, its text path, sampling, the callbacks and the losses ask the family (the
+module's ``family``) rather than assuming one text encoder and a UNet called with
+``encoder_hidden_states`` only. A family says how its components load, how token ids become the
+denoiser's conditioning, how images become latents, how noise, timesteps and the training
+target are drawn, how the denoiser is called, which batch data it needs, and which pipeline
+samples it. One file per family (backbones/sd1.py, backbones/sdxl.py) subclasses
+`BackboneFamily`; docs/DESIGN.md, "A backbone family", says what a new one must add.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from step.encoding import TextEncoding
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
+
+    from step.draws import SampleDraws
+
+# The training objectives a family may use; a loss lists those its formula is written for.
+DDPM_EPSILON = "ddpm_epsilon"
+DDPM_V = "ddpm_v"
+FLOW_MATCHING = "flow_matching"
+
+
+@dataclass
+class BackboneComponents:
+    """What a family loads: tokenizers and text encoders in the family's order, VAE, denoiser
+    and the training noise schedule."""
+
+    tokenizers: list[Any]
+    text_encoders: list[nn.Module]
+    vae: AutoencoderKL
+    unet: nn.Module
+    noise_scheduler: DDPMScheduler
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BackboneFamily(ABC):
+    """One denoiser family; stateless (the module holds the components)."""
+
+    name: ClassVar[str]
+    pipeline_class_names: ClassVar[tuple[str, ...]]  # model_index.json ``_class_name`` values
+    tiny_name: ClassVar[str]  # built offline in code (pretrained/)
+    random_name: ClassVar[str]  # the published shapes with random weights
+    # The module's attribute names of the text encoders and tokenizers, in the family's order.
+    text_encoder_names: ClassVar[tuple[str, ...]]
+    tokenizer_names: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def load(self, path: str, revision: str | None, variant: str | None) -> BackboneComponents:
+        """The components from a resolved folder or hub id."""
+
+    @abstractmethod
+    def encode_ids(
+        self, encoders: list[nn.Module], input_ids: torch.Tensor, pad_ids: list[int]
+    ) -> TextEncoding:
+        """Token ids (B, L) of the first tokenizer -> the denoiser's text conditioning.
+        ``pad_ids``: each tokenizer's padding id (the ids are re-padded for encoder k)."""
+
+    def objective(self, scheduler: DDPMScheduler) -> str:
+        """The training objective this schedule uses (DDPM epsilon or v here)."""
+        return DDPM_V if scheduler.config.prediction_type == "v_prediction" else DDPM_EPSILON
+
+    def draw_timesteps(self, draws: SampleDraws, scheduler: DDPMScheduler) -> torch.Tensor:
+        """Each sample's training timestep (DDPM: uniform integers)."""
+        return draws.randint(scheduler.config.num_train_timesteps)
+
+    def noised_and_target(
+        self,
+        scheduler: DDPMScheduler,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noisy latents, the target the denoiser's output is compared with)."""
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        if scheduler.config.prediction_type == "v_prediction":
+            return noisy, scheduler.get_velocity(latents, noise, timesteps)
+        return noisy, noise
+
+    def scale_latents(self, vae: AutoencoderKL, sample: torch.Tensor) -> torch.Tensor:
+        """VAE latents as the denoiser sees them: (sample - shift) * scale."""
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift:
+            sample = sample - shift
+        return sample * vae.config.scaling_factor
+
+    def batch_keys(self) -> frozenset[str]:
+        """Batch data the family's conditioning needs beyond the base keys."""
+        return frozenset()
+
+    def time_ids(
+        self, batch: dict[str, Any] | None, rows: int, resolution: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """Per-row size conditioning of the denoiser (None: the family has none)."""
+        return None
+
+    def added_conditioning(
+        self, text: TextEncoding | torch.Tensor, time_ids: torch.Tensor | None
+    ) -> dict[str, Any]:
+        """Keyword arguments of the denoiser call beside latents, timesteps and the text
+        states (SD 1.x: none)."""
+        return {}
+
+    @abstractmethod
+    def pipeline(self, module: Any, text_encoders: list[nn.Module]) -> DiffusionPipeline:
+        """A diffusers pipeline over the module's live components with DDIM (sampling and
+        exports agree on it); ``text_encoders`` replace the module's own (exports)."""
+
+    @abstractmethod
+    def prompt_kwargs(
+        self, positive: TextEncoding, negative: TextEncoding, resolution: int
+    ) -> dict[str, Any]:
+        """The pipeline call's precomputed prompt arguments."""
+
+
+def family_error(family: BackboneFamily, what: str, supported: frozenset[str] | set[str]) -> str:
+    """One line for a part that does not support this family yet."""
+    return (
+        f"{what} supports the {', '.join(sorted(supported))} backbone(s), not {family.name} "
+        f"(model.init_args.backbone / pretrained_model_name_or_path); use an {sorted(supported)[0]} "
+        "model or leave this part out."
+    )

@@ -1,0 +1,62 @@
+"""Stable Diffusion 1.x (and 2.x): one CLIP text encoder, a UNet reading its last hidden states,
+DDPM epsilon or v targets, a VAE with a scale and no shift."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from backbones.base import BackboneComponents, BackboneFamily
+from pretrained.sd15_random import SD15_RANDOM_NAME
+from pretrained.stable_diffusion import SD1_PARTS, load_parts
+from pretrained.tiny_sd import TINY_MODEL_NAME
+from step.encoding import TextEncoding
+
+
+class StableDiffusion1(BackboneFamily):
+    name: ClassVar[str] = "sd1"
+    pipeline_class_names: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
+    tiny_name: ClassVar[str] = TINY_MODEL_NAME
+    random_name: ClassVar[str] = SD15_RANDOM_NAME
+    text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder",)
+    tokenizer_names: ClassVar[tuple[str, ...]] = ("tokenizer",)
+
+    def load(self, path: str, revision: str | None, variant: str | None) -> BackboneComponents:
+        parts = load_parts(path, SD1_PARTS, revision, variant)
+        return BackboneComponents(
+            tokenizers=[parts["tokenizer"]],
+            text_encoders=[parts["text_encoder"]],
+            vae=parts["vae"],
+            unet=parts["unet"],
+            noise_scheduler=parts["scheduler"],
+        )
+
+    def encode_ids(
+        self, encoders: list[nn.Module], input_ids: torch.Tensor, pad_ids: list[int]
+    ) -> TextEncoding:
+        """The text encoder's last hidden states, as SD 1.x's pipelines condition on."""
+        return TextEncoding(encoders[0](input_ids).last_hidden_state, input_ids)
+
+    def pipeline(self, module: Any, text_encoders: list[nn.Module]) -> Any:
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=module.vae,
+            text_encoder=text_encoders[0],
+            tokenizer=module.tokenizer,
+            unet=module.unet,
+            scheduler=DDIMScheduler.from_config(module.noise_scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    def prompt_kwargs(
+        self, positive: TextEncoding, negative: TextEncoding, resolution: int
+    ) -> dict[str, Any]:
+        return {
+            "prompt_embeds": positive.conditioning,
+            "negative_prompt_embeds": negative.conditioning,
+        }
