@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from backbones import TINY_NAMES
 from callbacks.empty_run import RemoveEmptyRun
 from callbacks.export import ExportWeights
 from callbacks.interrupt import SaveOnInterrupt
@@ -32,7 +33,6 @@ from core.errors import config_files, environment_message, user_message
 from core.run_config import EVALUATING_COMMANDS, with_run_config
 from core.threads import configure_torch_threads
 from datamodules.moved_options import moved_option_hint
-from pretrained.tiny_sd import TINY_MODEL_NAME
 from training.finite_guard import NonFiniteError
 from training.safe_checkpoints import check_loads_weights_only
 
@@ -84,7 +84,7 @@ class PersonalizationCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config["trainer"]
         model_args = (config.get("model") or {}).get("init_args") or {}
-        tiny = model_args.get("pretrained_model_name_or_path") == TINY_MODEL_NAME
+        tiny = model_args.get("pretrained_model_name_or_path") in TINY_NAMES
         # From the command line only: a test process keeps one thread count throughout.
         tiny_cpu_run = tiny and trainer.get("accelerator") == "cpu" and _from_command_line
         configure_torch_threads(tiny_cpu_run=tiny_cpu_run)

@@ -14,6 +14,7 @@ AUTO = "auto"
 DEFAULT_FAMILY = "sd1"  # what "auto" means for a model whose family cannot be read
 TINY = "tiny"  # the tiny offline pipeline of the chosen family (configs/tiny.yaml)
 OPTION = "model.init_args.backbone"
+TINY_NAMES = frozenset({TINY, *(f.tiny_name for f in FAMILIES.values())})
 
 
 def family_named(name: str) -> BackboneFamily:
@@ -56,4 +57,4 @@ def choose_family(name_or_path: str, backbone: str = AUTO) -> tuple[BackboneFami
     return FAMILIES[declared or DEFAULT_FAMILY], name_or_path
 
 
-__all__ = ["FAMILIES", "BackboneFamily", "choose_family", "family_named"]
+__all__ = ["FAMILIES", "TINY_NAMES", "BackboneFamily", "choose_family", "family_named"]

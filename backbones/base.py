@@ -124,9 +124,10 @@ class BackboneFamily(ABC):
 
 
 def family_error(family: BackboneFamily, what: str, supported: frozenset[str] | set[str]) -> str:
-    """One line for a part that does not support this family yet."""
+    """One line for a part that does not support this family (yet)."""
+    names = ", ".join(sorted(supported))
     return (
-        f"{what} supports the {', '.join(sorted(supported))} backbone(s), not {family.name} "
-        f"(model.init_args.backbone / pretrained_model_name_or_path); use an {sorted(supported)[0]} "
-        "model or leave this part out."
+        f"{what} supports the {names} backbone(s), not {family.name}: use a model of "
+        f"those families (model.init_args.pretrained_model_name_or_path / backbone), or "
+        "leave this part out."
     )

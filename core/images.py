@@ -35,11 +35,18 @@ def crop_square(
     image: Image.Image, resolution: int, random_crop: bool, rng: random.Random
 ) -> Image.Image:
     """A `resolution` square of an image whose shorter side is already `resolution`."""
-    size = image.size
+    left, top = crop_origin(image.size, resolution, random_crop, rng)
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def crop_origin(
+    size: tuple[int, int], resolution: int, random_crop: bool, rng: random.Random
+) -> tuple[int, int]:
+    """(left, top) of `crop_square`'s square in an image of ``size`` (its draws, in order)."""
     spare_x, spare_y = size[0] - resolution, size[1] - resolution
     left = rng.randint(0, spare_x) if random_crop else spare_x // 2
     top = rng.randint(0, spare_y) if random_crop else spare_y // 2
-    return image.crop((left, top, left + resolution, top + resolution))
+    return left, top
 
 
 def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> torch.Tensor:

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from core.concept import ConceptSpec
-from core.images import crop_square, resize_short_side, to_tensor
+from core.images import crop_origin, resize_short_side, to_tensor
 from datamodules.extras.base import SampleExtra
 from datamodules.transforms import random_rescale
 from prompts.templates import FAR_AWAY_WORDS, ZOOMED_IN_WORDS
@@ -103,11 +103,13 @@ class InstanceDataset(Dataset):
         concept_index, image_index = self.items[index % len(self.items)]
         if image_index < 0:
             return self._composed_sample(index, -1 - image_index)
-        image = self.scaled_photo(concept_index, image_index)
-        image = crop_square(image, self.resolution, self.random_crop, rng)
+        scaled = self.scaled_photo(concept_index, image_index)
+        left, top = crop_origin(scaled.size, self.resolution, self.random_crop, rng)
+        image = scaled.crop((left, top, left + self.resolution, top + self.resolution))
         flipped = rng.random() < self.flip_probability
         if flipped:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            left = scaled.size[0] - self.resolution - left  # where the crop sits once mirrored
         prompt = rng.choice(self.templates).format(self.concepts[concept_index].spec.phrase)
         mask = torch.ones(1, self.resolution, self.resolution)
         cache_key = "" if self.random_crop else f"{concept_index}/{image_index}/{int(flipped)}"
@@ -125,11 +127,13 @@ class InstanceDataset(Dataset):
         }
         # Extras draw from their own stream, so adding one leaves the base sample unchanged.
         extras_rng = random.Random(f"{self.seed}/{index}/extras")
-        # Which photo this is, for extras keyed by photo (captions); not itself a batch key.
-        sample["image_index"] = image_index
+        # Which photo this is (extras keyed by photo: captions) and where the crop came from
+        # (SDXL's size conditioning: original height, width, crop top, left); not batch keys.
+        width, height = self.images[concept_index][image_index].size
+        sample["image_index"], sample["image_geometry"] = image_index, (height, width, top, left)
         for extra in self.extras:
             extra.add(sample, concept_index, extras_rng)
-        del sample["image_index"]
+        del sample["image_index"], sample["image_geometry"]
         return sample
 
     def _composed_sample(self, index: int, composed_index: int) -> dict[str, Any]:
@@ -145,9 +149,10 @@ class InstanceDataset(Dataset):
             "cache_key": f"composed/{composed_index}",
             "sample_key": index,
             "image_index": 0,
+            "image_geometry": (self.resolution, self.resolution, 0, 0),
         }
         extras_rng = random.Random(f"{self.seed}/{index}/extras")
         for extra in self.extras:
             extra.add(sample, item.concept_index, extras_rng)
-        del sample["image_index"]
+        del sample["image_index"], sample["image_geometry"]
         return sample

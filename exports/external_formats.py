@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 A1111_FOLDER = "a1111"
@@ -41,6 +43,47 @@ def write_a1111_embedding(vectors: torch.Tensor, folder: Path, token: str) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({A1111_KEY: vectors.detach().float().cpu().contiguous()}, str(path))
     return path
+
+
+# SDXL embeddings (A1111, ComfyUI): one file per token with each encoder's vectors by name.
+SDXL_EMBEDDING_KEYS = ("clip_l", "clip_g")
+
+
+def write_sdxl_embedding(vectors: list[torch.Tensor], path: Path, token: str) -> Path:
+    """SDXL's two encoders' vectors (num_vectors, 768) and (num_vectors, 1280) as the
+    ``{"clip_l": ..., "clip_g": ...}`` file A1111 and ComfyUI read for SDXL; the token goes in
+    the file's metadata (the clients name an embedding by its file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        key: v.detach().float().cpu().contiguous() for key, v in zip(SDXL_EMBEDDING_KEYS, vectors)
+    }
+    save_file(state, str(path), metadata={"token": token})
+    return path
+
+
+def load_embedding(pipeline: Any, path: Path) -> None:
+    """One embedding file into a diffusers pipeline: an SD 1.x ``{token: vectors}`` file
+    through ``load_textual_inversion``; an SDXL ``clip_l`` / ``clip_g`` file into each of the
+    two encoders (diffusers reads one encoder per call)."""
+    with safe_open(str(path), framework="pt") as handle:
+        keys, metadata = set(handle.keys()), handle.metadata() or {}
+        state = {key: handle.get_tensor(key) for key in keys}
+    if not set(SDXL_EMBEDDING_KEYS) <= keys:
+        pipeline.load_textual_inversion(path)
+        return
+    if getattr(pipeline, "text_encoder_2", None) is None:
+        raise ValueError(
+            f"{path} is an SDXL embedding (clip_l, clip_g); load it into an SDXL pipeline."
+        )
+    token = metadata.get("token") or path.stem
+    pairs = (
+        (pipeline.text_encoder, pipeline.tokenizer),
+        (pipeline.text_encoder_2, pipeline.tokenizer_2),
+    )
+    for key, (encoder, tokenizer) in zip(SDXL_EMBEDDING_KEYS, pairs):
+        pipeline.load_textual_inversion(
+            state[key], token=token, text_encoder=encoder, tokenizer=tokenizer
+        )
 
 
 # kohya's prefix of each component (SD 1.x's one text encoder is ``lora_te``; SDXL's
@@ -90,7 +133,10 @@ def kohya_lora_state(
 
 
 def write_kohya_lora(
-    peft_states: dict[str, dict[str, torch.Tensor]], alpha: float | dict[str, float], path: Path
+    peft_states: dict[str, dict[str, torch.Tensor]],
+    alpha: float | dict[str, float],
+    path: Path,
+    prefixes: dict[str, str] = KOHYA_PREFIXES,
 ) -> Path:
-    save_file(kohya_lora_state(peft_states, alpha), str(path))
+    save_file(kohya_lora_state(peft_states, alpha, prefixes), str(path))
     return path

@@ -31,6 +31,9 @@ class Regularizer(nn.Module):
     name: ClassVar[str] = "regularizer"
     # Batch keys beyond the always-present ones (pixel_values, prompts, ...).
     requires: ClassVar[frozenset[str]] = frozenset()
+    # The backbone families (backbones/) its formula and code are written for; the module
+    # refuses it on another with one line (a loss must be checked on a family to list it).
+    families: ClassVar[frozenset[str]] = frozenset({"sd1"})
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()

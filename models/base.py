@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -26,9 +26,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from backbones import AUTO, choose_family
+from backbones.base import family_error
 from components.text_projection import default_clip_for, load_text_projection
 from core.concept import ConceptSpec
-from exports.external_formats import write_a1111_embedding
+from exports.external_formats import (
+    A1111_FOLDER,
+    a1111_name,
+    write_a1111_embedding,
+    write_sdxl_embedding,
+)
 from generation.evaluation import EvaluationMixin, EvaluationSettings
 from generation.image_pipeline import ModuleImagePipeline
 from generation.sampling import SamplingMixin
@@ -64,6 +70,9 @@ class PersonalizationModule(
     TextPathMixin, OptimizationMixin, SamplingMixin, EvaluationMixin, L.LightningModule
 ):
     """Shared training step of all baselines; see the module docstring."""
+
+    # The backbone families (backbones/) the baseline is written and tested for.
+    families: ClassVar[frozenset[str]] = frozenset({"sd1"})
 
     def __init__(
         self,
@@ -125,6 +134,8 @@ class PersonalizationModule(
                 "concept_token / class_word); in code pass concepts=[ConceptSpec('<v1>', 'dog')]."
             )
         self.family, model_name = choose_family(pretrained_model_name_or_path, backbone)
+        if self.family.name not in self.families:
+            raise ValueError(family_error(self.family, type(self).__name__, self.families))
         self.backbone = self.family.name
         components = self.family.load(model_name, revision, variant)
         self.pretrained_model_name_or_path = model_name
@@ -148,6 +159,10 @@ class PersonalizationModule(
         for tokens in self.encoder_concept_tokens:
             tokens.embedding.vectors.requires_grad_(train_tokens)
         self.concepts = list(concepts)
+        for regularizer in regularizers or []:
+            if self.family.name not in regularizer.families:
+                what = f"Regularizer {regularizer.name!r}"
+                raise ValueError(family_error(self.family, what, regularizer.families))
         self.regularizers = nn.ModuleList(regularizers or [])
         self.optimizer_factory = optimizer
         self.learning_rates = dict(learning_rates or {})
@@ -234,15 +249,35 @@ class PersonalizationModule(
             cache[name].to(self.device)
         return cache[name]
 
-    def export_token_embeddings(self, path_for_concept: dict[str, Path]) -> list[Path]:
-        """Save each concept's vectors as ``{token: (num_vectors, dim)}`` safetensors files,
-        and as A1111 / ComfyUI embeddings in ``a1111/`` beside them."""
+    def export_token_embeddings(
+        self,
+        path_for_concept: dict[str, Path],
+        a1111_only: bool = False,
+        folder: Path | None = None,
+    ) -> list[Path]:
+        """Save each concept's vectors, and as A1111 / ComfyUI embeddings in ``a1111/``
+        (``a1111_only``: only those, in ``folder``).
+
+        SD 1.x: ``{token: (num_vectors, dim)}`` (diffusers' ``load_textual_inversion`` reads
+        it); SDXL: ``{"clip_l": ..., "clip_g": ...}``, each encoder's vectors, the layout A1111
+        and ComfyUI read for SDXL (and ``load_into`` gives each encoder its own)."""
         written = []
         for index, concept in enumerate(self.concepts):
-            path = path_for_concept[concept.token]
-            vectors = self.concept_tokens.vectors_of(index).detach().float().cpu().contiguous()
-            save_file({concept.token: vectors}, str(path))
-            written += [path, write_a1111_embedding(vectors, path.parent, concept.token)]
+            path = None if a1111_only else path_for_concept[concept.token]
+            where = folder if path is None else path.parent
+            vectors = [
+                t.vectors_of(index).detach().float().cpu().contiguous()
+                for t in self.encoder_concept_tokens
+            ]
+            if len(vectors) == 1:
+                if path is not None:
+                    save_file({concept.token: vectors[0]}, str(path))
+                    written.append(path)
+                written.append(write_a1111_embedding(vectors[0], where, concept.token))
+            else:
+                copy = where / A1111_FOLDER / f"{a1111_name(concept.token)}.safetensors"
+                targets = [copy] if path is None else [path, copy]
+                written += [write_sdxl_embedding(vectors, t, concept.token) for t in targets]
         return written
 
     # ----- the training step ------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file
@@ -74,6 +74,8 @@ def load_stage1_text_lora(module: LoRA, folder: Path) -> bool:
 
 class CLIFMultiConceptLoRA(LoRA):
     """LoRA on the UNet (shared by the concepts) + tokens, text encoder frozen from stage 1."""
+
+    families: ClassVar[frozenset[str]] = frozenset({"sd1"})  # its SDXL recipe: not yet
 
     def __init__(self, stage1: str, **kwargs: Any) -> None:
         """

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
-from exports.external_formats import A1111_FOLDER, write_a1111_embedding
+from exports.external_formats import A1111_FOLDER
 from exports.manifest import Format
 from exports.single_file import SINGLE_FILE, write_single_file
 from models.base import PersonalizationModule
@@ -31,6 +31,7 @@ PIPELINE_MODELS = ("unet", "text_encoder", "vae")
 class DreamBooth(PersonalizationModule):
     """Fine-tunes the UNet (and, if asked, the text encoder) on the subject's photos."""
 
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
     EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
         (SINGLE_FILE, Format.SINGLE_FILE_CHECKPOINT),
         (f"{A1111_FOLDER}/*", Format.A1111_EMBEDDING),
@@ -62,33 +63,41 @@ class DreamBooth(PersonalizationModule):
                 "is a plain pipeline, which would not expand a multi-vector token in prompts."
             )
         super().__init__(**kwargs)
+        if export_single_file and self.family.name != "sd1":
+            raise ValueError(
+                "export_single_file writes SD 1.x's original checkpoint layout; leave it off on "
+                f"the {self.family.name} backbone (the export folder is a diffusers pipeline)."
+            )
         self.train_text_encoder = train_text_encoder
         self.export_single_file = export_single_file
         self.unet.requires_grad_(True)
-        if train_text_encoder:
-            self.text_encoder.requires_grad_(True)
-            embedding = self.concept_tokens.embedding
-            embedding.base.weight.requires_grad_(False)
-            embedding.vectors.requires_grad_(bool(kwargs["train_tokens"]))
+        if train_text_encoder:  # every text encoder of the family (SDXL: both)
+            for encoder, tokens in zip(self.text_encoders, self.encoder_concept_tokens):
+                encoder.requires_grad_(True)
+                tokens.embedding.base.weight.requires_grad_(False)
+                tokens.embedding.vectors.requires_grad_(bool(kwargs["train_tokens"]))
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
-            if train_text_encoder:  # transformers 5 renamed it; older releases have the old name
-                encoder = self.text_encoder
+            for encoder in self.text_encoders if train_text_encoder else []:
+                # transformers 5 renamed it; older releases have the old name
                 enable = getattr(encoder, "activation_checkpointing_enable", None)
                 (enable or encoder.gradient_checkpointing_enable)()
         # Lightning does not call train() when fitting starts: put the trained parts in train mode.
         self.train(self.training)
 
     def trained_components(self) -> tuple[nn.Module, ...]:
-        return (self.unet, self.text_encoder) if self.train_text_encoder else (self.unet,)
+        return (self.unet, *self.text_encoders) if self.train_text_encoder else (self.unet,)
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = super().trainable_groups()
         groups["unet"] = [p for p in self.unet.parameters() if p.requires_grad]
         if self.train_text_encoder:
-            vectors = self.concept_tokens.embedding.vectors
+            vectors = {id(t.embedding.vectors) for t in self.encoder_concept_tokens}
             groups["text_encoder"] = [
-                p for p in self.text_encoder.parameters() if p.requires_grad and p is not vectors
+                p
+                for encoder in self.text_encoders
+                for p in encoder.parameters()
+                if p.requires_grad and id(p) not in vectors
             ]
         return groups
 
@@ -97,14 +106,16 @@ class DreamBooth(PersonalizationModule):
         each concept's ``a1111/<token>.safetensors`` embedding, and with ``export_single_file``
         the same weights as one original-layout checkpoint (``sd_checkpoint.safetensors``)."""
         folder.mkdir(parents=True, exist_ok=True)
-        text_encoder = self.standalone_text_encoder()
-        pipe = self.ddim_pipeline(text_encoder)
+        text_encoders = [self.standalone_text_encoder(i) for i in range(len(self.text_encoders))]
+        pipe = self.ddim_pipeline(*text_encoders)
         pipe.save_pretrained(folder, safe_serialization=True)
         if self.export_single_file:
             vocabulary = self.concept_tokens.embedding.base.weight.shape[0]
-            write_single_file(folder / SINGLE_FILE, pipe.unet, pipe.vae, text_encoder, vocabulary)
-        for index, concept in enumerate(self.concepts):  # the folder holds them merged already
-            write_a1111_embedding(self.concept_tokens.vectors_of(index), folder, concept.token)
+            write_single_file(
+                folder / SINGLE_FILE, pipe.unet, pipe.vae, text_encoders[0], vocabulary
+            )
+        # The folder holds the vectors merged already; the a1111/ files are for the clients.
+        self.export_token_embeddings({}, a1111_only=True, folder=folder)
         return sorted(p for p in folder.rglob("*") if p.is_file())
 
     @staticmethod
@@ -116,9 +127,11 @@ class DreamBooth(PersonalizationModule):
         pipeline's scheduler stays."""
         folder = Path(folder)
         parts: dict[str, Any] = {}
-        for name in PIPELINE_MODELS:
+        xl = getattr(pipeline, "text_encoder_2", None) is not None
+        for name in (*PIPELINE_MODELS, *(("text_encoder_2",) if xl else ())):
             current = getattr(pipeline, name)
             loaded = type(current).from_pretrained(folder, subfolder=name, dtype=current.dtype)
             parts[name] = loaded.to(current.device)
-        parts["tokenizer"] = type(pipeline.tokenizer).from_pretrained(folder, subfolder="tokenizer")
+        for name in ("tokenizer", "tokenizer_2") if xl else ("tokenizer",):
+            parts[name] = type(getattr(pipeline, name)).from_pretrained(folder, subfolder=name)
         pipeline.register_modules(**parts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backbones import FAMILIES
 from exports.manifest import (
     SD1,
     ExportManifest,
@@ -45,7 +46,7 @@ def manifest_of(module: Any, folder: Path, step: int | None = None) -> ExportMan
     return ExportManifest(
         baseline=baseline,
         base_model=str(module.pretrained_model_name_or_path),
-        family=getattr(module, "backbone_family", SD1),
+        family=getattr(module, "backbone", SD1),
         tokens=tokens,
         files=describe_files(folder, formats, baseline),
         step=step,
@@ -105,5 +106,18 @@ def load_export(pipeline: StableDiffusionPipeline, folder: str | Path) -> Export
         pipe("a photo of a <v1> dog")
     """
     manifest = read_manifest(folder)
+    check_family(pipeline, manifest, folder)
     baseline_class(manifest, folder).load_into(pipeline, Path(folder))
     return manifest
+
+
+def check_family(pipeline: Any, manifest: ExportManifest, folder: str | Path) -> None:
+    """A ValueError naming both families when the pipeline is not of the export's family."""
+    name = type(pipeline).__name__
+    family = next((f.name for f in FAMILIES.values() if name in f.pipeline_class_names), None)
+    if family is not None and family != manifest.family:
+        wanted = FAMILIES[manifest.family].pipeline_class_names[0]
+        raise ValueError(
+            f"{folder} is an export for the {manifest.family} backbone ({manifest.base_model}); "
+            f"load it into a {wanted} of that model, not a {name} ({family})."
+        )

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
-from exports.external_formats import KOHYA_LORA, write_kohya_lora
+from exports.external_formats import (
+    KOHYA_LORA,
+    KOHYA_PREFIXES,
+    SDXL_KOHYA_PREFIXES,
+    load_embedding,
+    write_kohya_lora,
+)
 from exports.manifest import TOKEN_FILE_FORMATS, Format
 from models.base import PersonalizationModule
 from models.lora_adapters import (
@@ -44,12 +50,13 @@ def load_lora(pipe: StableDiffusionPipeline, folder: str | Path) -> None:
         pipe.load_lora_weights(folder, weight_name=LORA_WEIGHTS)
     for token_file in sorted(folder.glob("*.safetensors")):
         if token_file.name not in (LORA_WEIGHTS, KOHYA_LORA):
-            pipe.load_textual_inversion(token_file)
+            load_embedding(pipe, token_file)
 
 
 class LoRA(PersonalizationModule):
     """Trains peft LoRA adapters (UNet attention; text encoder optional) and optionally tokens."""
 
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
     EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
         (LORA_WEIGHTS, Format.DIFFUSERS_LORA),
         (KOHYA_LORA, Format.KOHYA_LORA),
@@ -78,23 +85,26 @@ class LoRA(PersonalizationModule):
         self.rank, self.alpha = rank, alpha
         self.train_text_encoder = train_text_encoder
         targets = [(self.unet, UNET_TARGETS)]
-        if train_text_encoder:
-            targets.append((self.text_encoder, TEXT_ENCODER_TARGETS))
+        if train_text_encoder:  # every text encoder of the family (SDXL: both)
+            targets += [(encoder, TEXT_ENCODER_TARGETS) for encoder in self.text_encoders]
         add_seeded_adapters(targets, rank, alpha, self.seed)
         if train_text_encoder:
             # peft marks everything but its adapters as frozen, the concept vectors included.
-            self.concept_tokens.embedding.vectors.requires_grad_(bool(kwargs["train_tokens"]))
+            for tokens in self.encoder_concept_tokens:
+                tokens.embedding.vectors.requires_grad_(bool(kwargs["train_tokens"]))
         # Lightning does not call train() when fitting starts: put the trained parts in train mode.
         self.train(self.training)
 
     def trained_components(self) -> tuple[nn.Module, ...]:
-        return (self.unet, self.text_encoder) if self.train_text_encoder else (self.unet,)
+        return (self.unet, *self.text_encoders) if self.train_text_encoder else (self.unet,)
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = super().trainable_groups()
         groups["lora"] = lora_parameters(self.unet)
         if self.train_text_encoder:
-            groups["text_encoder_lora"] = lora_parameters(self.text_encoder)
+            groups["text_encoder_lora"] = [
+                p for encoder in self.text_encoders for p in lora_parameters(encoder)
+            ]
         return groups
 
     def _peft_states(self) -> dict[str, dict[str, Any]]:
@@ -104,16 +114,19 @@ class LoRA(PersonalizationModule):
 
     def _adapted(self) -> dict[str, nn.Module]:
         models: dict[str, nn.Module] = {"unet": self.unet}
-        if has_adapters(self.text_encoder):
-            models["text_encoder"] = self.text_encoder
+        for name, encoder in zip(self.family.text_encoder_names, self.text_encoders):
+            if has_adapters(encoder):
+                models[name] = encoder
         return models
 
     def export(self, folder: Path) -> list[Path]:
         """``pytorch_lora_weights.safetensors`` and one ``<token>.safetensors`` per concept."""
         folder.mkdir(parents=True, exist_ok=True)
-        lora_file = save_lora_layers(folder, self._adapted())
+        xl = len(self.text_encoders) > 1
+        lora_file = save_lora_layers(folder, self._adapted(), xl)
         # The same adapters with kohya's keys and alphas, for A1111 / ComfyUI / kohya.
         alphas = {n: float(m.peft_config["default"].lora_alpha) for n, m in self._adapted().items()}
-        kohya = write_kohya_lora(self._peft_states(), alphas, folder / KOHYA_LORA)
+        prefixes = SDXL_KOHYA_PREFIXES if xl else KOHYA_PREFIXES
+        kohya = write_kohya_lora(self._peft_states(), alphas, folder / KOHYA_LORA, prefixes)
         paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
         return [lora_file, kohya, *self.export_token_embeddings(paths)]

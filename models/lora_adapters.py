@@ -69,16 +69,17 @@ def diffusers_layers(state: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def save_lora_layers(folder: Path, components: dict[str, nn.Module]) -> Path:
+def save_lora_layers(folder: Path, components: dict[str, nn.Module], xl: bool = False) -> Path:
     """``pytorch_lora_weights.safetensors`` of the adapted components ({"unet": ...,
-    "text_encoder": ...}), through diffusers' own writer."""
+    "text_encoder": ..., "text_encoder_2": ...}), through diffusers' own writer (SDXL's with
+    ``xl``: its keys name both text encoders)."""
     layers: dict[str, Any] = {}
     for name, module in components.items():
         layers[f"{name}_lora_layers"] = diffusers_layers(peft_state(module))
         layers[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
-    from diffusers import StableDiffusionPipeline  # its module loads when a run exports
+    # The pipeline modules load when a run exports.
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    StableDiffusionPipeline.save_lora_weights(
-        folder, weight_name=LORA_WEIGHTS, safe_serialization=True, **layers
-    )
+    writer = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+    writer.save_lora_weights(folder, weight_name=LORA_WEIGHTS, safe_serialization=True, **layers)
     return folder / LORA_WEIGHTS

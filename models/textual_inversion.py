@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from exports.external_formats import A1111_FOLDER
+from exports.external_formats import A1111_FOLDER, load_embedding
 from exports.manifest import Format
 from models.base import PersonalizationModule
 
@@ -18,6 +18,7 @@ LEARNED_EMBEDS = "learned_embeds.safetensors"
 class TextualInversion(PersonalizationModule):
     """Learns ``num_vectors`` embedding vectors per concept; the whole model stays frozen."""
 
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
     EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
         ("learned_embeds*.safetensors", Format.TEXTUAL_INVERSION),
         (f"{A1111_FOLDER}/*", Format.A1111_EMBEDDING),
@@ -45,6 +46,6 @@ class TextualInversion(PersonalizationModule):
     @staticmethod
     def load_into(pipeline: StableDiffusionPipeline, folder: str | Path) -> None:
         """Each ``learned_embeds*.safetensors`` of an export through diffusers'
-        ``load_textual_inversion``."""
+        ``load_textual_inversion`` (an SDXL file's vectors into each encoder)."""
         for path in sorted(Path(folder).glob("learned_embeds*.safetensors")):
-            pipeline.load_textual_inversion(path)
+            load_embedding(pipeline, path)

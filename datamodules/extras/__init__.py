@@ -11,6 +11,7 @@ from datamodules.extras import (  # noqa: F401  (each import registers its extra
     clif_pairs,
     context_prompts,
     reference_image,
+    size_conditioning,
     superclass,
 )
 from datamodules.extras.base import SampleExtra, extra_for, known_keys

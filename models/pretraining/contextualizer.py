@@ -25,6 +25,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from backbones import AUTO, choose_family
+from backbones.base import family_error
 from components.contextualizer.network import (
     Contextualizer,
     ContextualizerConfig,
@@ -119,6 +121,11 @@ class ContextualizerPretraining(L.LightningModule):
                 as configs/tiny.yaml set (see `accepts_options_of`); unused here.
         """
         super().__init__()
+        family, pretrained_model_name_or_path = choose_family(
+            pretrained_model_name_or_path, str(ignored.get("backbone", AUTO))
+        )
+        if family.name != "sd1":  # psi reads one CLIP text encoder's states
+            raise ValueError(family_error(family, "The contextualizer's pretraining", {"sd1"}))
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
         self.tokenizer, self.text_encoder = load_text_components(
             pretrained_model_name_or_path, revision, variant
