@@ -95,6 +95,32 @@ _KOHYA_MATRICES = {"lora_A": "lora_down", "lora_B": "lora_up"}
 _TEXT_MODEL = "text_model."
 
 
+_DOWN_ATTENTION = re.compile(r"^down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$")
+_UP_ATTENTION = re.compile(r"^up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$")
+_MID_ATTENTION = re.compile(r"^mid_block\.attentions\.0\.(.+)$")
+
+
+def original_unet_path(path: str, layers_per_block: int) -> str:
+    """A diffusers UNet attention path in the original (LDM / SGM) layout, which SDXL's
+    checkpoints, kohya's sd-scripts and A1111 name SDXL LoRA layers by.
+
+    Each down level holds ``layers_per_block`` blocks and a downsampler (``input_blocks.0`` is
+    the input convolution), each up level ``layers_per_block + 1`` blocks; a block's attention
+    is its part 1: ``down_blocks.1.attentions.0`` is ``input_blocks.4.1`` in SDXL."""
+    found = _DOWN_ATTENTION.match(path)
+    if found:
+        index = 1 + int(found[1]) * (layers_per_block + 1) + int(found[2])
+        return f"input_blocks.{index}.1.{found[3]}"
+    found = _UP_ATTENTION.match(path)
+    if found:
+        index = int(found[1]) * (layers_per_block + 1) + int(found[2])
+        return f"output_blocks.{index}.1.{found[3]}"
+    found = _MID_ATTENTION.match(path)
+    if found:
+        return f"middle_block.1.{found[1]}"
+    raise ValueError(f"no original-layout name for UNet path {path!r} (an attention layer?)")
+
+
 def kohya_module_name(component: str, module_path: str, prefixes: dict[str, str]) -> str:
     """kohya's name of one adapted layer: ``lora_te_text_model_encoder_layers_0_self_attn_k_proj``.
 
@@ -109,6 +135,7 @@ def kohya_lora_state(
     peft_states: dict[str, dict[str, torch.Tensor]],
     alpha: float | dict[str, float],
     prefixes: dict[str, str] = KOHYA_PREFIXES,
+    unet_layers_per_block: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Kohya keys (``lora_unet_...``, ``lora_te_text_model_...``) and alphas from peft state dicts.
 
@@ -118,12 +145,17 @@ def kohya_lora_state(
         alpha: the adapters' lora_alpha: one value, or one per component (CLIF's stage 2
             keeps stage 1's text-encoder LoRA beside its own UNet LoRA).
         prefixes: kohya's prefix per component (``SDXL_KOHYA_PREFIXES`` for SDXL).
+        unet_layers_per_block: given (SDXL), the UNet's layers are named in the original
+            layout (`original_unet_path`), as SDXL's kohya LoRAs are; SD 1.x's keep
+            diffusers' paths, which the clients convert themselves.
     """
     alphas = alpha if isinstance(alpha, dict) else dict.fromkeys(peft_states, alpha)
     converted: dict[str, torch.Tensor] = {}
     for component, state in peft_states.items():
         for key, value in state.items():
             module_path, matrix, suffix = key.rsplit(".", 2)
+            if component == "unet" and unet_layers_per_block is not None:
+                module_path = original_unet_path(module_path, unet_layers_per_block)
             name = kohya_module_name(component, module_path, prefixes)
             converted[f"{name}.{_KOHYA_MATRICES[matrix]}.{suffix}"] = (
                 value.detach().float().cpu().contiguous()
@@ -137,6 +169,7 @@ def write_kohya_lora(
     alpha: float | dict[str, float],
     path: Path,
     prefixes: dict[str, str] = KOHYA_PREFIXES,
+    unet_layers_per_block: int | None = None,
 ) -> Path:
-    save_file(kohya_lora_state(peft_states, alpha, prefixes), str(path))
+    save_file(kohya_lora_state(peft_states, alpha, prefixes, unet_layers_per_block), str(path))
     return path

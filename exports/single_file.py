@@ -174,3 +174,12 @@ def write_single_file(
     """Write the components as one original-layout safetensors checkpoint."""
     save_file(components_to_ldm(unet, vae, text_encoder, vocab_size), str(path))
     return path
+
+
+def check_single_file_family(wanted: bool, family: str) -> None:
+    """The single file is SD 1.x's original layout: refuse it on another family at start."""
+    if wanted and family != "sd1":
+        raise ValueError(
+            "export_single_file writes SD 1.x's original checkpoint layout; leave it off on "
+            f"the {family} backbone (its export folder loads in diffusers as it is)."
+        )

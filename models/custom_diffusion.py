@@ -17,8 +17,9 @@ from diffusers.models.attention_processor import AttnProcessor2_0, CustomDiffusi
 from safetensors.torch import save_file
 from torch import nn
 
+from exports.external_formats import load_embedding
 from exports.manifest import TOKEN_FILE_FORMATS, Format
-from exports.single_file import SINGLE_FILE, write_single_file
+from exports.single_file import SINGLE_FILE, check_single_file_family, write_single_file
 from models.base import PersonalizationModule
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def load_custom_diffusion(pipe: StableDiffusionPipeline, folder: str | Path) -> 
     pipe.unet.load_attn_procs(folder, weight_name=CUSTOM_DIFFUSION_WEIGHTS, _pipeline=pipe)
     for token_file in sorted(folder.glob("*.safetensors")):
         if token_file.name not in (CUSTOM_DIFFUSION_WEIGHTS, SINGLE_FILE):
-            pipe.load_textual_inversion(token_file)
+            load_embedding(pipe, token_file)
 
 
 def merge_custom_diffusion(unet: UNet2DConditionModel) -> UNet2DConditionModel:
@@ -61,6 +62,7 @@ def merge_custom_diffusion(unet: UNet2DConditionModel) -> UNet2DConditionModel:
 class CustomDiffusion(PersonalizationModule):
     """Trains K/V of every cross-attention layer (optionally Q and out too) and the tokens."""
 
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
     EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
         (CUSTOM_DIFFUSION_WEIGHTS, Format.CUSTOM_DIFFUSION),
         (SINGLE_FILE, Format.SINGLE_FILE_CHECKPOINT),
@@ -80,6 +82,7 @@ class CustomDiffusion(PersonalizationModule):
                 ComfyUI): the size of the base model, in every step export too.
         """
         super().__init__(**kwargs)
+        check_single_file_family(export_single_file, self.family.name)
         self.train_q_out, self.export_single_file = train_q_out, export_single_file
         self.unet.set_attn_processor(self._custom_processors())
 

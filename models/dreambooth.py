@@ -18,7 +18,7 @@ from torch import nn
 
 from exports.external_formats import A1111_FOLDER
 from exports.manifest import Format
-from exports.single_file import SINGLE_FILE, write_single_file
+from exports.single_file import SINGLE_FILE, check_single_file_family, write_single_file
 from models.base import PersonalizationModule
 
 if TYPE_CHECKING:
@@ -63,11 +63,7 @@ class DreamBooth(PersonalizationModule):
                 "is a plain pipeline, which would not expand a multi-vector token in prompts."
             )
         super().__init__(**kwargs)
-        if export_single_file and self.family.name != "sd1":
-            raise ValueError(
-                "export_single_file writes SD 1.x's original checkpoint layout; leave it off on "
-                f"the {self.family.name} backbone (the export folder is a diffusers pipeline)."
-            )
+        check_single_file_family(export_single_file, self.family.name)
         self.train_text_encoder = train_text_encoder
         self.export_single_file = export_single_file
         self.unet.requires_grad_(True)

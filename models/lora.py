@@ -127,6 +127,7 @@ class LoRA(PersonalizationModule):
         # The same adapters with kohya's keys and alphas, for A1111 / ComfyUI / kohya.
         alphas = {n: float(m.peft_config["default"].lora_alpha) for n, m in self._adapted().items()}
         prefixes = SDXL_KOHYA_PREFIXES if xl else KOHYA_PREFIXES
-        kohya = write_kohya_lora(self._peft_states(), alphas, folder / KOHYA_LORA, prefixes)
+        layers = self.unet.config.layers_per_block if xl else None  # SDXL: original names
+        kohya = write_kohya_lora(self._peft_states(), alphas, folder / KOHYA_LORA, prefixes, layers)
         paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
         return [lora_file, kohya, *self.export_token_embeddings(paths)]

@@ -52,3 +52,11 @@ def psi_dir(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path) -> Path:
     torch.manual_seed(0)
     ContextualizerPretraining().export(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_path(tiny_cache: Path) -> Path:
+    """Folder of the saved tiny SDXL pipeline (diffusers layout)."""
+    from pretrained.tiny_sdxl import ensure_tiny_sdxl
+
+    return ensure_tiny_sdxl()

@@ -17,6 +17,15 @@ from datamodules.personalization import PersonalizationDataModule
 from models.base import PersonalizationModule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def is_overlay(config: Path) -> bool:
+    """An overlay (configs/tiny.yaml, low_memory.yaml, backbones/*.yaml) names no model class:
+    it is given after an experiment config and changes some of its options."""
+    import yaml
+
+    settings = yaml.safe_load(config.read_text()) or {}
+    return "class_path" not in (settings.get("model") or {})
 DREAMBENCH = REPO_ROOT.parent / "shared" / "data" / "dreambench"
 
 

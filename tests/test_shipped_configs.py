@@ -9,17 +9,14 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, is_overlay
 
 from datamodules.moved_options import MOVED_OPTIONS, moved_option_hint
 from train import main
 
-OVERLAYS = {"tiny.yaml", "low_memory.yaml"}  # applied on top of an experiment config
-EXPERIMENTS = sorted(
-    str(p.relative_to(REPO_ROOT))
-    for p in (REPO_ROOT / "configs").rglob("*.yaml")
-    if p.name not in OVERLAYS
-)
+CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
+EXPERIMENTS = [str(p.relative_to(REPO_ROOT)) for p in CONFIGS if not is_overlay(p)]
+OVERLAYS = [str(p.relative_to(REPO_ROOT)) for p in CONFIGS if is_overlay(p)]
 
 
 def parsed(capsys: pytest.CaptureFixture[str], *configs: str) -> dict[str, Any]:
@@ -66,7 +63,27 @@ def test_shipped_config_parses_and_keeps_its_options(
             assert alone[group]["class_path"].endswith(written[group]["class_path"].split(".")[-1])
             assert_holds(written[group].get("init_args", {}), alone[group]["init_args"], group)
     under_tiny = parsed(capsys, config, "configs/tiny.yaml")
-    assert under_tiny["model"]["init_args"]["pretrained_model_name_or_path"] == "tiny-sd"
+    assert under_tiny["model"]["init_args"]["pretrained_model_name_or_path"] == "tiny"
+
+
+def test_the_overlays_are_the_known_ones() -> None:
+    assert OVERLAYS == [
+        "configs/backbones/sdxl.yaml",
+        "configs/low_memory.yaml",
+        "configs/tiny.yaml",
+    ]
+
+
+def test_the_sdxl_overlay_then_tiny_selects_tiny_sdxl(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    config = parsed(capsys, "configs/lora.yaml", "configs/backbones/sdxl.yaml")
+    assert config["model"]["init_args"]["backbone"] == "sdxl"
+    assert config["data"]["init_args"]["resolution"] == 1024
+    config = parsed(capsys, "configs/lora.yaml", "configs/backbones/sdxl.yaml", "configs/tiny.yaml")
+    model = config["model"]["init_args"]
+    assert (model["backbone"], model["pretrained_model_name_or_path"]) == ("sdxl", "tiny")
 
 
 def test_the_low_memory_overlay_applies(

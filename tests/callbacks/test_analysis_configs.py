@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, is_overlay
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from train import main
@@ -17,7 +17,7 @@ ANALYSIS = {"callbacks.SemanticDrift", "callbacks.AttentionMaps", "callbacks.Tex
 EXPERIMENT_CONFIGS = sorted(
     str(p.relative_to(REPO_ROOT / "configs"))
     for p in (REPO_ROOT / "configs").rglob("*.yaml")
-    if p.name not in {"tiny.yaml", "low_memory.yaml", "contextualizer.yaml"}  # overlays, psi
+    if not is_overlay(p) and p.name != "contextualizer.yaml"  # psi's pretraining: no callbacks
 )
 
 

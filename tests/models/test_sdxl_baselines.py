@@ -1,0 +1,205 @@
+"""Textual Inversion, DreamBooth and LoRA on SDXL (tiny-sdxl): a training step moves only what
+the baseline trains, and each export loads back through diffusers' own SDXL loaders and samples
+what the module samples."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from core.concept import ConceptSpec
+from exports.external_formats import A1111_FOLDER, KOHYA_LORA, SDXL_EMBEDDING_KEYS, load_embedding
+from models import CustomDiffusion, DreamBooth, LoRA, TextualInversion, load_export
+from models.base import PersonalizationModule
+from models.exports_loading import export_with_manifest
+
+pytestmark = pytest.mark.smoke
+PROMPT = "a photo of a <v1> toy"
+CONCEPTS = [ConceptSpec("<v1>", "toy")]
+
+
+def one_step(module: PersonalizationModule) -> None:
+    """One optimizer step on a random batch with SDXL's size conditioning."""
+    batch = {
+        "pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1,
+        "prompts": [PROMPT] * 2,
+        "original_size": torch.tensor([[48, 64], [32, 32]]),
+        "crop_top_left": torch.tensor([[0, 8], [0, 0]]),
+    }
+    params = [p for group in module.trainable_groups().values() for p in group]
+    optimizer = torch.optim.SGD(params, lr=10.0)
+    module.compute_losses(batch, module.sample_draws(batch, 0))["total"].backward()
+    optimizer.step()
+
+
+def snapshot(module: PersonalizationModule) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], module: PersonalizationModule) -> set[str]:
+    after = module.state_dict()
+    return {k for k, v in before.items() if not torch.equal(v, after[k])}
+
+
+def vector_tables(keys: set[str]) -> set[str]:
+    """The encoders whose concept-vector tables are among ``keys``; any other key fails."""
+    assert all(k.endswith("token_embedding.vectors") for k in keys), keys
+    return {k.split(".")[0] for k in keys}
+
+
+def sample_pipe(folder: Path) -> StableDiffusionXLPipeline:
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipe_images(pipe: StableDiffusionXLPipeline) -> torch.Tensor:
+    # negative_prompt "": the module encodes the empty negative (SDXL's pipeline would use
+    # zeros for a missing one, force_zeros_for_empty_prompt).
+    return pipe(
+        PROMPT, negative_prompt="", generator=torch.Generator().manual_seed(0),
+        num_inference_steps=3, guidance_scale=6.0, height=32, width=32, output_type="pt",
+    ).images  # fmt: skip
+
+
+def module_images(module: PersonalizationModule) -> torch.Tensor:
+    return module.generate([PROMPT], seed=0, num_inference_steps=3, guidance_scale=6.0)
+
+
+def assert_same_images(module: PersonalizationModule, pipe: StableDiffusionXLPipeline) -> None:
+    ours, theirs = module_images(module), pipe_images(pipe)
+    assert ours.shape == theirs.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+
+
+def test_textual_inversion_trains_both_encoders_vectors_only(
+    tiny_sdxl_path: Path, tmp_path: Path
+) -> None:
+    module = TextualInversion(
+        pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS, num_vectors=2
+    )
+    before = snapshot(module)
+    one_step(module)
+    assert vector_tables(changed(before, module)) == {"text_encoder", "text_encoder_2"}
+    export = tmp_path / "export"
+    export_with_manifest(module, export)
+    with safe_open(str(export / "learned_embeds.safetensors"), framework="pt") as handle:
+        assert set(handle.keys()) == set(SDXL_EMBEDDING_KEYS)  # A1111 / ComfyUI's SDXL keys
+        assert handle.get_tensor("clip_l").shape == (2, 32) and handle.metadata()["token"] == "<v1>"
+        torch.testing.assert_close(
+            handle.get_tensor("clip_g"), module.encoder_concept_tokens[1].vectors_of(0)
+        )
+    assert (export / A1111_FOLDER / "v1.safetensors").is_file()
+    pipe = sample_pipe(tiny_sdxl_path)
+    plain = pipe_images(pipe)
+    assert load_export(pipe, export).family == "sdxl"
+    assert_same_images(module, pipe)
+    assert (module_images(module) - plain).abs().max() > 1e-3
+
+
+def test_lora_trains_adapters_and_loads_with_load_lora_weights(
+    tiny_sdxl_path: Path, tmp_path: Path
+) -> None:
+    module = LoRA(
+        pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS, train_text_encoder=True
+    )
+    before = snapshot(module)
+    one_step(module)
+    moved = changed(before, module)
+    assert moved and all("lora_" in k for k in moved)
+    for prefix in ("unet.", "text_encoder.", "text_encoder_2."):
+        assert any(k.startswith(prefix) for k in moved), prefix
+    export = tmp_path / "export"
+    export_with_manifest(module, export)
+    pipe = sample_pipe(tiny_sdxl_path)
+    load_export(pipe, export)
+    assert_same_images(module, pipe)
+
+
+# The names SDXL's kohya LoRAs carry (sd-scripts' SDXL UNet is in the original layout; ComfyUI
+# and A1111 match them against the checkpoint's diffusion_model.* names).
+KOHYA_SDXL_UNET = re.compile(
+    r"^lora_unet_(input_blocks_\d+|middle_block|output_blocks_\d+)_1_transformer_blocks_\d+_"
+    r"attn[12]_(to_q|to_k|to_v|to_out_0)\.(lora_down\.weight|lora_up\.weight|alpha)$"
+)
+KOHYA_SDXL_TEXT = re.compile(
+    r"^lora_te[12]_text_model_encoder_layers_\d+_self_attn_(q|k|v|out)_proj\."
+    r"(lora_down\.weight|lora_up\.weight|alpha)$"
+)
+
+
+def test_sdxl_kohya_lora_has_the_clients_names_and_loads_through_diffusers_conversion(
+    tiny_sdxl_path: Path, tmp_path: Path
+) -> None:
+    module = LoRA(
+        pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS, train_text_encoder=True
+    )
+    one_step(module)
+    export_with_manifest(module, tmp_path)
+    keys = list(load_file(str(tmp_path / KOHYA_LORA)))
+    assert all(KOHYA_SDXL_UNET.match(k) or KOHYA_SDXL_TEXT.match(k) for k in keys), keys[:5]
+    assert {k.split("_")[1] for k in keys} == {"unet", "te1", "te2"}
+    # diffusers maps original-layout (SGM) kohya names back to its own blocks on load.
+    pipe = sample_pipe(tiny_sdxl_path)
+    pipe.load_lora_weights(tmp_path, weight_name=KOHYA_LORA)
+    load_embedding(pipe, tmp_path / "<v1>.safetensors")
+    assert_same_images(module, pipe)
+
+
+def test_dreambooth_export_is_an_sdxl_pipeline_folder(tiny_sdxl_path: Path, tmp_path: Path) -> None:
+    module = DreamBooth(
+        pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS, train_text_encoder=True
+    )
+    before = snapshot(module)
+    one_step(module)
+    moved = changed(before, module)
+    assert any(k.startswith("unet.") for k in moved)
+    assert any(k.startswith("text_encoder_2.") for k in moved)
+    assert not any(k.startswith("vae.") or "token_embedding.base" in k for k in moved)
+    export = tmp_path / "export"
+    export_with_manifest(module, export)
+    assert_same_images(module, sample_pipe(export))
+
+
+def test_custom_diffusion_trains_cross_attention_kv_and_loads_its_processors(
+    tiny_sdxl_path: Path, tmp_path: Path
+) -> None:
+    module = CustomDiffusion(pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS)
+    before = snapshot(module)
+    one_step(module)
+    moved = changed(before, module)
+    kv = {k for k in moved if "_custom_diffusion" in k}
+    assert kv and all("attn2" in k for k in kv)  # cross-attention only, as the paper trains
+    assert vector_tables(moved - kv) == {"text_encoder", "text_encoder_2"}
+    export = tmp_path / "export"
+    export_with_manifest(module, export)
+    pipe = sample_pipe(tiny_sdxl_path)
+    load_export(pipe, export)
+    assert_same_images(module, pipe)
+
+
+def test_an_export_of_one_family_refuses_the_other_pipeline(
+    tiny_sd_path: Path, tmp_path: Path
+) -> None:
+    module = TextualInversion(pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS)
+    export_with_manifest(module, tmp_path)
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_path, safety_checker=None)
+    with pytest.raises(
+        ValueError, match="export for the sdxl backbone .* not a StableDiffusionPipeline"
+    ):
+        load_export(pipe, tmp_path)
+
+
+@pytest.mark.parametrize("option", [{"export_single_file": True}])
+def test_sd1_only_options_are_refused_on_sdxl(option: dict) -> None:
+    with pytest.raises(ValueError, match="SD 1.x's original checkpoint layout"):
+        DreamBooth(pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS, **option)
