@@ -40,6 +40,7 @@ from callbacks.token_positions import concept_token_ids, find_positions, word_to
 from core.images import make_grid
 from generation.evaluation import preview_steps
 from models.base import PersonalizationModule
+from step.encoding import TextEncoding
 
 DEFAULT_ATTENTION_PROMPTS: dict[str, str] = {
     "a {} on the beach": "beach",
@@ -134,7 +135,7 @@ class AttentionMaps(AnalysisCallback):
         if self.source == "noisy_latent":
             encoding = module.encode_text(prompts)
             with AttentionCapture(module.unet, self.resolution) as capture:
-                images = self._noisy_latent_call(module, trainer, encoding.conditioning)
+                images = self._noisy_latent_call(module, trainer, encoding)
             maps = capture.maps  # conditional rows only
         else:
             with AttentionCapture(module.unet, self.resolution) as capture:
@@ -197,9 +198,11 @@ class AttentionMaps(AnalysisCallback):
         return self._clean_latent[1], self._clean_latent[2]
 
     def _noisy_latent_call(
-        self, module: PersonalizationModule, trainer: Any, conditioning: torch.Tensor
+        self, module: PersonalizationModule, trainer: Any, encoding: TextEncoding
     ) -> torch.Tensor:
-        """One conditional UNet call on the fixed noisy latent; the images to overlay."""
+        """One conditional UNet call on the fixed noisy latent; the images to overlay.
+        ``encoding`` whole: a family with pooled text (SDXL) conditions on more than states."""
+        conditioning = encoding.conditioning
         latent, image = self._clean(module, trainer)
         scheduler = module.noise_scheduler
         step = scheduler.config.num_train_timesteps // 2 if self.timestep is None else self.timestep
@@ -211,7 +214,7 @@ class AttentionMaps(AnalysisCallback):
         prediction = module.predict_noise(
             noisy.to(device, dtype).expand(count, -1, -1, -1),
             timesteps.to(device).expand(count),
-            conditioning,
+            encoding,
         )
         if image is not None:
             self._image_label = "instance"

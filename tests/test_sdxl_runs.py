@@ -1,0 +1,67 @@
+"""SDXL runs: one resumed from a checkpoint ends bitwise equal to one never stopped (its size
+conditioning follows the resumed sample stream); the quickstart's analysis callbacks and the
+``test`` stage run on it through train.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from baseline_checks import assert_resume_is_exact
+from helpers import REPO_ROOT, optimizer_with_lr, tiny_datamodule
+
+from models import LoRA, TextualInversion
+from models.base import PersonalizationModule
+from train import main
+
+pytestmark = pytest.mark.slow
+SDXL = ["--config", "configs/backbones/sdxl.yaml", "--config", "configs/tiny.yaml"]
+
+
+def newest_last(root: Path) -> Path:
+    """The last.ckpt of the newest run under ``root``."""
+    return max(root.rglob("last.ckpt"), key=lambda path: path.stat().st_mtime)
+
+
+@pytest.mark.parametrize("cls", [LoRA, TextualInversion])
+def test_an_sdxl_run_resumes_bitwise_equal(cls: type, tmp_path: Path) -> None:
+    def build() -> tuple[PersonalizationModule, object]:
+        datamodule = tiny_datamodule(repeats=1)
+        options = {"train_text_encoder": True} if cls is LoRA else {}
+        module = cls(
+            pretrained_model_name_or_path="tiny-sdxl", concepts=datamodule.concepts,
+            optimizer=optimizer_with_lr(1e-2), **options,
+        )  # fmt: skip
+        return module, datamodule
+
+    assert_resume_is_exact(build, tmp_path)
+
+
+def test_the_quickstart_with_its_analysis_callbacks_and_test_on_sdxl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    common = [
+        "--config",
+        "configs/quickstart.yaml",
+        *SDXL,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
+    cli = main(
+        ["fit", *common, "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]
+    )
+    last = newest_last(tmp_path)
+    assert cli.model.family.name == "sdxl" and list(tmp_path.rglob("events.out.tfevents*"))
+    cli = main(
+        [
+            "test",
+            *common,
+            "--ckpt_path",
+            str(last),
+            "--data.init_args.eval_prompts.max_prompts",
+            "1",
+        ]
+    )
+    assert cli.model.family.name == "sdxl"
+    assert any(key.startswith("test/clip_t") for key in cli.trainer.callback_metrics)
