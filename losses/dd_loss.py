@@ -47,6 +47,7 @@ from losses.epsilon_space import (
     squared_distance,
 )
 from losses.prompt_cache import FrozenPromptCache, possible_texts
+from step.encoding import TextEncoding
 from step.record import StepRecord
 
 if TYPE_CHECKING:
@@ -56,13 +57,18 @@ TimeWeight = Literal["paper", "index"]
 
 
 def run_conditions(
-    module: PersonalizationModule, record: StepRecord, states: torch.Tensor
+    module: PersonalizationModule, record: StepRecord, text: TextEncoding
 ) -> list[torch.Tensor]:
-    """One UNet call on the step's x_t and t for k stacked conditions; k predictions back."""
+    """One UNet call on the step's x_t and t (and size ids: SDXL) for k stacked conditions;
+    k predictions back."""
+    states = text.conditioning
     count = states.shape[0] // record.noisy_latents.shape[0]
     latents = record.noisy_latents.repeat(count, 1, 1, 1)
     timesteps = record.timesteps.repeat(count)
-    return list(module.predict_noise(latents, timesteps, states).chunk(count))
+    if text.text_embeds is None:  # SD 1.x: the states are the whole condition
+        return list(module.predict_noise(latents, timesteps, states).chunk(count))
+    time_ids = None if record.time_ids is None else record.time_ids.repeat(count, 1)
+    return list(module.predict_noise(latents, timesteps, text, time_ids).chunk(count))
 
 
 class DenoisingDecoupleLoss(Regularizer):
@@ -70,6 +76,9 @@ class DenoisingDecoupleLoss(Regularizer):
 
     name = "dd"
     requires = frozenset({"caption_full", "caption_concept", "caption_general"})
+    # SDXL trains with the same DDPM epsilon schedule: the posterior is the same, only the
+    # conditioning of its extra UNet calls differs (pooled text, size ids: run_conditions).
+    families = frozenset({"sd1", "sdxl"})
 
     def __init__(
         self,
@@ -117,13 +126,12 @@ class DenoisingDecoupleLoss(Regularizer):
         with_grad = ([] if reuse_full else full) + ([] if self.stop_concept_gradient else concept)
         outputs: list[torch.Tensor] = []
         if with_grad:
-            states = module.encode_text(with_grad).conditioning
-            outputs += run_conditions(module, record, states)
+            outputs += run_conditions(module, record, module.encode_text(with_grad))
         with torch.no_grad():
-            states = self.cache.encode(module, general + empty).conditioning
+            text = self.cache.encode(module, general + empty)
             if self.stop_concept_gradient:
-                states = torch.cat([module.encode_text(concept).conditioning, states])
-            stopped = run_conditions(module, record, states)
+                text = TextEncoding.stacked([module.encode_text(concept), text])
+            stopped = run_conditions(module, record, text)
         if reuse_full:
             outputs.insert(0, record.model_pred)
         return (*outputs, *stopped)

@@ -43,7 +43,7 @@ class FrozenPromptCache:
     def __init__(self, max_prompts: int = 256) -> None:
         self.max_prompts = max_prompts
         # prompt -> (hidden_states, input_ids, layer_states or None) of that one prompt
-        self._entries: OrderedDict[str, tuple[torch.Tensor, ...]] = OrderedDict()
+        self._entries: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         # The text encoder's parameters, listed on first use (baselines add adapters in their
         # constructor, before any step); their requires_grad flags are read on every call.
         self._parameters: dict[int, list[torch.nn.Parameter]] = {}
@@ -86,7 +86,8 @@ class FrozenPromptCache:
 
     def _missing(self, module: PersonalizationModule, prompts: list[str]) -> tuple[list[str], bool]:
         """(``missing``, whether the cache is bypassed for these prompts)."""
-        if self._entries and next(iter(self._entries.values()))[0].device != module.device:
+        first = next(iter(self._entries.values()), None)
+        if first is not None and first["hidden_states"].device != module.device:
             self._entries.clear()  # the module moved; cached tensors would be on the old device
         distinct = list(dict.fromkeys(prompts))
         if self._bypassed(module, distinct):
@@ -112,26 +113,29 @@ class FrozenPromptCache:
                 self._entries.move_to_end(prompt)
             found = self._entries
         entries = [found[p] for p in prompts]
-        stacked = [torch.stack(parts) for parts in zip(*entries)]
+        stacked = {name: torch.stack([e[name] for e in entries]) for name in entries[0]}
         while len(self._entries) > self.max_prompts:
             self._entries.popitem(last=False)
-        return TextEncoding(*stacked)
+        return TextEncoding(**stacked)
 
 
 def one_per_prompt(
     prompts: list[str], encoding: TextEncoding | None
-) -> dict[str, tuple[torch.Tensor, ...]]:
-    """Split a batch encoding into detached (hidden_states, input_ids[, layer_states]) rows."""
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Split a batch encoding into detached rows by field (hidden_states, input_ids, and
+    layer_states / text_embeds where the encoding has them)."""
     if encoding is None or encoding.hidden_states.shape[0] != len(prompts):
         rows = None if encoding is None else encoding.hidden_states.shape[0]
         raise ValueError(f"Expected the encodings of {len(prompts)} missing prompts, got {rows}.")
-    layers = encoding.layer_states
+    fields = {
+        "hidden_states": encoding.hidden_states,
+        "input_ids": encoding.input_ids,
+        "layer_states": encoding.layer_states,
+        "text_embeds": encoding.text_embeds,
+    }
+    present = {name: value for name, value in fields.items() if value is not None}
     return {
-        prompt: (
-            encoding.hidden_states[i].detach(),
-            encoding.input_ids[i],
-            *(() if layers is None else (layers[i].detach(),)),
-        )
+        prompt: {name: value[i].detach() for name, value in present.items()}
         for i, prompt in enumerate(prompts)
     }
 

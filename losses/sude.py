@@ -62,6 +62,9 @@ class SubjectDerivedLoss(Regularizer):
 
     name = "sude"
     requires = frozenset({"superclass_prompts"})
+    # SDXL trains with the same DDPM epsilon schedule: the posterior is the same, only the
+    # conditioning of its extra UNet calls differs (pooled text, size ids: run_conditions).
+    families = frozenset({"sd1", "sdxl"})
 
     def __init__(
         self,
@@ -110,8 +113,8 @@ class SubjectDerivedLoss(Regularizer):
     def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
         superclass = list(record.batch["superclass_prompts"])
         with torch.no_grad():
-            states = self.cache.encode(module, superclass + [""] * len(superclass)).conditioning
-            e_class, e_empty = run_conditions(module, record, states)
+            text = self.cache.encode(module, superclass + [""] * len(superclass))
+            e_class, e_empty = run_conditions(module, record, text)
         terms = posterior_terms(module.noise_scheduler, record.timesteps)
         noisy = record.noisy_latents
         mu_subject = posterior_mean(noisy, record.model_pred, terms, clamp=False)

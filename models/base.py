@@ -394,6 +394,8 @@ class PersonalizationModule(
             input_ids=text.input_ids,
             loss_mask=loss_mask,
             batch=batch,
+            text_embeds=text.text_embeds,
+            time_ids=time_ids,
             requested_text=requested_text,
         )
         return split_prior(record, num_instances) if len(latents) > num_instances else record

@@ -56,6 +56,21 @@ class TextEncoding:
         """Index of the first end-of-text token in each prompt, shape (B,)."""
         return (self.input_ids == eos_token_id).int().argmax(dim=-1)
 
+    @staticmethod
+    def stacked(encodings: list[TextEncoding]) -> TextEncoding:
+        """Several encodings of one width as one batch, rows in order (per-layer states and
+        pooled embeddings where every part has them)."""
+
+        def joined(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+            return None if any(p is None for p in parts) else torch.cat(parts)  # type: ignore[arg-type]
+
+        return TextEncoding(
+            torch.cat([e.hidden_states for e in encodings]),
+            torch.cat([e.input_ids for e in encodings]),
+            layer_states=joined([e.layer_states for e in encodings]),
+            text_embeds=joined([e.text_embeds for e in encodings]),
+        )
+
     def pooled(self, eos_token_id: int) -> torch.Tensor:
         """Hidden state at the real end-of-text position, shape (B, D)."""
         rows = torch.arange(self.input_ids.shape[0], device=self.input_ids.device)

@@ -33,6 +33,10 @@ class StepRecord:
     # Prior preservation: the class half of the same UNet call (None when it is off);
     # the fields above stay the instance half, which is what regularizers see.
     prior: StepRecord | None = None
+    # The family's extra conditioning of the step's UNet call (SDXL: pooled text (B, P) and
+    # size ids (B, 6)), so a loss can make its own calls on the same images; None for SD 1.x.
+    text_embeds: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
     # Regularizers' text requests with their encodings from the step's text pass, by the
     # requester's id (see `Regularizer.requested_text`).
     requested_text: dict[int, list[tuple[TextRequest, TextEncoding]]] = field(default_factory=dict)

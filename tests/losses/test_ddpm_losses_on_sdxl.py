@@ -1,0 +1,119 @@
+"""DDLoss and SuDe on SDXL: the paper's formula recomputed from diffusers' own SDXL conditioning.
+
+On SDXL the DDPM posterior is SD's (the same scaled-linear epsilon schedule); what differs is how
+each extra UNet call is conditioned: both encoders' states, the pooled text embedding and the
+step's size ids. So the expected values below take each condition's noise prediction from
+diffusers' ``encode_prompt`` and ``_get_add_time_ids`` with a direct UNet call, and DDLoss's
+Eq. (11) written out in numpy with the paper's 1-based t.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+from core.concept import ConceptSpec
+from losses.dd_loss import DenoisingDecoupleLoss, run_conditions
+from losses.sude import SubjectDerivedLoss
+from models import TextualInversion, load_export
+from models.exports_loading import export_with_manifest
+
+BATCH = {
+    "pixel_values": torch.linspace(-1, 1, 2 * 3 * 32 * 32).reshape(2, 3, 32, 32),
+    "prompts": ["a photo of a <v1> toy"] * 2,
+    "caption_full": ["a <v1> toy on a wooden bench", "two <v1> toy in the snow"],
+    "caption_concept": ["<v1> toy"] * 2,
+    "caption_general": ["a on a wooden bench", "two in the snow"],
+    "superclass_prompts": ["a photo of a toy"] * 2,
+    "original_size": torch.tensor([[48, 64], [32, 32]]),
+    "crop_top_left": torch.tensor([[0, 8], [0, 0]]),
+    "sample_key": [3, 11],
+}
+
+
+@pytest.fixture(scope="module")
+def setting(tiny_sdxl_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    module = TextualInversion(
+        pretrained_model_name_or_path="tiny-sdxl", concepts=[ConceptSpec("<v1>", "toy")]
+    )
+    with torch.no_grad():  # vectors far from their initializer, so <v1> matters
+        for tokens in module.encoder_concept_tokens:
+            tokens.embedding.vectors.normal_(generator=torch.Generator().manual_seed(1))
+    folder = tmp_path_factory.mktemp("export")
+    export_with_manifest(module, folder)
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path)
+    load_export(pipe, folder)
+    record = module.denoise(BATCH, module.sample_draws(BATCH, 0))
+    return module, pipe, record
+
+
+def diffusers_eps(pipe: StableDiffusionXLPipeline, record, prompts: list[str]) -> torch.Tensor:
+    """eps(x_t, c, t) for each sample's prompt, conditioned as diffusers' SDXL pipeline does."""
+    states, _, pooled, _ = pipe.encode_prompt(
+        prompts, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
+    projection = pipe.text_encoder_2.config.projection_dim
+    rows = zip(BATCH["original_size"].tolist(), BATCH["crop_top_left"].tolist())
+    time_ids = torch.cat([
+        pipe._get_add_time_ids(tuple(size), tuple(crop), (32, 32), torch.float32, projection)
+        for size, crop in rows
+    ])  # fmt: skip
+    added = {"text_embeds": pooled, "time_ids": time_ids}
+    with torch.no_grad():
+        return pipe.unet(
+            record.noisy_latents,
+            record.timesteps,
+            encoder_hidden_states=states,
+            added_cond_kwargs=added,
+        ).sample
+
+
+def test_dd_loss_is_eq_11_with_diffusers_sdxl_predictions(setting) -> None:
+    module, pipe, record = setting
+    loss = DenoisingDecoupleLoss(reduction="sum")
+    loss.prepare(module)
+    with torch.no_grad():
+        ours = loss(record, module).item()
+    eps = {key: diffusers_eps(pipe, record, [*BATCH[key]]).double().numpy()
+           for key in ("caption_full", "caption_concept", "caption_general")}  # fmt: skip
+    eps["empty"] = diffusers_eps(pipe, record, ["", ""]).double().numpy()
+    config = module.noise_scheduler.config  # scaled-linear betas, SDXL's published schedule
+    betas = np.linspace(config.beta_start**0.5, config.beta_end**0.5, 1000, dtype=np.float64) ** 2
+    alphas = 1.0 - betas
+    total = 0.0
+    for i, k in enumerate(record.timesteps.tolist()):
+        t = k + 1
+        full = eps["caption_full"][i]
+        d = (
+            ((full - eps["caption_concept"][i]) ** 2).sum()
+            + ((full - eps["caption_general"][i]) ** 2).sum()
+            - ((full - eps["empty"][i]) ** 2).sum()
+        )
+        weight = (
+            0.0
+            if t == 1
+            else t / 1000 * betas[t - 1] / (2 * alphas[t - 1] * (1 - np.prod(alphas[: t - 1])))
+        )
+        total += weight * abs(d)
+    expected = total / 2
+    assert expected > 0
+    assert ours == pytest.approx(expected, rel=1e-4)
+
+
+def test_sude_conditions_its_superclass_and_empty_passes_as_diffusers_does(setting) -> None:
+    module, pipe, record = setting
+    loss = SubjectDerivedLoss()
+    loss.prepare(module)
+    with torch.no_grad():
+        text = loss.cache.encode(module, [*BATCH["superclass_prompts"], "", ""])
+        e_class, e_empty = run_conditions(module, record, text)
+        value = loss(record, module)
+    torch.testing.assert_close(
+        e_class, diffusers_eps(pipe, record, [*BATCH["superclass_prompts"]]), rtol=0, atol=1e-5
+    )
+    torch.testing.assert_close(e_empty, diffusers_eps(pipe, record, ["", ""]), rtol=0, atol=1e-5)
+    assert torch.isfinite(value)
