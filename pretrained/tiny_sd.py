@@ -73,7 +73,8 @@ def _tiny_unet() -> UNet2DConditionModel:
     )
 
 
-def _tiny_vae() -> AutoencoderKL:
+def tiny_vae(**family: float | bool) -> AutoencoderKL:
+    """The tiny autoencoder (downsampling by 2); ``family``: a family's own scale settings."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -83,6 +84,7 @@ def _tiny_vae() -> AutoencoderKL:
         latent_channels=4,
         norm_num_groups=16,
         sample_size=TINY_RESOLUTION,
+        **family,
     )
 
 
@@ -119,7 +121,7 @@ def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=77)
     tokenizer.save_pretrained(tokenizer_dir)
     unet, vae, text_encoder = seeded(
-        lambda: (_tiny_unet(), _tiny_vae(), _tiny_text_encoder(tokenizer)), seed
+        lambda: (_tiny_unet(), tiny_vae(), _tiny_text_encoder(tokenizer)), seed
     )
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from pretrained.tiny_sd import (
@@ -20,6 +20,7 @@ from pretrained.tiny_sd import (
     TINY_TRANSFORMER,
     ensure_built,
     seeded,
+    tiny_vae,
 )
 from pretrained.tiny_tokenizer import write_tiny_clip_tokenizer
 
@@ -63,21 +64,6 @@ def _tiny_sdxl_unet(pooled_dim: int, cross_dim: int) -> UNet2DConditionModel:
     )
 
 
-def _tiny_vae() -> AutoencoderKL:
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=16,
-        sample_size=TINY_RESOLUTION,
-        scaling_factor=0.13025,  # SDXL's VAE scale
-        force_upcast=True,
-    )
-
-
 def _text_config(tokenizer: CLIPTokenizer, **extra: int | str) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -111,7 +97,7 @@ def save_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
         first.config.hidden_size + second.config.hidden_size,
     )
     unet = seeded(lambda: _tiny_sdxl_unet(pooled, cross), seed + 2)
-    vae = seeded(_tiny_vae, seed + 3)
+    vae = seeded(lambda: tiny_vae(scaling_factor=0.13025, force_upcast=True), seed + 3)  # SDXL's
     first.save_pretrained(folder / "text_encoder")
     second.save_pretrained(folder / "text_encoder_2")
     unet.save_pretrained(folder / "unet")
