@@ -62,6 +62,21 @@ def load_text_projection(clip_model: str, hidden_size: int) -> nn.Linear:
     return projection.eval().float()
 
 
+def check_pooled_text_options(loss: str, clip_model: str | None, pool: str = "eos") -> None:
+    """SDXL's pooled text is the second encoder's own projected end-of-text feature: no other
+    CLIP's projection applies to it, and it exists at the end-of-text only."""
+    if clip_model is not None:
+        raise ValueError(
+            f"{loss} on SDXL compares the second text encoder's own projected pooled feature; "
+            "clip_model names a projection for SD 1.x's encoder: leave it unset."
+        )
+    if pool != "eos":
+        raise ValueError(
+            f"{loss} on SDXL with project: true reads the pooled (end-of-text) feature; set "
+            "pool: eos, or project: false to compare the states at the concept token."
+        )
+
+
 def project(projection: nn.Linear, features: torch.Tensor) -> torch.Tensor:
     """Apply the projection in fp32, also inside a bf16 autocast region: cosines of nearly
     equal features are what the losses compare, and bf16 would round them away."""

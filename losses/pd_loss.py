@@ -11,6 +11,12 @@ caption's c_g, so the batch mean is a sample of the expectation over c_g.
 Gradient reaches f_p only (the concept tokens, and a trained text encoder); f_s and f_g are
 targets, encoded without gradient and cached while the text encoder is frozen. Both the concept
 phrases and the targets not yet cached are text requests, encoded in the step's own text pass.
+
+On SDXL, f is SDXL's pooled text: the second encoder's (OpenCLIP ViT-bigG's) own projection of
+its end-of-text feature, a CLIP-space text feature as the paper's f is, and the pooled
+condition SDXL's UNet reads, so the loss decouples what the model is conditioned on. The first
+encoder (CLIP ViT-L) feeds the UNet only its penultimate states, to which ViT-L's projection
+does not apply, so it is not offered (``clip_model`` is refused there with one line).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from components.text_masking import trim_padding
-from components.text_projection import project
+from components.text_projection import check_pooled_text_options, project
 from losses.base import Regularizer
 from losses.prompt_cache import FrozenPromptCache, possible_texts
 from step.record import StepRecord
@@ -36,6 +42,7 @@ class PriorDecoupleLoss(Regularizer):
 
     name = "pd"
     requires = frozenset({"caption_concept", "caption_general", "caption_superclass"})
+    families = frozenset({"sd1", "sdxl"})  # SDXL: its pooled text (see forward)
 
     def __init__(
         self,
@@ -64,7 +71,10 @@ class PriorDecoupleLoss(Regularizer):
 
     def prepare(self, module: PersonalizationModule) -> None:
         """Load the projection before training, so a bad ``clip_model`` fails at start."""
-        module.text_projection(self.clip_model)
+        if module.family.name == "sdxl":
+            check_pooled_text_options("PDLoss", self.clip_model)
+        else:
+            module.text_projection(self.clip_model)
 
     def targets(self, batch: dict[str, Any]) -> list[str]:
         """The texts without concept token: each sample's c_g, then (superclass target) c_s."""
@@ -99,9 +109,13 @@ class PriorDecoupleLoss(Regularizer):
         fresh = targets[0][1] if targets else None
         fixed = self.cache.encode(module, self.targets(record.batch), fresh)
         size = concept.hidden_states.shape[0]
-        eos = module.tokenizer.eos_token_id
-        pooled = torch.cat([concept.pooled(eos).float(), fixed.pooled(eos).float()])
-        features = project(module.text_projection(self.clip_model), pooled)
+        if concept.text_embeds is not None and fixed.text_embeds is not None:
+            # SDXL: the second encoder's own projected end-of-text feature (CLIP space).
+            features = torch.cat([concept.text_embeds.float(), fixed.text_embeds.float()])
+        else:
+            eos = module.tokenizer.eos_token_id
+            pooled = torch.cat([concept.pooled(eos).float(), fixed.pooled(eos).float()])
+            features = project(module.text_projection(self.clip_model), pooled)
         f_p, f_g, f_s = features[:size], features[size : 2 * size], features[2 * size :]
         cos_pg = F.cosine_similarity(f_p, f_g, dim=-1)
         if self.target == "superclass":

@@ -13,6 +13,11 @@ concept prompt is the new token (``pool: concept``) and in the superclass prompt
 end-of-text. ``project`` applies
 CLIP's text projection to both (off in the paper and the official code).
 
+On SDXL (docs/DESIGN.md, "A backbone family") the features are read from what its UNet reads:
+the conditioning states (both encoders' penultimate states, concatenated) at the pooling
+position; ``project`` takes SDXL's pooled text instead, the second encoder's own projected
+end-of-text feature (``text_embeds``; CLIP-space, so ``clip_model`` does not apply).
+
 With XTI/P+ (``every_layer``, the default) the loss is the mean over every cross-attention
 layer's states, so each layer's token is pulled towards the class, not only ``text_layer``'s.
 
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
+from components.text_projection import check_pooled_text_options
 from components.text_projection import project as apply_projection
 from losses.base import Regularizer
 from losses.prompt_cache import FrozenPromptCache, possible_texts
@@ -64,6 +70,7 @@ class SemanticPreservationLoss(Regularizer):
 
     name = "spl"
     requires = frozenset({"superclass_prompts"})
+    families = frozenset({"sd1", "sdxl"})
 
     def __init__(
         self,
@@ -94,7 +101,9 @@ class SemanticPreservationLoss(Regularizer):
 
     def prepare(self, module: PersonalizationModule) -> None:
         """Load the projection before training, so a bad ``clip_model`` fails at start."""
-        if self.project:
+        if self.project and module.family.name == "sdxl":
+            check_pooled_text_options("SPL", self.clip_model, self.pool)
+        elif self.project:
             module.text_projection(self.clip_model)
 
     def prefill(self, module: PersonalizationModule, datamodule: Any) -> None:
@@ -119,8 +128,12 @@ class SemanticPreservationLoss(Regularizer):
         concept_features = concept.per_layer()[:, rows, positions]  # (layers, B, D)
         fresh = [encoding for _, encoding in self.requested_text(record, module)]
         superclass = list(record.batch["superclass_prompts"])
-        superclass_features = self.cache.encode(module, superclass, *fresh).pooled(eos)
-        if self.project:
+        superclass_encoding = self.cache.encode(module, superclass, *fresh)
+        superclass_features = superclass_encoding.pooled(eos)
+        if self.project and record.text_embeds is not None:  # SDXL's own projected feature
+            concept_features = record.text_embeds.unsqueeze(0)
+            superclass_features = superclass_encoding.text_embeds  # type: ignore[assignment]
+        elif self.project:
             projection = module.text_projection(self.clip_model)
             concept_features = apply_projection(projection, concept_features)
             superclass_features = apply_projection(projection, superclass_features)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from baseline_checks import assert_resume_is_exact
 from helpers import REPO_ROOT, optimizer_with_lr, tiny_datamodule
 
@@ -65,3 +66,28 @@ def test_the_quickstart_with_its_analysis_callbacks_and_test_on_sdxl(
     )
     assert cli.model.family.name == "sdxl"
     assert any(key.startswith("test/clip_t") for key in cli.trainer.callback_metrics)
+
+
+# Each recipe whose baseline and losses support SDXL, and the losses it trains with.
+SDXL_RECIPES = {
+    "classdiffusion/custom_diffusion": {"spl"},
+    "accord/custom_diffusion": {"dd", "pd"},
+    "accord/dreambooth": {"dd"},
+    "accord/lora": {"dd"},
+    "sude/dreambooth": {"sude"},
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(SDXL_RECIPES))
+def test_the_papers_recipes_run_on_sdxl(
+    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    cli = main([
+        "fit", "--config", f"configs/{recipe}.yaml", *SDXL,
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2",
+        "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
+    ])  # fmt: skip
+    assert cli.model.family.name == "sdxl" and cli.trainer.global_step == 2
+    assert {r.name for r in cli.model.regularizers} == SDXL_RECIPES[recipe]
+    assert all(torch.isfinite(v) for k, v in cli.trainer.callback_metrics.items() if "loss" in k)

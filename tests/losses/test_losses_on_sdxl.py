@@ -1,4 +1,5 @@
-"""DDLoss and SuDe on SDXL: the paper's formula recomputed from diffusers' own SDXL conditioning.
+"""DDLoss, SuDe, PDLoss and SPL on SDXL: each paper's formula recomputed from diffusers' own
+SDXL conditioning.
 
 On SDXL the DDPM posterior is SD's (the same scaled-linear epsilon schedule); what differs is how
 each extra UNet call is conditioned: both encoders' states, the pooled text embedding and the
@@ -18,6 +19,8 @@ from diffusers import StableDiffusionXLPipeline
 
 from core.concept import ConceptSpec
 from losses.dd_loss import DenoisingDecoupleLoss, run_conditions
+from losses.pd_loss import PriorDecoupleLoss
+from losses.spl import SemanticPreservationLoss
 from losses.sude import SubjectDerivedLoss
 from models import TextualInversion, load_export
 from models.exports_loading import export_with_manifest
@@ -29,6 +32,7 @@ BATCH = {
     "caption_concept": ["<v1> toy"] * 2,
     "caption_general": ["a on a wooden bench", "two in the snow"],
     "superclass_prompts": ["a photo of a toy"] * 2,
+    "caption_superclass": ["toy", "toy"],
     "original_size": torch.tensor([[48, 64], [32, 32]]),
     "crop_top_left": torch.tensor([[0, 8], [0, 0]]),
     "sample_key": [3, 11],
@@ -117,3 +121,54 @@ def test_sude_conditions_its_superclass_and_empty_passes_as_diffusers_does(setti
     )
     torch.testing.assert_close(e_empty, diffusers_eps(pipe, record, ["", ""]), rtol=0, atol=1e-5)
     assert torch.isfinite(value)
+
+
+def diffusers_text(pipe: StableDiffusionXLPipeline, prompts: list[str]) -> tuple[torch.Tensor, ...]:
+    """(states, pooled) of prompts as diffusers' SDXL pipeline encodes them."""
+    states, _, pooled, _ = pipe.encode_prompt(
+        prompts, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
+    return states, pooled
+
+
+def test_pd_loss_is_eq_14_on_sdxls_pooled_text(setting) -> None:
+    module, pipe, record = setting
+    loss = PriorDecoupleLoss()
+    loss.prepare(module)
+    requests = {id(loss): loss.text_requests(BATCH, module)}
+    step = module.denoise(BATCH, module.sample_draws(BATCH, 0), text_requests=requests)
+    with torch.no_grad():
+        ours = loss(step, module).item()
+    _, f_p = diffusers_text(pipe, [*BATCH["caption_concept"]])
+    _, f_g = diffusers_text(pipe, [*BATCH["caption_general"]])
+    _, f_s = diffusers_text(pipe, ["toy", "toy"])
+    cos = torch.nn.functional.cosine_similarity
+    expected = (cos(f_p, f_g, dim=-1) - cos(f_s, f_g, dim=-1)).abs().mean().item()
+    assert expected > 0
+    assert ours == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError, match="clip_model names a projection for SD 1.x"):
+        PriorDecoupleLoss(clip_model="tiny-clip").prepare(module)
+
+
+@pytest.mark.parametrize("project", [False, True])
+def test_spl_on_sdxl_reads_what_the_unet_reads(setting, project: bool) -> None:
+    module, pipe, record = setting
+    loss = SemanticPreservationLoss(project=project)
+    loss.prepare(module)
+    with torch.no_grad():
+        ours = loss(record, module).item()
+    states, pooled = diffusers_text(pipe, [*BATCH["prompts"]])
+    class_states, class_pooled = diffusers_text(pipe, [*BATCH["superclass_prompts"]])
+    if project:
+        concept, superclass = pooled, class_pooled
+    else:  # the concatenated states at each prompt's end-of-text
+        eos = pipe.tokenizer.eos_token_id
+        ids = pipe.tokenizer([*BATCH["prompts"]], padding="max_length", max_length=77,
+                             return_tensors="pt").input_ids  # fmt: skip
+        class_ids = pipe.tokenizer([*BATCH["superclass_prompts"]], padding="max_length",
+                                   max_length=77, return_tensors="pt").input_ids  # fmt: skip
+        rows = torch.arange(2)
+        concept = states[rows, (ids == eos).int().argmax(-1)]
+        superclass = class_states[rows, (class_ids == eos).int().argmax(-1)]
+    expected = (1 - torch.nn.functional.cosine_similarity(concept, superclass, dim=-1)).mean()
+    assert ours == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
