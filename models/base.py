@@ -41,6 +41,7 @@ from generation.sampling import SamplingMixin
 from losses.base import Regularizer
 from models.text.concept_tokens import ConceptTokens
 from models.text.text_path import TextPathMixin
+from pretrained.stable_diffusion import load_vae
 from step.draws import (
     INSTANCE_SALT,
     PRIOR_SALT,
@@ -93,6 +94,7 @@ class PersonalizationModule(
         revision: str | None = None,
         variant: str | None = None,
         backbone: str = AUTO,
+        vae_name_or_path: str | None = None,
         evaluation: EvaluationSettings = EvaluationSettings(),  # noqa: B008 (never mutated)
         memory: MemorySettings = MemorySettings(),  # noqa: B008 (frozen)
     ) -> None:
@@ -121,6 +123,9 @@ class PersonalizationModule(
             seed: seeds noise and timesteps per step, so a resumed run draws the same ones.
             backbone: the denoiser family (backbones/): ``auto`` reads it from the model's
                 model_index.json (SD 1.x when it cannot), or ``sd1`` / ``sdxl``.
+            vae_name_or_path: a VAE in place of the model's own (hub id or folder), e.g.
+                madebyollin/sdxl-vae-fp16-fix, SDXL's VAE fine-tuned to keep its activations in
+                fp16 range (the original overflows in half precision).
             evaluation: how ``test`` / ``predict`` generate and what ``test`` scores
                 (generation/evaluation.py; test_step and predict_step come from its mixin).
             memory: half-stored frozen weights, gradient checkpointing, 8-bit AdamW, a
@@ -138,6 +143,9 @@ class PersonalizationModule(
             raise ValueError(family_error(self.family, type(self).__name__, self.families))
         self.backbone = self.family.name
         components = self.family.load(model_name, revision, variant)
+        if vae_name_or_path is not None:
+            channels = components.unet.config.in_channels
+            components.vae = load_vae(vae_name_or_path, channels, revision)
         self.pretrained_model_name_or_path = model_name
         for name, tokenizer in zip(self.family.tokenizer_names, components.tokenizers):
             setattr(self, name, tokenizer)

@@ -80,6 +80,30 @@ def load_parts(
     return loaded
 
 
+def load_vae(name_or_path: str, latent_channels: int, revision: str | None = None) -> AutoencoderKL:
+    """A VAE of its own in place of the pipeline's (SDXL's fp16-fix: madebyollin/sdxl-vae-fp16-fix):
+    a hub id or folder holding an AutoencoderKL, or a pipeline folder with a ``vae/``; its
+    latents must have the denoiser's ``latent_channels``."""
+    option = "model.init_args.vae_name_or_path"
+    path = resolve_pretrained(name_or_path, option, revision)
+    subfolder = "vae" if (Path(path) / "vae" / "config.json").is_file() else None
+    try:
+        vae = AutoencoderKL.from_pretrained(path, subfolder=subfolder, revision=revision)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OSError(
+            f"could not load a VAE from {option} {name_or_path!r} ({first}); give a hub id or "
+            "folder holding an AutoencoderKL (config.json and weights), e.g. "
+            "madebyollin/sdxl-vae-fp16-fix in the local Hugging Face cache."
+        ) from None
+    if vae.config.latent_channels != latent_channels:
+        raise ValueError(
+            f"{option} {name_or_path!r} makes {vae.config.latent_channels}-channel latents; the "
+            f"denoiser reads {latent_channels}: give a VAE of the model's family."
+        )
+    return vae
+
+
 def load_components(
     name_or_path: str, revision: str | None = None, variant: str | None = None
 ) -> StableDiffusionComponents:

@@ -102,3 +102,25 @@ def test_the_family_is_read_from_the_model_and_a_mismatch_is_one_line(
         choose_family(str(tiny_sdxl_path), "sd1")
     with pytest.raises(ValueError, match="use auto or one of"):
         choose_family("tiny", "sd3")
+
+
+def test_a_vae_of_its_own_replaces_the_models(tiny_sdxl_path: Path, tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    own = AutoencoderKL.from_pretrained(tiny_sdxl_path, subfolder="vae")
+    with torch.no_grad():
+        own.decoder.conv_out.bias.add_(0.5)  # a fine-tuned VAE, as the fp16-fix one is
+    own.save_pretrained(tmp_path / "fp16-fix")
+    concepts = [ConceptSpec("<v1>", "dog")]
+    module = TextualInversion(
+        pretrained_model_name_or_path="tiny-sdxl", concepts=concepts,
+        vae_name_or_path=str(tmp_path / "fp16-fix"),
+    )  # fmt: skip
+    torch.testing.assert_close(module.vae.decoder.conv_out.bias, own.decoder.conv_out.bias)
+    wide = AutoencoderKL(latent_channels=8, block_out_channels=(16,), norm_num_groups=16,
+                         down_block_types=("DownEncoderBlock2D",),
+                         up_block_types=("UpDecoderBlock2D",))  # fmt: skip
+    wide.save_pretrained(tmp_path / "wide")
+    with pytest.raises(ValueError, match="makes 8-channel latents; the denoiser reads 4"):
+        TextualInversion(pretrained_model_name_or_path="tiny-sdxl", concepts=concepts,
+                         vae_name_or_path=str(tmp_path / "wide"))  # fmt: skip
