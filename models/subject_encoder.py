@@ -33,16 +33,21 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from core.images import resize_and_crop, to_tensor
 from pretrained.resolve import resolve_pretrained
 from pretrained.tiny_sd import TINY_CLIP_NAME, TINY_MODEL_NAME
+from pretrained.tiny_sdxl import TINY_SDXL_NAME
 
-# IP-Adapter's image encoder for SD 1.5 (OpenCLIP ViT-H/14 as CLIPVisionModelWithProjection).
+# IP-Adapter's image encoder for SD 1.5 (OpenCLIP ViT-H/14 as CLIPVisionModelWithProjection),
+# and for SDXL (OpenCLIP ViT-bigG/14, IP-Adapter's sdxl_models).
 IP_ADAPTER_ENCODER = ("h94/IP-Adapter", "models/image_encoder")
+IP_ADAPTER_SDXL_ENCODER = ("h94/IP-Adapter", "sdxl_models/image_encoder")
 
 
-def default_image_encoder(pretrained_model_name_or_path: str) -> tuple[str, str | None]:
-    """tiny-clip for the tiny pipeline (offline), IP-Adapter's encoder for everything else."""
-    if pretrained_model_name_or_path == TINY_MODEL_NAME:
+def default_image_encoder(
+    pretrained_model_name_or_path: str, family: str = "sd1"
+) -> tuple[str, str | None]:
+    """tiny-clip for a tiny pipeline (offline), else IP-Adapter's encoder of the family."""
+    if pretrained_model_name_or_path in (TINY_MODEL_NAME, TINY_SDXL_NAME):
         return TINY_CLIP_NAME, None
-    return IP_ADAPTER_ENCODER
+    return IP_ADAPTER_SDXL_ENCODER if family == "sdxl" else IP_ADAPTER_ENCODER
 
 
 def load_image_encoder(

@@ -14,6 +14,10 @@ preservation's instance-then-class batches) line up. Outside training, the subje
 Export: ``visual_encoder.safetensors`` (the mapper, its settings in the metadata);
 `load_subject_encoder` rebuilds the encoder from it, and `install_subject` puts a new subject's
 vectors into any diffusers pipeline as an ordinary textual-inversion token.
+
+On SDXL (ACCORD's Table 2) the mapper writes both text encoders' vectors: one mapper whose
+token vectors are the two encoders' widths side by side (768 + 1280), each encoder's lookup
+reading its own part, so one image embedding decides the token in both.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -50,6 +55,7 @@ REFERENCE_KEY = "reference_pixel_values"
 class VisualEncoder(PersonalizationModule):
     """Trains only the image-to-token mapper; CLIP, the text encoder and the UNet stay frozen."""
 
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
     EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
         (VISUAL_ENCODER_WEIGHTS, Format.VISUAL_ENCODER_MAPPER),
     )
@@ -92,28 +98,35 @@ class VisualEncoder(PersonalizationModule):
             )
         if image_encoder_name_or_path is None:
             image_encoder_name_or_path, default_subfolder = default_image_encoder(
-                self.pretrained_model_name_or_path
+                self.pretrained_model_name_or_path, self.family.name
             )
             image_encoder_subfolder = image_encoder_subfolder or default_subfolder
         self.image_encoder_name_or_path = image_encoder_name_or_path
         self.image_encoder_subfolder = image_encoder_subfolder
         encoder, mean, std = load_image_encoder(image_encoder_name_or_path, image_encoder_subfolder)
-        embedding = self.concept_tokens.embedding
+        embeddings = [tokens.embedding for tokens in self.encoder_concept_tokens]
+        self.token_dims = [e.vectors.shape[-1] for e in embeddings]  # each encoder's width
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # the same initial mapper in every run of a seed
             mapper = TokenMapper(
                 encoder.config.projection_dim,
-                embedding.vectors.shape[-1],
+                sum(self.token_dims),
                 self.concept_tokens.num_vectors,
                 hidden_dim,
             )
-        mapper.start_near(embedding.vectors[0].detach(), embedding.base.weight.detach().std(0))
+        mapper.start_near(
+            torch.cat([e.vectors[0].detach() for e in embeddings]),
+            torch.cat([e.base.weight.detach().std(0) for e in embeddings]),
+        )
         self.hidden_dim = hidden_dim
         self.subject_encoder = SubjectEncoder(encoder, mapper, mean, std)
         self._subject: torch.Tensor | None = None  # (B or 1, num_vectors, D) being injected
         self._chosen_subject: torch.Tensor | None = None  # set_subject's, for generation
         self._preview_pixels: torch.Tensor | None = None  # first training subject's photos
-        embedding.register_forward_hook(self._inject)
+        start = 0
+        for embedding, width in zip(embeddings, self.token_dims):  # each its own part
+            embedding.register_forward_hook(partial(self._inject, part=slice(start, start + width)))
+            start += width
 
     # ----- what trains and how it is saved ----------------------------------------------------
     def frozen_components(self) -> list[nn.Module]:
@@ -137,6 +150,7 @@ class VisualEncoder(PersonalizationModule):
             "token": self.concepts[0].token,
             "num_vectors": mapper.num_vectors,
             "token_dim": mapper.token_dim,
+            "token_dims": self.token_dims,
             "feature_dim": self.subject_encoder.image_encoder.config.projection_dim,
             "hidden_dim": self.hidden_dim,
             "image_encoder_name_or_path": self.image_encoder_name_or_path,
@@ -181,8 +195,11 @@ class VisualEncoder(PersonalizationModule):
             return self.embed_subject(self._preview_pixels.to(self.device))[None]
         return None
 
-    def _inject(self, embedding: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
-        """Forward hook of the token lookup: concept positions take the subject's vectors."""
+    def _inject(
+        self, embedding: nn.Module, args: tuple[Any, ...], output: torch.Tensor, part: slice
+    ) -> Any:
+        """Forward hook of a token lookup: concept positions take the subject's vectors (this
+        encoder's ``part`` of them)."""
         input_ids = args[0]
         first, count = embedding.base_vocab_size, self.concept_tokens.num_vectors
         inside = (input_ids >= first) & (input_ids < first + count)
@@ -202,7 +219,7 @@ class VisualEncoder(PersonalizationModule):
                 f"{rows} prompts for {len(vectors)} subject samples: prompt j reads sample j mod "
                 f"{len(vectors)}, so stack prompts in whole multiples of the batch."
             )
-        per_row = vectors[torch.arange(rows, device=vectors.device) % len(vectors)]
+        per_row = vectors[torch.arange(rows, device=vectors.device) % len(vectors)][..., part]
         slot = (input_ids - first).clamp(0, count - 1)
         picked = per_row.gather(1, slot[..., None].expand(-1, -1, per_row.shape[-1]))
         return torch.where(inside[..., None], picked.to(output.dtype), output)
@@ -274,6 +291,21 @@ def load_subject_encoder(
 def install_subject(
     pipe: StableDiffusionPipeline, vectors: torch.Tensor, token: str
 ) -> StableDiffusionPipeline:
-    """Give a diffusers pipeline the subject's vectors as textual-inversion token ``token``."""
-    pipe.load_textual_inversion({token: vectors.detach().float().cpu()}, token=token)
+    """Give a diffusers pipeline the subject's vectors as textual-inversion token ``token``
+    (an SDXL pipeline: each text encoder its part, in the encoders' order)."""
+    vectors = vectors.detach().float().cpu()
+    pairs = [(pipe.text_encoder, pipe.tokenizer)]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        pairs.append((pipe.text_encoder_2, pipe.tokenizer_2))
+    widths = [encoder.get_input_embeddings().embedding_dim for encoder, _ in pairs]
+    if vectors.shape[-1] != sum(widths):
+        raise ValueError(
+            f"the subject's vectors are {vectors.shape[-1]} wide; this pipeline's text "
+            f"encoders take {' + '.join(map(str, widths))}: load the export into a pipeline of "
+            "the base model it was trained on."
+        )
+    for part, (encoder, tokenizer) in zip(vectors.split(widths, dim=-1), pairs):
+        pipe.load_textual_inversion(
+            {token: part.contiguous()}, token=token, text_encoder=encoder, tokenizer=tokenizer
+        )
     return pipe

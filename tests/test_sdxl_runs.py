@@ -91,3 +91,26 @@ def test_the_papers_recipes_run_on_sdxl(
     assert cli.model.family.name == "sdxl" and cli.trainer.global_step == 2
     assert {r.name for r in cli.model.regularizers} == SDXL_RECIPES[recipe]
     assert all(torch.isfinite(v) for k, v in cli.trainer.callback_metrics.items() if "loss" in k)
+
+
+# ACCORD's Table 2 SDXL rows: overlays of configs/accord/visual_encoder.yaml.
+TABLE_2_ROWS = {
+    "visual_encoder": set(),
+    "visual_encoder_pd": {"pd"},
+    "visual_encoder_pd_dd": {"dd", "pd"},
+}
+
+
+@pytest.mark.parametrize("row", sorted(TABLE_2_ROWS))
+def test_accords_table_2_sdxl_rows_run_on_the_tiny_overlay(
+    row: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    cli = main([
+        "fit", "--config", "configs/accord/visual_encoder.yaml",
+        "--config", f"configs/accord/sdxl/{row}.yaml", "--config", "configs/tiny.yaml",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2",
+        "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
+    ])  # fmt: skip
+    assert cli.model.family.name == "sdxl" and type(cli.model).__name__ == "VisualEncoder"
+    assert {r.name for r in cli.model.regularizers} == TABLE_2_ROWS[row]

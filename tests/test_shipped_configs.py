@@ -68,6 +68,9 @@ def test_shipped_config_parses_and_keeps_its_options(
 
 def test_the_overlays_are_the_known_ones() -> None:
     assert OVERLAYS == [
+        "configs/accord/sdxl/visual_encoder.yaml",
+        "configs/accord/sdxl/visual_encoder_pd.yaml",
+        "configs/accord/sdxl/visual_encoder_pd_dd.yaml",
         "configs/backbones/sdxl.yaml",
         "configs/low_memory.yaml",
         "configs/tiny.yaml",

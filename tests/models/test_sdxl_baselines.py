@@ -15,9 +15,17 @@ from safetensors.torch import load_file
 
 from core.concept import ConceptSpec
 from exports.external_formats import A1111_FOLDER, KOHYA_LORA, SDXL_EMBEDDING_KEYS, load_embedding
-from models import CustomDiffusion, DreamBooth, LoRA, TextualInversion, load_export
+from models import (
+    CustomDiffusion,
+    DreamBooth,
+    LoRA,
+    TextualInversion,
+    VisualEncoder,
+    load_export,
+)
 from models.base import PersonalizationModule
 from models.exports_loading import export_with_manifest
+from models.visual_encoder import install_subject, load_subject_encoder
 
 pytestmark = pytest.mark.smoke
 PROMPT = "a photo of a <v1> toy"
@@ -182,6 +190,41 @@ def test_custom_diffusion_trains_cross_attention_kv_and_loads_its_processors(
     export_with_manifest(module, export)
     pipe = sample_pipe(tiny_sdxl_path)
     load_export(pipe, export)
+    assert_same_images(module, pipe)
+
+
+def test_visual_encoder_maps_photos_to_both_encoders_vectors(
+    tiny_sdxl_path: Path, tmp_path: Path
+) -> None:
+    module = VisualEncoder(pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS)
+    before = snapshot(module)
+    references = torch.rand(2, 3, 32, 32) * 2 - 1
+    batch_step = {"reference_pixel_values": references}
+    params = [p for group in module.trainable_groups().values() for p in group]
+    optimizer = torch.optim.SGD(params, lr=1.0)
+    batch = {
+        "pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1, "prompts": [PROMPT] * 2,
+        "original_size": torch.tensor([[32, 32]] * 2), "crop_top_left": torch.zeros(2, 2),
+        **batch_step,
+    }  # fmt: skip
+    module.compute_losses(batch, module.sample_draws(batch, 0))["total"].backward()
+    optimizer.step()
+    moved = changed(before, module)
+    assert moved and all(".mapper." in k for k in moved), moved
+    # A new subject's vectors: 32 + 32 wide (each tiny encoder's width), one part per encoder.
+    export_with_manifest(module, tmp_path)
+    encoder, token = load_subject_encoder(tmp_path)
+    vectors = encoder.embed_subject(references)
+    assert vectors.shape == (4, 64)
+    module.set_subject(vectors)
+    pipe = sample_pipe(tiny_sdxl_path)
+    install_subject(pipe, vectors, token)
+    states, _, pooled, _ = pipe.encode_prompt(
+        [PROMPT], device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
+    ours = module.encode_text([PROMPT])
+    torch.testing.assert_close(ours.hidden_states, states, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.text_embeds, pooled, rtol=0, atol=1e-5)
     assert_same_images(module, pipe)
 
 
