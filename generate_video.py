@@ -35,7 +35,7 @@ import yaml
 from core.concept import ConceptSpec
 from core.errors import user_message
 from core.run_config import RUN_CONFIG, next_numbered
-from exports.manifest import ExportManifest, Format, NotLoadableError
+from exports.manifest import SD1, ExportManifest, Format, NotLoadableError
 from generation.video import (
     VideoSettings,
     animate,
@@ -101,12 +101,19 @@ def video_export(folder: Path) -> ExportManifest:
     from models.exports_loading import check_loadable
 
     try:
-        return check_loadable(folder)
+        manifest = check_loadable(folder)
     except NotLoadableError as error:
         raise ValueError(
             f"{error}. AnimateDiff takes a plain Stable Diffusion pipeline: video works with "
             "Textual Inversion, Custom Diffusion, LoRA, DreamBooth and CLIF exports"
         ) from None
+    if manifest.family != SD1:
+        raise ValueError(
+            f"{folder} is an export for the {manifest.family} backbone; video here drives "
+            "AnimateDiff's SD 1.x motion adapters, so give an SD 1.x run's export (AnimateDiff "
+            "for SDXL is not wired yet)"
+        )
+    return manifest
 
 
 def is_pipeline_folder(manifest: ExportManifest) -> bool:

@@ -201,6 +201,11 @@ def test_bad_input_gets_one_line(
                  "--output", str(tmp_path / "out")],
     )  # fmt: skip
     assert "config.yaml" in _error(capsys, ["--run", str(tmp_path)])
+    sdxl = tmp_path / "sdxl"
+    sdxl.mkdir()
+    write_manifest(sdxl, ExportManifest("LoRA", "tiny-sdxl", {}, family="sdxl"))
+    message = _error(capsys, ["--export", str(sdxl), "--output", str(tmp_path / "out")])
+    assert "export for the sdxl backbone" in message and "SD 1.x motion adapters" in message
     assert not (tmp_path / "out").exists()
 
 
