@@ -61,10 +61,12 @@ class BackboneFamily(ABC):
 
     @abstractmethod
     def encode_ids(
-        self, encoders: list[nn.Module], input_ids: torch.Tensor, pad_ids: list[int]
+        self, encoders: list[nn.Module], input_ids: torch.Tensor, pad_ids: list[int], end_id: int
     ) -> TextEncoding:
         """Token ids (B, L) of the first tokenizer -> the denoiser's text conditioning.
-        ``pad_ids``: each tokenizer's padding id (the ids are re-padded for encoder k)."""
+        ``pad_ids``: each tokenizer's padding id (the ids are re-padded for encoder k);
+        ``end_id``: the tokenizer's end-of-text id (the encoders' configs may say otherwise:
+        SD's and SDXL's CLIP configs keep a legacy 2)."""
 
     def objective(self, scheduler: DDPMScheduler) -> str:
         """The training objective this schedule uses (DDPM epsilon or v here)."""

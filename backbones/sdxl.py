@@ -63,15 +63,22 @@ class StableDiffusionXL(BackboneFamily):
         )
 
     def encode_ids(
-        self, encoders: list[nn.Module], input_ids: torch.Tensor, pad_ids: list[int]
+        self, encoders: list[nn.Module], input_ids: torch.Tensor, pad_ids: list[int], end_id: int
     ) -> TextEncoding:
+        """Both encoders' penultimate states, concatenated, and the second's ``text_embeds``
+        as the encoder computes it (with SDXL's legacy config, at the highest token id, as
+        diffusers' pipeline gets it too)."""
         first, second = encoders
-        end_id = int(second.config.eos_token_id)
         second_ids = repad_after_end(input_ids, end_id, pad_ids[1])
-        states_1 = first(input_ids, output_hidden_states=True).hidden_states[-2]
+        output_1 = first(input_ids, output_hidden_states=True)
         output_2 = second(second_ids, output_hidden_states=True)
-        hidden = torch.cat([states_1, output_2.hidden_states[-2]], dim=-1)
-        return TextEncoding(hidden, input_ids, text_embeds=output_2.text_embeds)
+        hidden = torch.cat([output_1.hidden_states[-2], output_2.hidden_states[-2]], dim=-1)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        ends = (input_ids == end_id).int().argmax(dim=-1)
+        clip_pooled = output_1.last_hidden_state[rows, ends]  # at the real end-of-text
+        return TextEncoding(
+            hidden, input_ids, text_embeds=output_2.text_embeds, clip_pooled=clip_pooled
+        )
 
     def batch_keys(self) -> frozenset[str]:
         return SIZE_KEYS

@@ -16,13 +16,16 @@ from transformers.utils import logging as hf_logging
 
 from pretrained.resolve import resolve_pretrained
 from pretrained.tiny_sd import TINY_CLIP_NAME, TINY_MODEL_NAME
+from pretrained.tiny_sdxl import TINY_SDXL_NAME
 
 SD1_CLIP = "openai/clip-vit-large-patch14"  # SD 1.x's text encoder is this model's text tower
 
 
 def default_clip_for(pretrained_model_name_or_path: str) -> str:
-    """The CLIP model whose text tower the given Stable Diffusion's text encoder is."""
-    return TINY_CLIP_NAME if pretrained_model_name_or_path == TINY_MODEL_NAME else SD1_CLIP
+    """The CLIP model whose text tower the given Stable Diffusion's (first) text encoder is:
+    CLIP ViT-L/14 for SD 1.x and SDXL, tiny-clip for the tiny pipelines."""
+    tiny = pretrained_model_name_or_path in (TINY_MODEL_NAME, TINY_SDXL_NAME)
+    return TINY_CLIP_NAME if tiny else SD1_CLIP
 
 
 def load_text_projection(clip_model: str, hidden_size: int) -> nn.Linear:

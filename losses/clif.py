@@ -71,6 +71,9 @@ class ContrastiveLanguageImageLoss(Regularizer):
 
     name = "clif"
     requires = CLIF_BATCH_KEYS
+    # SDXL: the text side is its first encoder (CLIP ViT-L) at its last layer, through CLIP's
+    # text projection, as CLIF's official SDXL code compares (at the real end-of-text).
+    families = frozenset({"sd1", "sdxl"})
 
     def __init__(
         self, weight: float = 1.0, clip_model: str | None = None, temperature: float | None = None
@@ -131,7 +134,7 @@ class ContrastiveLanguageImageLoss(Regularizer):
         self, batch: dict[str, Any], encoding: TextEncoding, module: PersonalizationModule
     ) -> torch.Tensor:
         """The loss given the prompts' encoding (the step's, or CLIF stage 1's own call)."""
-        pooled = encoding.pooled(module.tokenizer.eos_token_id)
+        pooled = encoding.clip_text_feature(module.tokenizer.eos_token_id)
         text = project(module.text_projection(self.clip_model), pooled)
         image = self.image_tower(module)(batch["clif_pixel_values"].to(module.device))
         all_text, offset = gather_with_grad(module, text)

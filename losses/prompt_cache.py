@@ -132,6 +132,7 @@ def one_per_prompt(
         "input_ids": encoding.input_ids,
         "layer_states": encoding.layer_states,
         "text_embeds": encoding.text_embeds,
+        "clip_pooled": encoding.clip_pooled,
     }
     present = {name: value for name, value in fields.items() if value is not None}
     return {

@@ -32,12 +32,16 @@ class TextEncoding:
     one documented layer's. Give ``conditioning`` (not ``hidden_states``) to ``predict_noise``.
     text_embeds: (B, P), the pooled text embedding of families that condition on one (SDXL:
     the second encoder's projected end-of-text feature); None for SD 1.x.
+    clip_pooled: (B, D1), where a family's conditioning states are not the first (CLIP)
+    encoder's last layer (SDXL: penultimate states): that encoder's final, layer-normed state
+    at the real end-of-text, what CLIP's text projection applies to (CLIF's text side on SDXL).
     """
 
     hidden_states: torch.Tensor
     input_ids: torch.Tensor
     layer_states: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
+    clip_pooled: torch.Tensor | None = None
 
     @property
     def conditioning(self) -> torch.Tensor:
@@ -69,7 +73,13 @@ class TextEncoding:
             torch.cat([e.input_ids for e in encodings]),
             layer_states=joined([e.layer_states for e in encodings]),
             text_embeds=joined([e.text_embeds for e in encodings]),
+            clip_pooled=joined([e.clip_pooled for e in encodings]),
         )
+
+    def clip_text_feature(self, eos_token_id: int) -> torch.Tensor:
+        """The first encoder's last-layer state at the end-of-text, (B, D1): what CLIP's text
+        projection applies to (``clip_pooled`` where the conditioning is not that layer)."""
+        return self.pooled(eos_token_id) if self.clip_pooled is None else self.clip_pooled
 
     def pooled(self, eos_token_id: int) -> torch.Tensor:
         """Hidden state at the real end-of-text position, shape (B, D)."""

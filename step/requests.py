@@ -78,23 +78,20 @@ def split_requests(
     stacked: TextEncoding, main_rows: int, requests: list[TextRequest]
 ) -> tuple[TextEncoding, list[TextEncoding]]:
     """The stacked call's encoding back into the main rows' and each request's own."""
-    pooled = stacked.text_embeds
+    pooled, clip_pooled = stacked.text_embeds, stacked.clip_pooled
     main = TextEncoding(
         stacked.hidden_states[:main_rows],
         stacked.input_ids[:main_rows],
         text_embeds=None if pooled is None else pooled[:main_rows],
+        clip_pooled=None if clip_pooled is None else clip_pooled[:main_rows],
     )
     parts, start = [], main_rows
     for request in requests:
         rows, width = request.input_ids.shape
         hidden = stacked.hidden_states[start : start + rows, :width]
-        embeds = None if pooled is None else pooled[start : start + rows]
-        if embeds is not None and not request.with_grad:
-            embeds = embeds.detach()
-        parts.append(
-            TextEncoding(
-                hidden if request.with_grad else hidden.detach(), request.input_ids, None, embeds
-            )
-        )
+        own = [None if x is None else x[start : start + rows] for x in (pooled, clip_pooled)]
+        if not request.with_grad:
+            hidden, own = hidden.detach(), [None if x is None else x.detach() for x in own]
+        parts.append(TextEncoding(hidden, request.input_ids, None, *own))
         start += rows
     return main, parts

@@ -63,15 +63,16 @@ class TextPathMixin:
         """
         encoders = self.text_encoders
         pad_ids = [getattr(self, name).pad_token_id for name in self.family.tokenizer_names]
+        end_id = self.tokenizer.eos_token_id
         if extra_vectors is None:
-            return self.family.encode_ids(encoders, input_ids, pad_ids)
+            return self.family.encode_ids(encoders, input_ids, pad_ids, end_id)
         if len(encoders) > 1:
             raise ValueError(
                 f"extra vectors (MLM's [MASK]) are written for one text encoder; the "
                 f"{self.family.name} backbone has {len(encoders)}."
             )
         with extra_vectors_in(encoders[0], len(self.tokenizer), extra_vectors):
-            return self.family.encode_ids(encoders, input_ids, pad_ids)
+            return self.family.encode_ids(encoders, input_ids, pad_ids, end_id)
 
     def encode_token_variants(
         self, input_ids: torch.Tensor, extra_vectors: torch.Tensor | None = None

@@ -124,3 +124,24 @@ def test_a_vae_of_its_own_replaces_the_models(tiny_sdxl_path: Path, tmp_path: Pa
     with pytest.raises(ValueError, match="makes 8-channel latents; the denoiser reads 4"):
         TextualInversion(pretrained_model_name_or_path="tiny-sdxl", concepts=concepts,
                          vae_name_or_path=str(tmp_path / "wide"))  # fmt: skip
+
+
+def test_sdxls_legacy_end_of_text_config_changes_nothing_but_what_diffusers_pools(
+    tiny_sdxl_path: Path,
+) -> None:
+    """SDXL's published text-encoder configs say eos_token_id 2 (the tokenizer's is 49407):
+    the second tokenizer's padding must still follow the real end-of-text, and the pooled
+    embedding is what the encoder (and so diffusers' pipeline) computes with that config."""
+    module = TextualInversion(
+        pretrained_model_name_or_path="tiny-sdxl", concepts=[ConceptSpec("<v1>", "dog")]
+    )
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path)
+    for encoder in (*module.text_encoders, pipe.text_encoder, pipe.text_encoder_2):
+        encoder.config.eos_token_id = 2
+        getattr(encoder, "text_model", encoder).eos_token_id = 2  # what pools reads
+    ours = module.encode_text(PROMPTS)
+    states, _, pooled, _ = pipe.encode_prompt(
+        PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
+    torch.testing.assert_close(ours.hidden_states, states, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours.text_embeds, pooled, rtol=0, atol=1e-6)

@@ -1,5 +1,5 @@
-"""DDLoss, SuDe, PDLoss and SPL on SDXL: each paper's formula recomputed from diffusers' own
-SDXL conditioning.
+"""DDLoss, SuDe, PDLoss, SPL and CLIF's InfoNCE on SDXL: each paper's formula recomputed from
+diffusers' own SDXL conditioning.
 
 On SDXL the DDPM posterior is SD's (the same scaled-linear epsilon schedule); what differs is how
 each extra UNet call is conditioned: both encoders' states, the pooled text embedding and the
@@ -18,6 +18,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from core.concept import ConceptSpec
+from losses.clif import ContrastiveLanguageImageLoss, symmetric_info_nce
 from losses.dd_loss import DenoisingDecoupleLoss, run_conditions
 from losses.pd_loss import PriorDecoupleLoss
 from losses.spl import SemanticPreservationLoss
@@ -172,3 +173,36 @@ def test_spl_on_sdxl_reads_what_the_unet_reads(setting, project: bool) -> None:
         superclass = class_states[rows, (class_ids == eos).int().argmax(-1)]
     expected = (1 - torch.nn.functional.cosine_similarity(concept, superclass, dim=-1)).mean()
     assert ours == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+
+
+def test_clif_info_nce_on_sdxl_reads_clip_l_at_its_last_layer(setting) -> None:
+    """CLIF's official SDXL code: the text side is SDXL's first encoder (CLIP ViT-L), its
+    last-layer end-of-text state through CLIP's text projection (not the UNet's penultimate
+    states); the InfoNCE itself is tested against Eq. (5) in test_clif_loss.py."""
+    from transformers import CLIPTextModelWithProjection
+
+    from pretrained.resolve import resolve_pretrained
+
+    module, pipe, _ = setting
+    loss = ContrastiveLanguageImageLoss()
+    loss.prepare(module)
+    prompts = ["a photo of a <v1> toy", "a red toy on the beach"]
+    pixels = torch.linspace(-1, 1, 2 * 3 * 32 * 32).reshape(2, 3, 32, 32).flip(0)
+    batch = {**BATCH, "clif_prompts": prompts, "clif_pixel_values": pixels}
+    step = module.denoise(
+        batch,
+        module.sample_draws(batch, 0),
+        text_requests={id(loss): loss.text_requests(batch, module)},
+    )
+    with torch.no_grad():
+        ours = loss(step, module).item()
+        ids = pipe.tokenizer(
+            prompts, padding="max_length", max_length=77, return_tensors="pt"
+        ).input_ids
+        last = pipe.text_encoder(ids).last_hidden_state
+        ends = (ids == pipe.tokenizer.eos_token_id).int().argmax(-1)
+        clip = CLIPTextModelWithProjection.from_pretrained(resolve_pretrained("tiny-clip"))
+        text = clip.text_projection(last[torch.arange(2), ends])
+        image = loss.image_tower(module)(pixels)
+        expected = symmetric_info_nce(text, image, loss.scale(module)).item()
+    assert ours == pytest.approx(expected, rel=1e-4)
