@@ -9,6 +9,8 @@ encoder) for the tiny pipeline. Only the projection matrix is kept; it is frozen
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
 from torch import nn
 from transformers import AutoConfig, CLIPConfig, CLIPTextModelWithProjection
@@ -65,13 +67,37 @@ def load_text_projection(clip_model: str, hidden_size: int) -> nn.Linear:
     return projection.eval().float()
 
 
+TextFeature = Literal["auto", "pooled", "clip"]
+TEXT_FEATURES = ("auto", "pooled", "clip")
+
+
+def check_text_feature(value: str) -> TextFeature:
+    if value not in TEXT_FEATURES:
+        raise ValueError(f"text_feature must be one of {TEXT_FEATURES}, got {value!r}.")
+    return value  # type: ignore[return-value]
+
+
+def chosen_text_feature(module: Any, value: TextFeature, loss: str) -> str:
+    """``pooled`` or ``clip`` for this module (``auto``: the family's pooled text where it has
+    one, SDXL; else CLIP's projection); ``pooled`` on a family without one is a ValueError."""
+    family = getattr(getattr(module, "family", None), "name", "sd1")
+    has_pooled = family == "sdxl"
+    if value == "pooled" and not has_pooled:
+        raise ValueError(
+            f"{loss} text_feature: pooled reads the family's pooled text embedding, which the "
+            f"{family} backbone does not have; use clip (or auto)."
+        )
+    return "pooled" if value == "pooled" or (value == "auto" and has_pooled) else "clip"
+
+
 def check_pooled_text_options(loss: str, clip_model: str | None, pool: str = "eos") -> None:
     """SDXL's pooled text is the second encoder's own projected end-of-text feature: no other
     CLIP's projection applies to it, and it exists at the end-of-text only."""
     if clip_model is not None:
         raise ValueError(
-            f"{loss} on SDXL compares the second text encoder's own projected pooled feature; "
-            "clip_model names a projection for SD 1.x's encoder: leave it unset."
+            f"{loss} on SDXL's pooled text compares the second text encoder's own projected "
+            "feature, which no clip_model's projection applies to: leave clip_model unset, or "
+            "set text_feature: clip (CLIP ViT-L's projection of the first encoder)."
         )
     if pool != "eos":
         raise ValueError(

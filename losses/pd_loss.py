@@ -15,8 +15,9 @@ phrases and the targets not yet cached are text requests, encoded in the step's 
 On SDXL, f is SDXL's pooled text: the second encoder's (OpenCLIP ViT-bigG's) own projection of
 its end-of-text feature, a CLIP-space text feature as the paper's f is, and the pooled
 condition SDXL's UNet reads, so the loss decouples what the model is conditioned on. The first
-encoder (CLIP ViT-L) feeds the UNet only its penultimate states, to which ViT-L's projection
-does not apply, so it is not offered (``clip_model`` is refused there with one line).
+encoder (CLIP ViT-L) feeds the UNet only its penultimate states, and ViT-L's projection
+does not apply to those; ``text_feature: clip`` takes that encoder's last-layer end-of-text
+state through ViT-L's projection instead (``clip_model`` applies then, and only then).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from components.text_masking import trim_padding
-from components.text_projection import check_pooled_text_options, project
+from components.text_projection import (
+    TextFeature,
+    check_pooled_text_options,
+    check_text_feature,
+    chosen_text_feature,
+    project,
+)
 from losses.base import Regularizer
 from losses.prompt_cache import FrozenPromptCache, possible_texts
 from step.record import StepRecord
@@ -49,6 +56,7 @@ class PriorDecoupleLoss(Regularizer):
         weight: float = 0.002,
         target: Literal["superclass"] | float = "superclass",
         clip_model: str | None = None,
+        text_feature: TextFeature = "auto",
     ) -> None:
         """
         Args:
@@ -57,6 +65,10 @@ class PriorDecoupleLoss(Regularizer):
                 are the paper's ablation (Table 6; lower favours text alignment).
             clip_model: the CLIP model whose projection to use (None: the one matching the
                 diffusion model's text encoder; see ``PersonalizationModule.text_projection``).
+            text_feature: ``clip``: CLIP's text projection of the (first) text encoder's
+                last-layer end-of-text state (SD 1.x's f; on SDXL its CLIP ViT-L encoder);
+                ``pooled``: the family's own pooled text embedding (SDXL's second encoder's
+                projected feature); ``auto``: ``pooled`` where the family has one, else ``clip``.
         """
         super().__init__(weight)
         if isinstance(target, str):
@@ -66,12 +78,13 @@ class PriorDecoupleLoss(Regularizer):
             raise ValueError(f"PDLoss target is a cosine, so within [-1, 1]; got {target}.")
         self.target = target
         self.clip_model = clip_model
+        self.text_feature = check_text_feature(text_feature)
         self.cache = FrozenPromptCache()
         self.token_ids: dict[str, torch.Tensor] = {}  # the concept phrases' ids, memoised
 
     def prepare(self, module: PersonalizationModule) -> None:
         """Load the projection before training, so a bad ``clip_model`` fails at start."""
-        if module.family.name == "sdxl":
+        if chosen_text_feature(module, self.text_feature, "PDLoss") == "pooled":
             check_pooled_text_options("PDLoss", self.clip_model)
         else:
             module.text_projection(self.clip_model)
@@ -109,13 +122,13 @@ class PriorDecoupleLoss(Regularizer):
         fresh = targets[0][1] if targets else None
         fixed = self.cache.encode(module, self.targets(record.batch), fresh)
         size = concept.hidden_states.shape[0]
-        if concept.text_embeds is not None and fixed.text_embeds is not None:
+        if chosen_text_feature(module, self.text_feature, "PDLoss") == "pooled":
             # SDXL: the second encoder's own projected end-of-text feature (CLIP space).
-            features = torch.cat([concept.text_embeds.float(), fixed.text_embeds.float()])
+            features = torch.cat([concept.text_embeds.float(), fixed.text_embeds.float()])  # type: ignore[union-attr]
         else:
             eos = module.tokenizer.eos_token_id
-            pooled = torch.cat([concept.pooled(eos).float(), fixed.pooled(eos).float()])
-            features = project(module.text_projection(self.clip_model), pooled)
+            pooled = [e.clip_text_feature(eos).float() for e in (concept, fixed)]
+            features = project(module.text_projection(self.clip_model), torch.cat(pooled))
         f_p, f_g, f_s = features[:size], features[size : 2 * size], features[2 * size :]
         cos_pg = F.cosine_similarity(f_p, f_g, dim=-1)
         if self.target == "superclass":

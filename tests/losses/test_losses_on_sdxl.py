@@ -147,8 +147,38 @@ def test_pd_loss_is_eq_14_on_sdxls_pooled_text(setting) -> None:
     expected = (cos(f_p, f_g, dim=-1) - cos(f_s, f_g, dim=-1)).abs().mean().item()
     assert expected > 0
     assert ours == pytest.approx(expected, rel=1e-4, abs=1e-6)
-    with pytest.raises(ValueError, match="clip_model names a projection for SD 1.x"):
+    with pytest.raises(ValueError, match="leave clip_model unset, or set text_feature: clip"):
         PriorDecoupleLoss(clip_model="tiny-clip").prepare(module)
+
+
+def clip_l_features(pipe: StableDiffusionXLPipeline, texts: list[str]) -> torch.Tensor:
+    """CLIP ViT-L's text features of SDXL's first encoder: its last-layer end-of-text state
+    through CLIP's text projection (tiny-clip's for the tiny pipeline)."""
+    from transformers import CLIPTextModelWithProjection
+
+    from pretrained.resolve import resolve_pretrained
+
+    ids = pipe.tokenizer(texts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    last = pipe.text_encoder(ids).last_hidden_state
+    ends = (ids == pipe.tokenizer.eos_token_id).int().argmax(-1)
+    clip = CLIPTextModelWithProjection.from_pretrained(resolve_pretrained("tiny-clip"))
+    return clip.text_projection(last[torch.arange(len(texts)), ends])
+
+
+def test_pd_loss_on_sdxl_can_use_the_first_encoders_clip_features(setting) -> None:
+    module, pipe, _ = setting
+    loss = PriorDecoupleLoss(text_feature="clip")
+    loss.prepare(module)
+    requests = {id(loss): loss.text_requests(BATCH, module)}
+    step = module.denoise(BATCH, module.sample_draws(BATCH, 0), text_requests=requests)
+    with torch.no_grad():
+        ours = loss(step, module).item()
+        f_p = clip_l_features(pipe, [*BATCH["caption_concept"]])
+        f_g = clip_l_features(pipe, [*BATCH["caption_general"]])
+        f_s = clip_l_features(pipe, ["toy", "toy"])
+    cos = torch.nn.functional.cosine_similarity
+    expected = (cos(f_p, f_g, dim=-1) - cos(f_s, f_g, dim=-1)).abs().mean().item()
+    assert ours == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.parametrize("project", [False, True])
@@ -179,10 +209,6 @@ def test_clif_info_nce_on_sdxl_reads_clip_l_at_its_last_layer(setting) -> None:
     """CLIF's official SDXL code: the text side is SDXL's first encoder (CLIP ViT-L), its
     last-layer end-of-text state through CLIP's text projection (not the UNet's penultimate
     states); the InfoNCE itself is tested against Eq. (5) in test_clif_loss.py."""
-    from transformers import CLIPTextModelWithProjection
-
-    from pretrained.resolve import resolve_pretrained
-
     module, pipe, _ = setting
     loss = ContrastiveLanguageImageLoss()
     loss.prepare(module)
@@ -196,13 +222,7 @@ def test_clif_info_nce_on_sdxl_reads_clip_l_at_its_last_layer(setting) -> None:
     )
     with torch.no_grad():
         ours = loss(step, module).item()
-        ids = pipe.tokenizer(
-            prompts, padding="max_length", max_length=77, return_tensors="pt"
-        ).input_ids
-        last = pipe.text_encoder(ids).last_hidden_state
-        ends = (ids == pipe.tokenizer.eos_token_id).int().argmax(-1)
-        clip = CLIPTextModelWithProjection.from_pretrained(resolve_pretrained("tiny-clip"))
-        text = clip.text_projection(last[torch.arange(2), ends])
+        text = clip_l_features(pipe, prompts)
         image = loss.image_tower(module)(pixels)
         expected = symmetric_info_nce(text, image, loss.scale(module)).item()
     assert ours == pytest.approx(expected, rel=1e-4)
