@@ -118,11 +118,22 @@ class BackboneFamily(ABC):
         """A diffusers pipeline over the module's live components with DDIM (sampling and
         exports agree on it); ``text_encoders`` replace the module's own (exports)."""
 
-    @abstractmethod
     def prompt_kwargs(
         self, positive: TextEncoding, negative: TextEncoding, resolution: int
     ) -> dict[str, Any]:
-        """The pipeline call's precomputed prompt arguments."""
+        """The pipeline call's precomputed prompt arguments (the states; a family with pooled
+        text adds it)."""
+        return {
+            "prompt_embeds": positive.conditioning,
+            "negative_prompt_embeds": negative.conditioning,
+        }
+
+
+def ddim_for(module: Any) -> Any:
+    """DDIM over the module's training schedule: the sampler of every family's pipeline."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(module.noise_scheduler.config)
 
 
 def family_error(family: BackboneFamily, what: str, supported: frozenset[str] | set[str]) -> str:

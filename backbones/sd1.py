@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from backbones.base import BackboneComponents, BackboneFamily
+from backbones.base import BackboneComponents, BackboneFamily, ddim_for
 from pretrained.sd15_random import SD15_RANDOM_NAME
 from pretrained.stable_diffusion import SD1_PARTS, load_parts
 from pretrained.tiny_sd import TINY_MODEL_NAME
@@ -40,23 +40,15 @@ class StableDiffusion1(BackboneFamily):
         return TextEncoding(encoders[0](input_ids).last_hidden_state, input_ids)
 
     def pipeline(self, module: Any, text_encoders: list[nn.Module]) -> Any:
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline
 
         return StableDiffusionPipeline(
             vae=module.vae,
             text_encoder=text_encoders[0],
             tokenizer=module.tokenizer,
             unet=module.unet,
-            scheduler=DDIMScheduler.from_config(module.noise_scheduler.config),
+            scheduler=ddim_for(module),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
         )
-
-    def prompt_kwargs(
-        self, positive: TextEncoding, negative: TextEncoding, resolution: int
-    ) -> dict[str, Any]:
-        return {
-            "prompt_embeds": positive.conditioning,
-            "negative_prompt_embeds": negative.conditioning,
-        }

@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from backbones.base import BackboneComponents, BackboneFamily
+from backbones.base import BackboneComponents, BackboneFamily, ddim_for
 from pretrained.sdxl_random import SDXL_RANDOM_NAME
 from pretrained.stable_diffusion import load_parts
 from pretrained.tiny_sdxl import TINY_SDXL_NAME
@@ -108,7 +108,7 @@ class StableDiffusionXL(BackboneFamily):
         return {"added_cond_kwargs": {"text_embeds": embeds, "time_ids": time_ids.to(embeds)}}
 
     def pipeline(self, module: Any, text_encoders: list[nn.Module]) -> Any:
-        from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+        from diffusers import StableDiffusionXLPipeline
 
         return StableDiffusionXLPipeline(
             vae=module.vae,
@@ -117,7 +117,7 @@ class StableDiffusionXL(BackboneFamily):
             tokenizer=module.tokenizer,
             tokenizer_2=module.tokenizer_2,
             unet=module.unet,
-            scheduler=DDIMScheduler.from_config(module.noise_scheduler.config),
+            scheduler=ddim_for(module),
             add_watermarker=False,
         )
 
@@ -125,8 +125,7 @@ class StableDiffusionXL(BackboneFamily):
         self, positive: TextEncoding, negative: TextEncoding, resolution: int
     ) -> dict[str, Any]:
         return {
-            "prompt_embeds": positive.hidden_states,
-            "negative_prompt_embeds": negative.hidden_states,
+            **super().prompt_kwargs(positive, negative, resolution),
             "pooled_prompt_embeds": positive.text_embeds,
             "negative_pooled_prompt_embeds": negative.text_embeds,
         }

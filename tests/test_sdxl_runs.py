@@ -5,6 +5,7 @@ conditioning follows the resumed sample stream); the quickstart's analysis callb
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -78,19 +79,25 @@ SDXL_RECIPES = {
 }
 
 
+def two_sdxl_steps(configs: list[str], root: Path) -> Any:
+    """``fit`` of the configs (then the SDXL and tiny overlays) for two steps; the CLI."""
+    cli = main([
+        "fit", *(word for config in configs for word in ("--config", config)), *SDXL,
+        "--trainer.default_root_dir", str(root), "--trainer.max_steps", "2",
+        "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
+    ])  # fmt: skip
+    assert cli.model.family.name == "sdxl" and cli.trainer.global_step == 2
+    assert all(torch.isfinite(v) for k, v in cli.trainer.callback_metrics.items() if "loss" in k)
+    return cli
+
+
 @pytest.mark.parametrize("recipe", sorted(SDXL_RECIPES))
 def test_the_papers_recipes_run_on_sdxl(
     recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(REPO_ROOT)
-    cli = main([
-        "fit", "--config", f"configs/{recipe}.yaml", *SDXL,
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2",
-        "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
-    ])  # fmt: skip
-    assert cli.model.family.name == "sdxl" and cli.trainer.global_step == 2
+    cli = two_sdxl_steps([f"configs/{recipe}.yaml"], tmp_path)
     assert {r.name for r in cli.model.regularizers} == SDXL_RECIPES[recipe]
-    assert all(torch.isfinite(v) for k, v in cli.trainer.callback_metrics.items() if "loss" in k)
 
 
 # ACCORD's Table 2 SDXL rows: overlays of configs/accord/visual_encoder.yaml.
@@ -106,11 +113,7 @@ def test_accords_table_2_sdxl_rows_run_on_the_tiny_overlay(
     row: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(REPO_ROOT)
-    cli = main([
-        "fit", "--config", "configs/accord/visual_encoder.yaml",
-        "--config", f"configs/accord/sdxl/{row}.yaml", "--config", "configs/tiny.yaml",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2",
-        "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
-    ])  # fmt: skip
-    assert cli.model.family.name == "sdxl" and type(cli.model).__name__ == "VisualEncoder"
+    configs = ["configs/accord/visual_encoder.yaml", f"configs/accord/sdxl/{row}.yaml"]
+    cli = two_sdxl_steps(configs, tmp_path)
+    assert type(cli.model).__name__ == "VisualEncoder"
     assert {r.name for r in cli.model.regularizers} == TABLE_2_ROWS[row]
