@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from pretrained.stable_diffusion import load_parts
 from step.encoding import TextEncoding
 
 if TYPE_CHECKING:
@@ -55,9 +56,19 @@ class BackboneFamily(ABC):
     text_encoder_names: ClassVar[tuple[str, ...]]
     tokenizer_names: ClassVar[tuple[str, ...]]
 
-    @abstractmethod
+    parts: ClassVar[dict[str, Any]]  # subfolder -> class with from_pretrained
+    display_name: ClassVar[str]  # in loading errors
+
     def load(self, path: str, revision: str | None, variant: str | None) -> BackboneComponents:
-        """The components from a resolved folder or hub id."""
+        """The components from a hub id, folder or built-in name (``parts``' subfolders)."""
+        loaded = load_parts(path, self.parts, revision, variant, self.display_name, self.tiny_name)
+        return BackboneComponents(
+            tokenizers=[loaded[name] for name in self.tokenizer_names],
+            text_encoders=[loaded[name] for name in self.text_encoder_names],
+            vae=loaded["vae"],
+            unet=loaded["unet"],
+            noise_scheduler=loaded["scheduler"],
+        )
 
     @abstractmethod
     def encode_ids(

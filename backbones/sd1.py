@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from backbones.base import BackboneComponents, BackboneFamily, ddim_for
+from backbones.base import BackboneFamily, ddim_for
 from pretrained.sd15_random import SD15_RANDOM_NAME
-from pretrained.stable_diffusion import SD1_PARTS, load_parts
+from pretrained.stable_diffusion import SD1_PARTS
 from pretrained.tiny_sd import TINY_MODEL_NAME
 from step.encoding import TextEncoding
 
@@ -22,16 +22,8 @@ class StableDiffusion1(BackboneFamily):
     random_name: ClassVar[str] = SD15_RANDOM_NAME
     text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder",)
     tokenizer_names: ClassVar[tuple[str, ...]] = ("tokenizer",)
-
-    def load(self, path: str, revision: str | None, variant: str | None) -> BackboneComponents:
-        parts = load_parts(path, SD1_PARTS, revision, variant)
-        return BackboneComponents(
-            tokenizers=[parts["tokenizer"]],
-            text_encoders=[parts["text_encoder"]],
-            vae=parts["vae"],
-            unet=parts["unet"],
-            noise_scheduler=parts["scheduler"],
-        )
+    parts: ClassVar[dict[str, Any]] = SD1_PARTS
+    display_name: ClassVar[str] = "Stable Diffusion"
 
     def encode_ids(
         self, encoders: list[nn.Module], input_ids: torch.Tensor, pad_ids: list[int], end_id: int

@@ -18,9 +18,8 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from backbones.base import BackboneComponents, BackboneFamily, ddim_for
+from backbones.base import BackboneFamily, ddim_for
 from pretrained.sdxl_random import SDXL_RANDOM_NAME
-from pretrained.stable_diffusion import load_parts
 from pretrained.tiny_sdxl import TINY_SDXL_NAME
 from step.encoding import TextEncoding
 
@@ -51,16 +50,8 @@ class StableDiffusionXL(BackboneFamily):
     random_name: ClassVar[str] = SDXL_RANDOM_NAME
     text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2")
     tokenizer_names: ClassVar[tuple[str, ...]] = ("tokenizer", "tokenizer_2")
-
-    def load(self, path: str, revision: str | None, variant: str | None) -> BackboneComponents:
-        parts = load_parts(path, SDXL_PARTS, revision, variant, "SDXL", TINY_SDXL_NAME)
-        return BackboneComponents(
-            tokenizers=[parts["tokenizer"], parts["tokenizer_2"]],
-            text_encoders=[parts["text_encoder"], parts["text_encoder_2"]],
-            vae=parts["vae"],
-            unet=parts["unet"],
-            noise_scheduler=parts["scheduler"],
-        )
+    parts: ClassVar[dict[str, Any]] = SDXL_PARTS
+    display_name: ClassVar[str] = "SDXL"
 
     def encode_ids(
         self, encoders: list[nn.Module], input_ids: torch.Tensor, pad_ids: list[int], end_id: int
