@@ -22,7 +22,7 @@ from step.record import StepRecord
 from step.requests import TextRequest, encode_request
 
 if TYPE_CHECKING:
-    from models.base import PersonalizationModule
+    from losses.model_view import ModelView
 
 
 class Regularizer(nn.Module):
@@ -44,25 +44,25 @@ class Regularizer(nn.Module):
             )
         self.weight = weight
 
-    def prepare(self, module: PersonalizationModule) -> None:
+    def prepare(self, module: ModelView) -> None:
         """Called once from the module's setup before training (the default needs nothing).
 
         Load what the loss needs here, so a bad option fails at start rather than mid-run.
         """
 
-    def prefill(self, module: PersonalizationModule, datamodule: Any) -> None:
+    def prefill(self, module: ModelView, datamodule: Any) -> None:
         """Called from the module's setup once the DataModule builds the requested data: encode
         constant texts up front (``datamodule.possible_values(key)``; default: nothing)."""
 
     def text_requests(
-        self, batch: dict[str, Any], module: PersonalizationModule
+        self, batch: dict[str, Any], module: ModelView
     ) -> list[TextRequest]:
         """Token ids to encode in this step's text pass (default: none). Called once per step
         before the pass; must be deterministic for a given batch, step and cache state."""
         return []
 
     def requested_text(
-        self, record: StepRecord, module: PersonalizationModule
+        self, record: StepRecord, module: ModelView
     ) -> list[tuple[TextRequest, TextEncoding]]:
         """This loss's requests with their encodings: from the step's pass, or, for a record
         made without them (a hand-built one), asked for and encoded now, one call each."""
@@ -72,5 +72,5 @@ class Regularizer(nn.Module):
         requests = self.text_requests(record.batch, module)
         return [(request, encode_request(module, request)) for request in requests]
 
-    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
+    def forward(self, record: StepRecord, module: ModelView) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement forward().")

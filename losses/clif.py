@@ -31,7 +31,7 @@ from step.record import StepRecord
 from step.requests import TextRequest
 
 if TYPE_CHECKING:
-    from models.base import PersonalizationModule
+    from losses.model_view import ModelView
     from step.encoding import TextEncoding
 
 CLIF_BATCH_KEYS = frozenset({"clif_pixel_values", "clif_prompts"})
@@ -91,7 +91,7 @@ class ContrastiveLanguageImageLoss(Regularizer):
         self.clip_model, self.temperature = clip_model, temperature
         self.token_ids: dict[str, torch.Tensor] = {}
 
-    def image_tower(self, module: PersonalizationModule) -> ClipImageFeatures:
+    def image_tower(self, module: ModelView) -> ClipImageFeatures:
         """Loaded once, kept out of the state dict (it never trains), on the module's device."""
         name = self.clip_model or default_clip_for(module.pretrained_model_name_or_path)
         tower = self.__dict__.get("_tower")
@@ -102,7 +102,7 @@ class ContrastiveLanguageImageLoss(Regularizer):
             tower.to(module.device)
         return tower
 
-    def prepare(self, module: PersonalizationModule) -> None:
+    def prepare(self, module: ModelView) -> None:
         """Load both CLIP parts now, so a bad clip_model fails before training."""
         tower = self.image_tower(module)
         projection = module.text_projection(self.clip_model)
@@ -113,11 +113,11 @@ class ContrastiveLanguageImageLoss(Regularizer):
                 "one CLIP model."
             )
 
-    def scale(self, module: PersonalizationModule) -> float:
+    def scale(self, module: ModelView) -> float:
         return 1.0 / self.temperature if self.temperature else self.image_tower(module).logit_scale
 
     def text_requests(
-        self, batch: dict[str, Any], module: PersonalizationModule
+        self, batch: dict[str, Any], module: ModelView
     ) -> list[TextRequest]:
         """The pairs' prompts with gradient, cut after their end-of-text (only the pooled
         feature is read)."""
@@ -131,7 +131,7 @@ class ContrastiveLanguageImageLoss(Regularizer):
         return [TextRequest(trim_padding(ids, module.tokenizer.eos_token_id))]
 
     def loss_from(
-        self, batch: dict[str, Any], encoding: TextEncoding, module: PersonalizationModule
+        self, batch: dict[str, Any], encoding: TextEncoding, module: ModelView
     ) -> torch.Tensor:
         """The loss given the prompts' encoding (the step's, or CLIF stage 1's own call)."""
         pooled = encoding.clip_text_feature(module.tokenizer.eos_token_id)
@@ -141,6 +141,6 @@ class ContrastiveLanguageImageLoss(Regularizer):
         all_image, _ = gather_with_grad(module, image)
         return symmetric_info_nce(text, image, self.scale(module), all_text, all_image, offset)
 
-    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
+    def forward(self, record: StepRecord, module: ModelView) -> torch.Tensor:
         ((_, encoding),) = self.requested_text(record, module)
         return self.loss_from(record.batch, encoding, module)

@@ -51,13 +51,13 @@ from step.encoding import TextEncoding
 from step.record import StepRecord
 
 if TYPE_CHECKING:
-    from models.base import PersonalizationModule
+    from losses.model_view import ModelView
 
 TimeWeight = Literal["paper", "index"]
 
 
 def run_conditions(
-    module: PersonalizationModule, record: StepRecord, text: TextEncoding
+    module: ModelView, record: StepRecord, text: TextEncoding
 ) -> list[torch.Tensor]:
     """One UNet call on the step's x_t and t (and size ids: SDXL) for k stacked conditions;
     k predictions back."""
@@ -108,15 +108,15 @@ class DenoisingDecoupleLoss(Regularizer):
         self.time_weight: TimeWeight = time_weight
         self.cache = FrozenPromptCache()
 
-    def prepare(self, module: PersonalizationModule) -> None:
+    def prepare(self, module: ModelView) -> None:
         check_epsilon_prediction(module.noise_scheduler, "DDLoss")
 
-    def prefill(self, module: PersonalizationModule, datamodule: Any) -> None:
+    def prefill(self, module: ModelView, datamodule: Any) -> None:
         """Encode every c_g the DataModule can give and the empty prompt, once."""
         self.cache.prefill(module, possible_texts(datamodule, ["caption_general"], also=("",)))
 
     def predictions(
-        self, record: StepRecord, module: PersonalizationModule
+        self, record: StepRecord, module: ModelView
     ) -> tuple[torch.Tensor, ...]:
         """e(cp, cg), e(cp), e(cg), e(empty), each (B, C, h, w)."""
         batch = record.batch
@@ -136,14 +136,14 @@ class DenoisingDecoupleLoss(Regularizer):
             outputs.insert(0, record.model_pred)
         return (*outputs, *stopped)
 
-    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
+    def forward(self, record: StepRecord, module: ModelView) -> torch.Tensor:
         return self.from_predictions(self.predictions(record, module), record, module)
 
     def from_predictions(
         self,
         predictions: tuple[torch.Tensor, ...],
         record: StepRecord,
-        module: PersonalizationModule,
+        module: ModelView,
     ) -> torch.Tensor:
         """Eq. (11) from ``predictions``' four noise predictions (so several reductions can
         share one set of UNet calls, as ``scripts/dd_gradient_share.py`` does)."""

@@ -53,13 +53,13 @@ from step.record import StepRecord
 from step.requests import TextRequest, encode_request
 
 if TYPE_CHECKING:
-    from models.base import PersonalizationModule
+    from losses.model_view import ModelView
 
 MASK_SALT = 5  # step_generator salt of the masking draws (0: training noise, 1: validation)
 CAPTION_SALT = 6  # ... and of the caption batch's draws
 
 
-def protected_sequences(module: PersonalizationModule) -> list[list[int]]:
+def protected_sequences(module: ModelView) -> list[list[int]]:
     """The token ids of each concept token and class word (what MLM must never mask)."""
     return [
         module.tokenizer(text, add_special_tokens=False).input_ids
@@ -69,7 +69,7 @@ def protected_sequences(module: PersonalizationModule) -> list[list[int]]:
 
 
 def protected_positions(
-    module: PersonalizationModule,
+    module: ModelView,
     input_ids: torch.Tensor,
     sequences: list[list[int]] | None = None,
 ) -> torch.Tensor:
@@ -127,7 +127,7 @@ class MaskedLanguageModelingLoss(Regularizer):
         self._protected: tuple[int, list[list[int]]] | None = None
 
     # ----- loading (from the module's setup, before the first step) ---------------------------
-    def prepare(self, module: PersonalizationModule) -> None:
+    def prepare(self, module: ModelView) -> None:
         """Load psi and ``[MASK]`` frozen; a missing export names the command that makes it."""
         name = module.pretrained_model_name_or_path
         folder = Path(self.contextualizer_dir or default_contextualizer_dir(name))
@@ -151,7 +151,7 @@ class MaskedLanguageModelingLoss(Regularizer):
         self.mask_vector = mask_vector.to(module.device).reshape(1, -1)
         self._loaded_from = folder
 
-    def prefill(self, module: PersonalizationModule, datamodule: Any) -> None:
+    def prefill(self, module: ModelView, datamodule: Any) -> None:
         """Read each concept's caption pool once, for the per-step caption batch."""
         if self.mlm_batch_size is None:
             return
@@ -165,7 +165,7 @@ class MaskedLanguageModelingLoss(Regularizer):
             )
         self._pools = pools
 
-    def caption_batch(self, batch: dict[str, Any], module: PersonalizationModule) -> list[str]:
+    def caption_batch(self, batch: dict[str, Any], module: ModelView) -> list[str]:
         """This step's captions: ``mlm_batch_size`` drawn from the pools (a concept, then one of
         its captions), or the image batch's own when there is no pool (a hand-built record, or
         ``mlm_batch_size`` null)."""
@@ -190,7 +190,7 @@ class MaskedLanguageModelingLoss(Regularizer):
 
     # ----- the loss ---------------------------------------------------------------------------
     def text_requests(
-        self, batch: dict[str, Any], module: PersonalizationModule
+        self, batch: dict[str, Any], module: ModelView
     ) -> list[TextRequest]:
         """The step's caption batch, masked (masks drawn from the step's generator), for the
         step's text pass; none when nothing was masked."""
@@ -198,7 +198,7 @@ class MaskedLanguageModelingLoss(Regularizer):
         request = self.masked_request(module, self.caption_batch(batch, module), generator)
         return [] if request is None else [request]
 
-    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
+    def forward(self, record: StepRecord, module: ModelView) -> torch.Tensor:
         found = self.requested_text(record, module)
         if not found:  # nothing masked: exactly 0
             return torch.zeros((), device=record.model_pred.device)
@@ -206,7 +206,7 @@ class MaskedLanguageModelingLoss(Regularizer):
 
     def mask_positions(
         self,
-        module: PersonalizationModule,
+        module: ModelView,
         input_ids: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
@@ -219,7 +219,7 @@ class MaskedLanguageModelingLoss(Regularizer):
 
     def masked_request(
         self,
-        module: PersonalizationModule,
+        module: ModelView,
         prompts: list[str],
         generator: torch.Generator | None = None,
     ) -> TextRequest | None:
@@ -243,7 +243,7 @@ class MaskedLanguageModelingLoss(Regularizer):
         )
 
     def scores(
-        self, module: PersonalizationModule, request: TextRequest, encoding: TextEncoding
+        self, module: ModelView, request: TextRequest, encoding: TextEncoding
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(psi's logits at the masked positions, (N, vocab + 1); original ids; positions)."""
         assert self.contextualizer is not None  # masked_request checked it
@@ -259,7 +259,7 @@ class MaskedLanguageModelingLoss(Regularizer):
 
     def predictions(
         self,
-        module: PersonalizationModule,
+        module: ModelView,
         prompts: list[str],
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
@@ -273,7 +273,7 @@ class MaskedLanguageModelingLoss(Regularizer):
 
     def loss(
         self,
-        module: PersonalizationModule,
+        module: ModelView,
         prompts: list[str],
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
@@ -285,7 +285,7 @@ class MaskedLanguageModelingLoss(Regularizer):
 
     @torch.no_grad()
     def evaluate(
-        self, module: PersonalizationModule, prompts: list[str], seed: int = 0, batch_size: int = 32
+        self, module: ModelView, prompts: list[str], seed: int = 0, batch_size: int = 32
     ) -> float:
         """Mean cross-entropy per masked token over ``prompts`` (e.g. held-out ones), with
         masks fixed by ``seed``: the same draws for every model compared."""

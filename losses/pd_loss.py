@@ -41,7 +41,7 @@ from step.record import StepRecord
 from step.requests import TextRequest
 
 if TYPE_CHECKING:
-    from models.base import PersonalizationModule
+    from losses.model_view import ModelView
 
 
 class PriorDecoupleLoss(Regularizer):
@@ -82,7 +82,7 @@ class PriorDecoupleLoss(Regularizer):
         self.cache = FrozenPromptCache()
         self.token_ids: dict[str, torch.Tensor] = {}  # the concept phrases' ids, memoised
 
-    def prepare(self, module: PersonalizationModule) -> None:
+    def prepare(self, module: ModelView) -> None:
         """Load the projection before training, so a bad ``clip_model`` fails at start."""
         if chosen_text_feature(module, self.text_feature, "PDLoss") == "pooled":
             check_pooled_text_options("PDLoss", self.clip_model)
@@ -96,13 +96,13 @@ class PriorDecoupleLoss(Regularizer):
             texts += list(batch["caption_superclass"])
         return texts
 
-    def prefill(self, module: PersonalizationModule, datamodule: Any) -> None:
+    def prefill(self, module: ModelView, datamodule: Any) -> None:
         """Encode every c_g (and c_s) the DataModule can give, once, before training."""
         keys = ["caption_general"] + (["caption_superclass"] if self.target == "superclass" else [])
         self.cache.prefill(module, possible_texts(datamodule, keys))
 
     def text_requests(
-        self, batch: dict[str, Any], module: PersonalizationModule
+        self, batch: dict[str, Any], module: ModelView
     ) -> list[TextRequest]:
         """The concept phrases with gradient, one row per sample even when the strings repeat
         (with VisualEncoder the token's vectors come from each sample's own photo), cut after
@@ -117,7 +117,7 @@ class PriorDecoupleLoss(Regularizer):
         concept = TextRequest(trim_padding(ids, module.tokenizer.eos_token_id))
         return [concept, *self.cache.requests(module, self.targets(batch))]
 
-    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
+    def forward(self, record: StepRecord, module: ModelView) -> torch.Tensor:
         (_, concept), *targets = self.requested_text(record, module)
         fresh = targets[0][1] if targets else None
         fixed = self.cache.encode(module, self.targets(record.batch), fresh)

@@ -19,22 +19,26 @@ from step.encoding import TextEncoding
 from step.requests import TextRequest
 
 if TYPE_CHECKING:
-    from models.base import PersonalizationModule
+    from losses.model_view import ModelView
 
 
 def text_encoder_frozen(
-    module: PersonalizationModule, parameters: list[torch.nn.Parameter] | None = None
+    module: ModelView, parameters: list[torch.nn.Parameter] | None = None
 ) -> bool:
-    """True when the text encoder's only trainable weights are the concept-token vectors.
+    """True when the text encoders' only trainable weights are the concept-token vectors.
 
-    ``parameters``: the text encoder's parameters listed once beforehand (walking the module
+    ``parameters``: the text encoders' parameters listed once beforehand (walking the module
     tree every step costs more than the check itself on small models).
     """
-    tokens = getattr(module, "concept_tokens", None)
-    vectors = tokens.embedding.vectors if tokens is not None else None
+    vectors = {id(t.embedding.vectors) for t in getattr(module, "encoder_concept_tokens", [])}
     if parameters is None:
-        parameters = list(module.text_encoder.parameters())
-    return all(p is vectors for p in parameters if p.requires_grad)
+        parameters = text_encoder_parameters(module)
+    return all(id(p) in vectors for p in parameters if p.requires_grad)
+
+
+def text_encoder_parameters(module: ModelView) -> list[torch.nn.Parameter]:
+    """Every text encoder's parameters (SDXL's second one trains with the first)."""
+    return [p for encoder in module.text_encoders for p in encoder.parameters()]
 
 
 class FrozenPromptCache:
@@ -48,24 +52,24 @@ class FrozenPromptCache:
         # constructor, before any step); their requires_grad flags are read on every call.
         self._parameters: dict[int, list[torch.nn.Parameter]] = {}
 
-    def _bypassed(self, module: PersonalizationModule, prompts: list[str]) -> bool:
+    def _bypassed(self, module: ModelView, prompts: list[str]) -> bool:
         """True when these prompts' encodings may change between steps (nothing is kept)."""
         key = id(module.text_encoder)
         if key not in self._parameters:
-            self._parameters[key] = list(module.text_encoder.parameters())
+            self._parameters[key] = text_encoder_parameters(module)
         if not text_encoder_frozen(module, self._parameters[key]):
             return True
         pattern = token_pattern([c.token for c in module.concepts])
         return any(pattern.search(p) for p in prompts)
 
-    def missing(self, module: PersonalizationModule, prompts: list[str]) -> list[str]:
+    def missing(self, module: ModelView, prompts: list[str]) -> list[str]:
         """The distinct prompts ``encode`` would have to encode now, in first-seen order
         (all of them while the cache is bypassed)."""
         return self._missing(module, prompts)[0]
 
     @torch.no_grad()
     def prefill(
-        self, module: PersonalizationModule, prompts: list[str] | None, chunk: int = 64
+        self, module: ModelView, prompts: list[str] | None, chunk: int = 64
     ) -> None:
         """Encode ``prompts`` now (the constant texts a DataModule can give; None: unknown),
         up to ``max_prompts`` of them, so that steps find them cached from the first on."""
@@ -77,14 +81,14 @@ class FrozenPromptCache:
         for start in range(0, len(new), chunk):
             self.encode(module, new[start : start + chunk])
 
-    def requests(self, module: PersonalizationModule, prompts: list[str]) -> list[TextRequest]:
+    def requests(self, module: ModelView, prompts: list[str]) -> list[TextRequest]:
         """The missing prompts as a text request without gradient (none if all are cached),
         for a loss to fold into the step's text pass and hand back to ``encode`` as ``fresh``.
         Only for losses reading ``hidden_states`` (an id request has no per-layer states)."""
         missing = self.missing(module, prompts)
         return [TextRequest(module.tokenize(missing), with_grad=False)] if missing else []
 
-    def _missing(self, module: PersonalizationModule, prompts: list[str]) -> tuple[list[str], bool]:
+    def _missing(self, module: ModelView, prompts: list[str]) -> tuple[list[str], bool]:
         """(``missing``, whether the cache is bypassed for these prompts)."""
         first = next(iter(self._entries.values()), None)
         if first is not None and first["hidden_states"].device != module.device:
@@ -96,7 +100,7 @@ class FrozenPromptCache:
 
     @torch.no_grad()
     def encode(
-        self, module: PersonalizationModule, prompts: list[str], fresh: TextEncoding | None = None
+        self, module: ModelView, prompts: list[str], fresh: TextEncoding | None = None
     ) -> TextEncoding:
         """Encodings of ``prompts`` with no gradient, from the cache where valid.
 

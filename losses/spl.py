@@ -44,12 +44,12 @@ from step.record import StepRecord
 from step.requests import TextRequest
 
 if TYPE_CHECKING:
-    from models.base import PersonalizationModule
+    from losses.model_view import ModelView
 
 Pool = Literal["eos", "concept"]
 
 
-def concept_token_positions(module: PersonalizationModule, record: StepRecord) -> torch.Tensor:
+def concept_token_positions(module: ModelView, record: StepRecord) -> torch.Tensor:
     """Position of the first concept token (a concept's first vector) in each prompt."""
     token_ids = module.tokenizer.convert_tokens_to_ids([c.token for c in module.concepts])
     wanted = torch.as_tensor(token_ids, device=record.input_ids.device)
@@ -99,24 +99,24 @@ class SemanticPreservationLoss(Regularizer):
         self.every_layer = every_layer
         self.cache = FrozenPromptCache()
 
-    def prepare(self, module: PersonalizationModule) -> None:
+    def prepare(self, module: ModelView) -> None:
         """Load the projection before training, so a bad ``clip_model`` fails at start."""
         if self.project and module.family.name == "sdxl":
             check_pooled_text_options("SPL", self.clip_model, self.pool)
         elif self.project:
             module.text_projection(self.clip_model)
 
-    def prefill(self, module: PersonalizationModule, datamodule: Any) -> None:
+    def prefill(self, module: ModelView, datamodule: Any) -> None:
         """Encode every superclass prompt the DataModule can give, once, before training."""
         self.cache.prefill(module, possible_texts(datamodule, ["superclass_prompts"]))
 
     def text_requests(
-        self, batch: dict[str, Any], module: PersonalizationModule
+        self, batch: dict[str, Any], module: ModelView
     ) -> list[TextRequest]:
         """The superclass prompts not cached yet, encoded in the step's text pass."""
         return self.cache.requests(module, list(batch["superclass_prompts"]))
 
-    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
+    def forward(self, record: StepRecord, module: ModelView) -> torch.Tensor:
         eos = module.tokenizer.eos_token_id
         layers = record.layer_states if self.every_layer else None
         concept = TextEncoding(record.encoder_hidden_states, record.input_ids, layers)

@@ -51,7 +51,7 @@ from losses.prompt_cache import FrozenPromptCache, possible_texts
 from step.record import StepRecord
 
 if TYPE_CHECKING:
-    from models.base import PersonalizationModule
+    from losses.model_view import ModelView
 
 Truncation = Literal["reference", "zero", "none"]
 VARIANCE_FLOOR = 1e-6  # the authors' guard: sigma_t^2 = 0 at t = 0
@@ -98,10 +98,10 @@ class SubjectDerivedLoss(Regularizer):
         self.reduction: Reduction = reduction
         self.cache = FrozenPromptCache()
 
-    def prepare(self, module: PersonalizationModule) -> None:
+    def prepare(self, module: ModelView) -> None:
         check_epsilon_prediction(module.noise_scheduler, "SuDe")
 
-    def prefill(self, module: PersonalizationModule, datamodule: Any) -> None:
+    def prefill(self, module: ModelView, datamodule: Any) -> None:
         """Encode every superclass prompt the DataModule can give and the empty one, once."""
         self.cache.prefill(module, possible_texts(datamodule, ["superclass_prompts"], also=("",)))
 
@@ -110,7 +110,7 @@ class SubjectDerivedLoss(Regularizer):
         squared = (a - b).pow(2).flatten(1)
         return squared.mean(dim=1) if self.reduction == "mean" else squared.sum(dim=1)
 
-    def forward(self, record: StepRecord, module: PersonalizationModule) -> torch.Tensor:
+    def forward(self, record: StepRecord, module: ModelView) -> torch.Tensor:
         superclass = list(record.batch["superclass_prompts"])
         with torch.no_grad():
             text = self.cache.encode(module, superclass + [""] * len(superclass))

@@ -12,15 +12,29 @@ the encoding handed back is cut to the request's own width.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from step.encoding import TextEncoding
 
-if TYPE_CHECKING:
-    from models.base import PersonalizationModule
+
+class TokenIdEncoder(Protocol):
+    """The two text paths a request is encoded through (the module's; see
+    losses/model_view.py for the whole view a regularizer gets)."""
+
+    def encode_token_ids(
+        self, input_ids: torch.Tensor, extra_vectors: torch.Tensor | None = None
+    ) -> TextEncoding:
+        """Token ids through the text path (``extra_vectors``: ids past the vocabulary)."""
+        ...
+
+    def encode_token_variants(
+        self, input_ids: torch.Tensor, extra_vectors: torch.Tensor | None = None
+    ) -> TextEncoding:
+        """`encode_token_ids` once per set of concept vectors the UNet reads."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -45,7 +59,7 @@ class TextRequest:
     layer_variants: bool = False
 
 
-def encode_request(module: PersonalizationModule, request: TextRequest) -> TextEncoding:
+def encode_request(module: TokenIdEncoder, request: TextRequest) -> TextEncoding:
     """One request on its own (one text-encoder call), for paths that cannot fold."""
     encode = module.encode_token_variants if request.layer_variants else module.encode_token_ids
     with torch.set_grad_enabled(request.with_grad and torch.is_grad_enabled()):

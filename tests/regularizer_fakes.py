@@ -61,6 +61,7 @@ class FakeModule:
         self.tokenizer = FakeTokenizer()
         self.concepts = [ConceptSpec("<v1>", "dog")]
         self.text_encoder = nn.Linear(1, 1).requires_grad_(False)
+        self.text_encoders = [self.text_encoder]
         self.device = torch.device("cpu")
         self.noise_scheduler = sd_scheduler()
         self.texts = texts

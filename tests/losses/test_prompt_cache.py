@@ -78,3 +78,15 @@ def test_possible_texts_is_none_when_any_key_is_unknown() -> None:
     assert possible_texts(datamodule, ["superclass_prompts"], also=("",)) == [*superclass, ""]
     assert possible_texts(datamodule, ["superclass_prompts", "context_prompts"]) is None
     assert possible_texts(object(), ["superclass_prompts"]) is None
+
+
+def test_a_training_second_text_encoder_bypasses_it(tiny_sdxl_path) -> None:
+    # SDXL: the cache must see a trainable weight in either encoder, not only the first.
+    module = CustomDiffusion(pretrained_model_name_or_path=str(tiny_sdxl_path), concepts=TOY)
+    cache = FrozenPromptCache()
+    cache.encode(module, ["a toy"])
+    assert cache.missing(module, ["a toy"]) == []
+    module.text_encoder_2.text_model.final_layer_norm.weight.requires_grad_(True)
+    fresh = FrozenPromptCache()
+    fresh.encode(module, ["a toy"])
+    assert fresh.missing(module, ["a toy"]) == ["a toy"]

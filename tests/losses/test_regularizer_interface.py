@@ -106,3 +106,29 @@ def test_missing_data_is_a_clear_error_before_training(
     with pytest.raises(ValueError, match=message):
         tiny_trainer(tmp_path, max_steps=2).fit(module, datamodule=datamodule)
     assert torch.equal(module.concept_tokens.embedding.vectors, before)  # no step was taken
+
+
+def view_members() -> set[str]:
+    """Every member the regularizers' view declares (its own and its base protocol's)."""
+    from losses.model_view import ModelView
+
+    names: set[str] = set()
+    for cls in ModelView.__mro__:
+        if cls.__module__ in {"losses.model_view", "step.requests"}:
+            names |= set(getattr(cls, "__annotations__", {}))
+            names |= {n for n in vars(cls) if not n.startswith("_")}
+    return names
+
+
+def test_the_module_offers_everything_the_view_declares() -> None:
+    # Losses are typed against the view, not the base class: each declared member must exist
+    # on a real module, with the view's type where one can be read.
+    module = TextualInversion(concepts=tiny_datamodule().concepts)
+    members = view_members()
+    assert {"tokenizer", "predict_noise", "encode_token_ids", "family", "all_gather"} <= members
+    missing = sorted(name for name in members if not hasattr(module, name))
+    assert missing == []
+    assert isinstance(module.device, torch.device)
+    assert isinstance(module.concepts, list)
+    assert isinstance(module.pretrained_model_name_or_path, str)
+    assert type(module.family).__module__.startswith("backbones.")
