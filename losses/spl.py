@@ -15,8 +15,10 @@ CLIP's text projection to both (off in the paper and the official code).
 
 On SDXL (docs/DESIGN.md, "A backbone family") the features are read from what its UNet reads:
 the conditioning states (both encoders' penultimate states, concatenated) at the pooling
-position; ``project`` takes SDXL's pooled text instead, the second encoder's own projected
-end-of-text feature (``text_embeds``; CLIP-space, so ``clip_model`` does not apply).
+position. With ``project``, ``text_feature`` says which projected feature: ``pooled`` (the
+``auto`` choice) is SDXL's pooled text, the second encoder's own projected end-of-text feature
+(``text_embeds``; CLIP-space, so ``clip_model`` does not apply); ``clip`` is CLIP ViT-L's
+projection of the first encoder's last-layer end-of-text state, as PDLoss offers.
 
 With XTI/P+ (``every_layer``, the default) the loss is the mean over every cross-attention
 layer's states, so each layer's token is pulled towards the class, not only ``text_layer``'s.
@@ -35,7 +37,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
-from components.text_projection import check_pooled_text_options
+from components.text_projection import (
+    TextFeature,
+    check_pooled_text_options,
+    check_text_feature,
+    chosen_text_feature,
+)
 from components.text_projection import project as apply_projection
 from losses.base import Regularizer
 from losses.prompt_cache import FrozenPromptCache, possible_texts
@@ -79,6 +86,7 @@ class SemanticPreservationLoss(Regularizer):
         project: bool = False,
         clip_model: str | None = None,
         every_layer: bool = True,
+        text_feature: TextFeature = "auto",
     ) -> None:
         """
         Args:
@@ -89,6 +97,10 @@ class SemanticPreservationLoss(Regularizer):
             every_layer: with XTI/P+, the mean of the loss over every cross-attention layer's
                 states (each layer's token); False: only the ``text_layer``'s. Other
                 baselines have one set of states either way.
+            text_feature: with ``project``, which projected feature: ``clip`` (CLIP's text
+                projection of the first encoder's last-layer end-of-text state), ``pooled``
+                (the family's own pooled text, SDXL's), ``auto`` (``pooled`` where the family
+                has one). Without ``project`` it must stay ``auto``.
         """
         super().__init__(weight)
         if pool not in ("eos", "concept"):
@@ -97,13 +109,26 @@ class SemanticPreservationLoss(Regularizer):
         self.project = project
         self.clip_model = clip_model
         self.every_layer = every_layer
+        self.text_feature = check_text_feature(text_feature)
+        if self.text_feature != "auto" and not project:
+            raise ValueError(
+                f"SPL text_feature: {text_feature} chooses a projected feature; set project: "
+                "true, or leave text_feature: auto to compare the unprojected states."
+            )
         self.cache = FrozenPromptCache()
 
     def prepare(self, module: ModelView) -> None:
         """Load the projection before training, so a bad ``clip_model`` fails at start."""
-        if self.project and module.family.name == "sdxl":
+        if not self.project:
+            return
+        if chosen_text_feature(module, self.text_feature, "SPL") == "pooled":
             check_pooled_text_options("SPL", self.clip_model, self.pool)
-        elif self.project:
+        else:
+            if self.pool != "eos" and module.family.name != "sd1":
+                raise ValueError(
+                    "SPL text_feature: clip on this backbone reads the first encoder's "
+                    "end-of-text state; set pool: eos, or project: false."
+                )
             module.text_projection(self.clip_model)
 
     def prefill(self, module: ModelView, datamodule: Any) -> None:
@@ -130,10 +155,14 @@ class SemanticPreservationLoss(Regularizer):
         superclass = list(record.batch["superclass_prompts"])
         superclass_encoding = self.cache.encode(module, superclass, *fresh)
         superclass_features = superclass_encoding.pooled(eos)
-        if self.project and record.text_embeds is not None:  # SDXL's own projected feature
-            concept_features = record.text_embeds.unsqueeze(0)
+        feature = chosen_text_feature(module, self.text_feature, "SPL") if self.project else ""
+        if feature == "pooled":  # SDXL's own projected feature
+            concept_features = record.text_embeds.unsqueeze(0)  # type: ignore[union-attr]
             superclass_features = superclass_encoding.text_embeds  # type: ignore[assignment]
-        elif self.project:
+        elif feature == "clip":
+            if record.clip_pooled is not None:  # SDXL: CLIP ViT-L's last-layer end-of-text
+                concept_features = record.clip_pooled.unsqueeze(0)
+                superclass_features = superclass_encoding.clip_text_feature(eos)
             projection = module.text_projection(self.clip_model)
             concept_features = apply_projection(projection, concept_features)
             superclass_features = apply_projection(projection, superclass_features)

@@ -404,6 +404,7 @@ class PersonalizationModule(
             batch=batch,
             text_embeds=text.text_embeds,
             time_ids=time_ids,
+            clip_pooled=text.clip_pooled,
             requested_text=requested_text,
         )
         return split_prior(record, num_instances) if len(latents) > num_instances else record

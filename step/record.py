@@ -37,6 +37,9 @@ class StepRecord:
     # size ids (B, 6)), so a loss can make its own calls on the same images; None for SD 1.x.
     text_embeds: torch.Tensor | None = None
     time_ids: torch.Tensor | None = None
+    # SDXL: the first (CLIP ViT-L) encoder's last-layer end-of-text state (B, D1), what CLIP's
+    # text projection applies to (see TextEncoding.clip_pooled); None where the states are it.
+    clip_pooled: torch.Tensor | None = None
     # Regularizers' text requests with their encodings from the step's text pass, by the
     # requester's id (see `Regularizer.requested_text`).
     requested_text: dict[int, list[tuple[TextRequest, TextEncoding]]] = field(default_factory=dict)

@@ -21,6 +21,14 @@ from helpers import DREAMBENCH, REPO_ROOT  # noqa: F401  (re-exported for tests)
 torch.set_num_threads(int(os.environ.get("PERSONALIZE_TEST_THREADS", "1")))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files with heavy runs first: the workers take one file at a time (``--dist
+    loadfile`` in setup.cfg, so a module's expensive fixture is built once), in this order; a
+    long run started last would leave the other worker idle until it ends, started first the
+    quick files fill in beside it."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every test session builds its own tiny pipeline, so no stale cache can leak in."""

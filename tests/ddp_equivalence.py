@@ -26,8 +26,8 @@ from helpers import trainable_state  # noqa: E402  (tests/, this script's own fo
 
 import train  # noqa: E402  (after the path: this file runs as a script)
 
-# method name -> its config (each runs with configs/tiny.yaml after it).
-METHOD_CONFIGS = {
+# method name -> its config(s) (each runs with configs/tiny.yaml after them).
+METHOD_CONFIGS: dict[str, str | tuple[str, ...]] = {
     "textual_inversion": "configs/textual_inversion.yaml",
     "custom_diffusion": "configs/custom_diffusion.yaml",
     "dreambooth": "configs/dreambooth.yaml",
@@ -37,6 +37,9 @@ METHOD_CONFIGS = {
     # No UNet call: the InfoNCE's negatives come from both ranks through the gradient-carrying
     # gather, so two ranks at batch 1 see the batch-2 loss one process sees.
     "clif_stage1": "configs/clif/stage1_text.yaml",
+    # SDXL: each sample's size ids and pooled text reach the UNet and DDLoss's extra calls;
+    # the ranks' shares must condition exactly as the one process's batch does.
+    "sdxl_accord": ("configs/accord/custom_diffusion.yaml", "configs/backbones/sdxl.yaml"),
 }
 # Options a method needs beyond the shared ones: folders under the test's own directory.
 EXTRA_OPTIONS = {
@@ -65,8 +68,11 @@ def fit_and_save(method: str, out: Path, global_batch: int, world_size: int) -> 
     if global_batch % world_size:
         raise SystemExit(f"error: global batch {global_batch} is not divisible by {world_size}")
     run_dir = out / f"runs-{world_size}" / method
+    configs = METHOD_CONFIGS[method]
+    configs = (configs,) if isinstance(configs, str) else configs
     args = [
-        "--config", METHOD_CONFIGS[method], "--config", "configs/tiny.yaml",
+        *(part for config in configs for part in ("--config", config)),
+        "--config", "configs/tiny.yaml",
         "--trainer.devices", str(world_size),
         "--trainer.strategy", "ddp" if world_size > 1 else "auto",
         "--trainer.max_steps", str(STEPS),

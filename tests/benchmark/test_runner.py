@@ -57,17 +57,16 @@ def test_ray_runs_the_grid_reports_a_failed_pair_and_a_second_call_skips_finishe
         Path("configs/textual_inversion.yaml").read_text()
         + "\nmdoel:\n  init_args: {scale_lr: true}\n"
     )
-    methods = [
-        parse_method("configs/textual_inversion.yaml"),
-        parse_method("cd=configs/custom_diffusion.yaml"),
-    ]
+    # One method that trains and one that fails at its config: two pairs at a time through
+    # Ray, the failure reported by name, the table averaged over the subjects that ran.
+    methods = [parse_method("cd=configs/custom_diffusion.yaml")]
     broken = parse_method(f"broken={broken_config}")
     output = tmp_path / "bench"
     overlay = [Path("configs/tiny.yaml")]
     pool = PoolSettings(num_cpus=2)  # a local Ray instance with 2 CPUs: two pairs at a time
     handler_before = signal.getsignal(signal.SIGTERM)
     first = run_benchmark([*methods, broken], subjects, output, overlay, QUICK, pool)
-    assert len(first["ran"]) == 4 and not first["skipped"]
+    assert len(first["ran"]) == 2 and not first["skipped"]
     assert sorted(p.describe() for p in first["failed"]) == ["broken on robodog", "broken on robot"]
     printed = capsys.readouterr().out
     for subject in subjects:  # each failure named with its exit code and its log
@@ -83,25 +82,24 @@ def test_ray_runs_the_grid_reports_a_failed_pair_and_a_second_call_skips_finishe
     assert per_pair[("cd", "robodog")]["prompts"]["set"] == "dreambench_live"
     with (output / "table.csv").open() as handle:
         table = list(csv.DictReader(handle))
-    assert [row["method"] for row in table] == ["textual_inversion", "cd", "broken"]
+    assert [row["method"] for row in table] == ["cd", "broken"]
     assert list(table[0]) == ["method", *ALL_METRICS, "subjects"]
-    assert table[2]["subjects"] == "0/2"
-    for row in table[:2]:
-        assert row["subjects"] == "2/2"
-        for key in ALL_METRICS:
-            values = [per_pair[(row["method"], s.name)]["metrics"][key] for s in subjects]
-            assert float(row[key]) == pytest.approx(sum(values) / 2)
+    assert table[1]["subjects"] == "0/2"
+    assert table[0]["subjects"] == "2/2"
+    for key in ALL_METRICS:
+        values = [per_pair[("cd", s.name)]["metrics"][key] for s in subjects]
+        assert float(table[0][key]) == pytest.approx(sum(values) / 2)
     markdown = (output / "table.md").read_text().splitlines()
     assert markdown[0].startswith(
         "| Method | CLIP-T ↑ | CLIP-I ↑ | DINO-I ↑ | BLIP-T ↑ | DINO-FG ↑"
     )
-    assert len(markdown) == 2 + 3
+    assert len(markdown) == 2 + 2
 
     # Ray's SIGTERM handler does not outlive the run (a later SIGTERM means what it did).
     assert signal.getsignal(signal.SIGTERM) is handler_before
     stamps = {p: results_file(output, p).stat().st_mtime_ns for p in first["ran"]}
     second = run_benchmark(methods, subjects, output, overlay, QUICK, pool)
-    assert not second["ran"] and len(second["skipped"]) == 4
+    assert not second["ran"] and len(second["skipped"]) == 2
     assert all(results_file(output, p).stat().st_mtime_ns == t for p, t in stamps.items())
 
 

@@ -205,6 +205,24 @@ def test_spl_on_sdxl_reads_what_the_unet_reads(setting, project: bool) -> None:
     assert ours == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
 
 
+def test_spl_on_sdxl_can_project_the_first_encoders_clip_features(setting) -> None:
+    # text_feature: clip, as PDLoss: CLIP ViT-L's projection of encoder 1's last-layer
+    # end-of-text state of the prompt and of its superclass prompt.
+    module, pipe, record = setting
+    loss = SemanticPreservationLoss(project=True, text_feature="clip")
+    loss.prepare(module)
+    with torch.no_grad():
+        ours = loss(record, module).item()
+        concept = clip_l_features(pipe, [*BATCH["prompts"]])
+        superclass = clip_l_features(pipe, [*BATCH["superclass_prompts"]])
+    expected = (1 - torch.nn.functional.cosine_similarity(concept, superclass, dim=-1)).mean()
+    assert ours == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError, match="set project: true"):
+        SemanticPreservationLoss(text_feature="clip")
+    with pytest.raises(ValueError, match="set pool: eos"):
+        SemanticPreservationLoss(project=True, text_feature="clip", pool="concept").prepare(module)
+
+
 def test_clif_info_nce_on_sdxl_reads_clip_l_at_its_last_layer(setting) -> None:
     """CLIF's official SDXL code: the text side is SDXL's first encoder (CLIP ViT-L), its
     last-layer end-of-text state through CLIP's text projection (not the UNet's penultimate
