@@ -1,15 +1,20 @@
 """XTI / P+ (Voynov et al. 2023): a concept token per UNet cross-attention layer.
 
-Only the per-layer token vectors train (16 layers x num_vectors for SD 1.5). The vectors live
-in the concept-token table (``ConceptTokens``), one block of rows per layer; the mechanics are
-in `models.xti_layers`. ``encode_text`` returns the packed per-layer states as
+Only the per-layer token vectors train (16 layers x num_vectors for SD 1.5; on SDXL 11 layers,
+one per spatial transformer, in both text encoders). The vectors live in each encoder's
+concept-token table (``ConceptTokens``), one block of rows per layer; the mechanics are in
+`models.xti_layers`. ``encode_text`` returns the packed per-layer states as
 ``layer_states`` (what the UNet is given, via ``TextEncoding.conditioning``) and, as
 ``hidden_states``, the states of one layer, ``text_layer``: by default the middle block's,
 the coarse layer P+ finds to carry the concept's semantics, for losses on the text side.
+On SDXL the UNet's one pooled text embedding (a per-image condition, not a per-layer one) is
+``text_layer``'s too.
 
 Export: ``xti_embeds.safetensors``, ``{token: (n_layers, num_vectors, dim)}`` with the layer
-names in its metadata. diffusers has no loader for it: `load_xti` installs it into any
-``StableDiffusionPipeline`` and `xti_pipeline` builds one that generates from plain prompts.
+names in its metadata; on SDXL one tensor per encoder, ``clip_l/<token>`` and
+``clip_g/<token>`` (the encoders named as SDXL embeddings name them). diffusers has no loader
+for it: `load_xti` installs it into a ``StableDiffusionPipeline`` or
+``StableDiffusionXLPipeline``, and `xti_pipeline` builds one that generates from plain prompts.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from backbones import FAMILIES, choose_family
+from backbones.base import BackboneFamily
 from core.concept import vector_token_names
 from exports.manifest import Format, not_loadable
 from models.base import PersonalizationModule
@@ -41,10 +48,20 @@ from pretrained.resolve import resolve_pretrained
 from step.encoding import TextEncoding, tokenize_padded
 
 XTI_EMBEDS = "xti_embeds.safetensors"
+# The text encoders' names in an SDXL export, first encoder first (A1111 / ComfyUI's SDXL
+# embedding keys); an SD 1.x export keys its one encoder's tensors by token alone.
+SDXL_ENCODERS = ("clip_l", "clip_g")
 
 
 def read_xti(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Token vectors ``{token: (n_layers, num_vectors, dim)}`` and the layer names."""
+    """The first text encoder's vectors ``{token: (n_layers, num_vectors, dim)}`` and the
+    layer names (`read_xti_encoders`: every encoder's)."""
+    per_encoder, layers = read_xti_encoders(path)
+    return per_encoder[0], layers
+
+
+def read_xti_encoders(path: str | Path) -> tuple[list[dict[str, torch.Tensor]], list[str]]:
+    """Each text encoder's ``{token: (n_layers, num_vectors, dim)}`` and the layer names."""
     path = Path(path)
     if path.is_dir():
         path = path / XTI_EMBEDS
@@ -57,8 +74,11 @@ def read_xti(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
                 f"{str(path)!r} has no 'xti_layers' metadata; it is not an XTI export "
                 "(Textual Inversion files load with pipe.load_textual_inversion)."
             )
-        tokens = json.loads(metadata.get("xti_tokens", "[]")) or list(handle.keys())
-        vectors = {token: handle.get_tensor(token) for token in tokens}
+        encoders = json.loads(metadata.get("xti_encoders", "[]"))
+        keys = list(handle.keys())
+        tokens = json.loads(metadata.get("xti_tokens", "[]")) or keys
+        prefixes = [f"{name}/" for name in encoders] or [""]
+        vectors = [{t: handle.get_tensor(prefix + t) for t in tokens} for prefix in prefixes]
     return vectors, json.loads(metadata["xti_layers"])
 
 
@@ -66,6 +86,7 @@ class XTI(PersonalizationModule):
     """Learns ``num_vectors`` vectors per concept for each cross-attention layer."""
 
     EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = ((XTI_EMBEDS, Format.XTI_EMBEDDINGS),)
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
     LOAD_INSTEAD: ClassVar[str] = (
         "its per-layer tokens need XTI's own prompt encoding; models.xti.xti_pipeline(<base "
         "model>, folder) builds a pipeline that generates from plain prompts (or load_xti(pipe, "
@@ -90,13 +111,15 @@ class XTI(PersonalizationModule):
         num_layers = len(self.layer_names)
         if num_layers == 0:
             raise ValueError("This UNet has no cross-attention layers; XTI needs them.")
-        embedding = self.concept_tokens.embedding
         names = [n for c in self.concepts for n in vector_token_names(c.token, self.num_vectors)]
-        reserve_layer_tokens(self.tokenizer, names, num_layers)
-        self.blocks = LayerTokenBlocks([(embedding.base_vocab_size, len(names))])
-        # Layer-major rows: layer l's copy of token entry k is row l * K + k; every layer starts
-        # from the initializer word, as Textual Inversion does.
-        embedding.vectors = nn.Parameter(embedding.vectors.detach().repeat(num_layers, 1))
+        for name, tokens in zip(self.family.tokenizer_names, self.encoder_concept_tokens):
+            reserve_layer_tokens(getattr(self, name), names, num_layers)
+            # Layer-major rows: layer l's copy of token entry k is row l * K + k; every layer
+            # starts from the initializer word, as Textual Inversion does.
+            vectors = tokens.embedding.vectors.detach().repeat(num_layers, 1)
+            tokens.embedding.vectors = nn.Parameter(vectors)
+        first_id = self.concept_tokens.embedding.base_vocab_size
+        self.blocks = LayerTokenBlocks([(first_id, len(names))])
         install_processors(self.unet, self.layer_names, self.tokenizer.model_max_length)
         if text_layer is None:
             text_layer = default_text_layer(self.layer_names)
@@ -110,9 +133,9 @@ class XTI(PersonalizationModule):
     def num_vectors(self) -> int:
         return self.concept_tokens.num_vectors
 
-    def layer_vectors(self, concept_index: int) -> torch.Tensor:
-        """One concept's vectors, (n_layers, num_vectors, dim)."""
-        table = self.concept_tokens.embedding.vectors
+    def layer_vectors(self, concept_index: int, encoder: int = 0) -> torch.Tensor:
+        """One concept's vectors in one text encoder, (n_layers, num_vectors, dim)."""
+        table = self.encoder_concept_tokens[encoder].embedding.vectors
         per_layer = table.view(len(self.layer_names), -1, table.shape[-1])
         start = concept_index * self.num_vectors
         return per_layer[:, start : start + self.num_vectors]
@@ -120,10 +143,10 @@ class XTI(PersonalizationModule):
     def encode_text(self, prompts: list[str]) -> TextEncoding:
         """Per-layer states (``layer_states``, packed) and ``text_layer``'s (``hidden_states``)."""
         input_ids = self.tokenize(prompts)
-        layers = encode_per_layer(self.text_encoder, input_ids, self.blocks, len(self.layer_names))
-        return TextEncoding(
-            hidden_states=layers[self.text_layer], input_ids=input_ids, layer_states=pack(layers)
-        )
+        # The family's text path without `encode_token_ids`' remap to text_layer's copies.
+        encode = super().encode_token_ids
+        layers = encode_per_layer(encode, input_ids, self.blocks, len(self.layer_names))
+        return with_layer_states(layers, self.text_layer)
 
     def encode_token_ids(
         self, input_ids: torch.Tensor, extra_vectors: torch.Tensor | None = None
@@ -145,31 +168,38 @@ class XTI(PersonalizationModule):
 
     def load_embeddings(self, path: str | Path) -> None:
         """Start from saved per-layer vectors (same layers, tokens and num_vectors)."""
-        vectors, layers = read_xti(path)
+        per_encoder, layers = read_xti_encoders(path)
+        check_encoder_count(len(per_encoder), self.family, repr(str(path)))
         check_layers(layers, self.layer_names, repr(str(path)))
         with torch.no_grad():
-            for index, concept in enumerate(self.concepts):
-                target = self.layer_vectors(index)
-                saved = vectors.get(concept.token)
-                if saved is None or saved.shape != target.shape:
-                    found = None if saved is None else tuple(saved.shape)
-                    raise ValueError(
-                        f"{str(path)!r} holds no {concept.token!r} of shape "
-                        f"{tuple(target.shape)} (found {found}); tokens {sorted(vectors)}."
-                    )
-                target.copy_(saved)
+            for encoder, vectors in enumerate(per_encoder):
+                for index, concept in enumerate(self.concepts):
+                    target = self.layer_vectors(index, encoder)
+                    saved = vectors.get(concept.token)
+                    if saved is None or saved.shape != target.shape:
+                        found = None if saved is None else tuple(saved.shape)
+                        raise ValueError(
+                            f"{str(path)!r} holds no {concept.token!r} of shape "
+                            f"{tuple(target.shape)} (found {found}); tokens {sorted(vectors)}."
+                        )
+                    target.copy_(saved)
 
     def export(self, folder: Path) -> list[Path]:
         """``xti_embeds.safetensors``: every concept's per-layer vectors and the layer names."""
         folder.mkdir(parents=True, exist_ok=True)
+        count = len(self.encoder_concept_tokens)
+        prefixes = [f"{name}/" for name in SDXL_ENCODERS] if count > 1 else [""]
         tensors = {
-            c.token: self.layer_vectors(i).detach().float().cpu().contiguous()
+            prefix + c.token: self.layer_vectors(i, encoder).detach().float().cpu().contiguous()
+            for encoder, prefix in enumerate(prefixes)
             for i, c in enumerate(self.concepts)
         }
         metadata = {
             "xti_layers": json.dumps(self.layer_names),
             "xti_tokens": json.dumps([c.token for c in self.concepts]),
         }
+        if count > 1:
+            metadata["xti_encoders"] = json.dumps(list(SDXL_ENCODERS))
         save_file(tensors, str(folder / XTI_EMBEDS), metadata=metadata)
         return [folder / XTI_EMBEDS]
 
@@ -180,54 +210,120 @@ class XTI(PersonalizationModule):
         raise not_loadable(cls.__name__, folder, cls.LOAD_INSTEAD)
 
 
+def with_layer_states(layers: list[TextEncoding], text_layer: int) -> TextEncoding:
+    """One encoding of every layer's states (packed, what the UNet reads) whose own states and
+    pooled outputs are ``text_layer``'s."""
+    chosen = layers[text_layer]
+    return TextEncoding(
+        chosen.hidden_states,
+        chosen.input_ids,
+        layer_states=pack(torch.stack([layer.hidden_states for layer in layers])),
+        text_embeds=chosen.text_embeds,
+        clip_pooled=chosen.clip_pooled,
+    )
+
+
+def check_encoder_count(count: int, family: BackboneFamily, source: str) -> None:
+    """An export's vectors fit a family with as many text encoders as it has tensors for."""
+    wanted = len(family.text_encoder_names)
+    if count != wanted:
+        raise ValueError(
+            f"XTI embeddings {source} hold vectors for {count} text encoder(s), but this "
+            f"{family.display_name} model has {wanted}; XTI embeddings load only into the "
+            "family they were learned on."
+        )
+
+
 # ----- diffusers: loading and generating ----------------------------------------------------
-def load_xti(pipe: StableDiffusionPipeline, path: str | Path) -> list[str]:
+def family_of(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline) -> BackboneFamily:
+    """The backbone family of a diffusers pipeline (SDXL's has a second text encoder)."""
+    return FAMILIES["sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd1"]
+
+
+def _text_parts(pipe: Any) -> list[tuple[Any, nn.Module]]:
+    family = family_of(pipe)
+    pairs = zip(family.tokenizer_names, family.text_encoder_names)
+    return [(getattr(pipe, t), getattr(pipe, e)) for t, e in pairs]
+
+
+def load_xti(
+    pipe: StableDiffusionPipeline | StableDiffusionXLPipeline, path: str | Path
+) -> list[str]:
     """Install an XTI export into a pipeline: tokens, per-layer rows and attention processors.
 
-    Generate with `xti_prompt_embeds` (any pipeline) or build an `XTIStableDiffusionPipeline`
-    (plain prompts). Returns the tokens loaded; raises before touching the pipeline if the
-    export's layers do not match its UNet.
+    Generate with `xti_prompt_embeds` / `xti_text` (any pipeline) or build the XTI pipeline
+    of its family (plain prompts). Returns the tokens loaded; raises before touching the
+    pipeline if the export's layers or text encoders do not match it.
     """
-    vectors, layers = read_xti(path)
-    check_layers(layers, cross_attention_layers(pipe.unet), repr(str(path)))
-    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
-    num_vectors = {t: v.shape[1] for t, v in vectors.items()}
-    names = [n for t in vectors for n in vector_token_names(t, num_vectors[t])]
-    vocab = tokenizer.get_vocab()
-    taken = [n for n in names if n in vocab or f"{n}</w>" in vocab]
-    if taken:
-        raise ValueError(f"Tokens {taken} are already in the pipeline's tokenizer.")
-    first = len(tokenizer)
-    if text_encoder.get_input_embeddings().num_embeddings != first:
-        raise ValueError(
-            f"The text encoder has {text_encoder.get_input_embeddings().num_embeddings} token "
-            f"embeddings but the tokenizer {first} tokens; load_xti needs them to agree."
-        )
-    tokenizer.add_tokens(names)
-    reserve_layer_tokens(tokenizer, names, len(layers))
-    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    rows = torch.cat([v.reshape(len(layers), -1, v.shape[-1]) for v in vectors.values()], dim=1)
-    weight = text_encoder.get_input_embeddings().weight
-    with torch.no_grad():
-        weight[first:] = rows.reshape(-1, rows.shape[-1]).to(weight.dtype)
+    per_encoder, layers = read_xti_encoders(path)
+    source = repr(str(path))
+    check_encoder_count(len(per_encoder), family_of(pipe), source)
+    check_layers(layers, cross_attention_layers(pipe.unet), source)
+    layers = cross_attention_layers(pipe.unet)
+    parts = _text_parts(pipe)
+    num_vectors = {t: v.shape[1] for t, v in per_encoder[0].items()}
+    names = [n for t in per_encoder[0] for n in vector_token_names(t, num_vectors[t])]
+    for tokenizer, text_encoder in parts:  # every check before anything changes
+        vocab = tokenizer.get_vocab()
+        taken = [n for n in names if n in vocab or f"{n}</w>" in vocab]
+        if taken:
+            raise ValueError(f"Tokens {taken} are already in the pipeline's tokenizer.")
+        rows = text_encoder.get_input_embeddings().num_embeddings
+        if rows != len(tokenizer) or len(tokenizer) != len(parts[0][0]):
+            raise ValueError(
+                f"The text encoder has {rows} token embeddings but the tokenizer "
+                f"{len(tokenizer)} tokens; load_xti needs them (and both tokenizers) to agree."
+            )
+    first = len(parts[0][0])
+    for (tokenizer, text_encoder), vectors in zip(parts, per_encoder):
+        tokenizer.add_tokens(names)
+        reserve_layer_tokens(tokenizer, names, len(layers))
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        rows = torch.cat([v.reshape(len(layers), -1, v.shape[-1]) for v in vectors.values()], 1)
+        weight = text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            weight[first:] = rows.reshape(-1, rows.shape[-1]).to(weight.dtype)
     blocks = getattr(pipe, "xti_blocks", None) or LayerTokenBlocks()
     blocks.blocks.append((first, len(names)))
     pipe.xti_blocks, pipe.xti_layers = blocks, layers
-    install_processors(pipe.unet, layers, tokenizer.model_max_length)
-    return list(vectors)
+    install_processors(pipe.unet, layers, pipe.tokenizer.model_max_length)
+    return list(per_encoder[0])
+
+
+def xti_text(pipe: Any, prompts: list[str], text_layer: int | None = None) -> TextEncoding:
+    """The prompts' XTI encoding in a pipeline `load_xti` prepared: ``conditioning`` the packed
+    per-layer states (B, n_layers * L, D), ``text_embeds`` SDXL's pooled text (``text_layer``'s;
+    None: the middle block's, as training uses by default)."""
+    blocks = getattr(pipe, "xti_blocks", None)
+    if blocks is None:
+        raise ValueError("No XTI embeddings in this pipeline; call load_xti(pipe, path) first.")
+    family = family_of(pipe)
+    parts = _text_parts(pipe)
+    expanded = pipe.maybe_convert_prompt(list(prompts), pipe.tokenizer)
+    input_ids = tokenize_padded(pipe.tokenizer, expanded, parts[0][1].device)
+    encoders = [encoder for _, encoder in parts]
+    pad_ids = [tokenizer.pad_token_id for tokenizer, _ in parts]
+
+    def encode(ids: torch.Tensor) -> TextEncoding:
+        return family.encode_ids(encoders, ids, pad_ids, pipe.tokenizer.eos_token_id)
+
+    layer = default_text_layer(pipe.xti_layers) if text_layer is None else text_layer
+    with torch.no_grad():
+        layers = encode_per_layer(encode, input_ids, blocks, len(pipe.xti_layers))
+    return with_layer_states(layers, layer)
 
 
 def xti_prompt_embeds(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
     """Packed per-layer states (B, n_layers * L, D): pass as ``prompt_embeds`` (and the
-    negative prompts' as ``negative_prompt_embeds``) to a pipeline `load_xti` prepared."""
-    blocks = getattr(pipe, "xti_blocks", None)
-    if blocks is None:
-        raise ValueError("No XTI embeddings in this pipeline; call load_xti(pipe, path) first.")
-    expanded = pipe.maybe_convert_prompt(list(prompts), pipe.tokenizer)
-    input_ids = tokenize_padded(pipe.tokenizer, expanded, pipe.text_encoder.device)
-    with torch.no_grad():
-        layers = encode_per_layer(pipe.text_encoder, input_ids, blocks, len(pipe.xti_layers))
-    return pack(layers)
+    negative prompts' as ``negative_prompt_embeds``) to a pipeline `load_xti` prepared
+    (on SDXL, `xti_text`'s ``text_embeds`` as the pooled ones too)."""
+    return xti_text(pipe, prompts).conditioning
+
+
+def _prompt_list(prompt: str | list[str] | None, count: int | None = None) -> list[str]:
+    if prompt is None or isinstance(prompt, str):
+        return [prompt or ""] * (count or 1)
+    return list(prompt)
 
 
 class XTIStableDiffusionPipeline(StableDiffusionPipeline):
@@ -248,14 +344,9 @@ class XTIStableDiffusionPipeline(StableDiffusionPipeline):
         if clip_skip is not None:
             raise ValueError("XTIStableDiffusionPipeline does not support clip_skip.")
         if prompt_embeds is None:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
-            prompt_embeds = xti_prompt_embeds(self, prompts)
+            prompt_embeds = xti_prompt_embeds(self, _prompt_list(prompt))
         if do_classifier_free_guidance and negative_prompt_embeds is None:
-            count = prompt_embeds.shape[0]
-            if negative_prompt is None or isinstance(negative_prompt, str):
-                negatives = [negative_prompt or ""] * count
-            else:
-                negatives = list(negative_prompt)
+            negatives = _prompt_list(negative_prompt, prompt_embeds.shape[0])
             negative_prompt_embeds = xti_prompt_embeds(self, negatives)
         # The parent repeats both per image and casts them; given embeddings, it encodes nothing.
         return super().encode_prompt(
@@ -269,13 +360,65 @@ class XTIStableDiffusionPipeline(StableDiffusionPipeline):
         )
 
 
+class XTIStableDiffusionXLPipeline(StableDiffusionXLPipeline):
+    """An SDXL pipeline whose prompts go through the XTI per-layer encoding (both encoders;
+    the pooled text from the middle block's layer, as training conditions on by default)."""
+
+    def encode_prompt(  # type: ignore[override]
+        self,
+        prompt: str | list[str] | None,
+        prompt_2: str | list[str] | None = None,
+        device: torch.device | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        if clip_skip is not None or prompt_2 is not None or negative_prompt_2 is not None:
+            raise ValueError(
+                "XTIStableDiffusionXLPipeline reads one prompt for both encoders (the per-layer "
+                "tokens are in both); it takes no prompt_2 / negative_prompt_2 / clip_skip."
+            )
+        if prompt_embeds is None:
+            text = xti_text(self, _prompt_list(prompt))
+            prompt_embeds, pooled_prompt_embeds = text.conditioning, text.text_embeds
+        # With no negative prompt, SDXL's config zeroes the negative condition (the parent does
+        # that for any length); otherwise the negatives go through the same per-layer path.
+        zeroed = negative_prompt is None and self.config.force_zeros_for_empty_prompt
+        if do_classifier_free_guidance and negative_prompt_embeds is None and not zeroed:
+            negatives = _prompt_list(negative_prompt, prompt_embeds.shape[0])
+            text = xti_text(self, negatives)
+            negative_prompt_embeds = text.conditioning
+            negative_pooled_prompt_embeds = text.text_embeds
+        return super().encode_prompt(
+            None,
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=do_classifier_free_guidance,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            lora_scale=lora_scale,
+        )
+
+
 def xti_pipeline(
     pretrained_model_name_or_path: str, embeddings: str | Path, **kwargs: Any
-) -> XTIStableDiffusionPipeline:
-    """Load Stable Diffusion (hub id, folder or ``tiny-sd``) and install XTI embeddings."""
-    kwargs.setdefault("safety_checker", None)
-    pipe = XTIStableDiffusionPipeline.from_pretrained(
-        resolve_pretrained(pretrained_model_name_or_path), **kwargs
-    )
+) -> XTIStableDiffusionPipeline | XTIStableDiffusionXLPipeline:
+    """Load the base model (hub id, folder, ``tiny-sd`` or ``tiny-sdxl``) as its family's XTI
+    pipeline and install XTI embeddings."""
+    family, name = choose_family(pretrained_model_name_or_path)
+    if family.name == "sdxl":
+        pipe: Any = XTIStableDiffusionXLPipeline.from_pretrained(resolve_pretrained(name), **kwargs)
+    else:
+        kwargs.setdefault("safety_checker", None)
+        pipe = XTIStableDiffusionPipeline.from_pretrained(resolve_pretrained(name), **kwargs)
     load_xti(pipe, embeddings)
     return pipe

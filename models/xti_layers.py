@@ -1,6 +1,13 @@
 """The mechanics of XTI / P+ (Voynov et al. 2023): one text condition per cross-attention layer.
 
-Each concept token owns one embedding row per UNet cross-attention layer. Rather than a second
+A "layer" is one spatial transformer of the UNet (a ``Transformer2DModel``, named by its path,
+e.g. ``mid_block.attentions.0``): every cross-attention inside it reads that layer's condition.
+On SD 1.x each transformer holds one cross-attention, so this is P+'s 16 layers exactly; on
+SDXL the 70 cross-attentions sit in 11 transformers (depth 2 or 10), and the block is the unit
+P+'s analysis speaks of (coarse / fine by resolution), while one text-encoder pass per
+cross-attention would cost 70 passes of both encoders a step (docs/DESIGN.md, "XTI on SDXL").
+
+Each concept token owns one embedding row per layer, in every text encoder. Rather than a second
 lookup table, layer l's copy of a token is simply another tokenizer id: the rows are laid out
 layer-major after the token's own id (``id + l * K`` for a block of K token ids), so encoding a
 prompt for layer l is remapping its ids and running the ordinary text encoder. All layers'
@@ -12,29 +19,44 @@ per cross-attention layer cuts out its own L positions and hands them to the usu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTokenizer
+
+from step.encoding import TextEncoding
 
 _STAGES = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
 LAYER_SUFFIX = "@xti-layer"  # tokenizer entries that reserve the ids of layer copies
 
 
-def cross_attention_layers(unet: UNet2DConditionModel) -> list[str]:
-    """Processor names of the UNet's cross-attention layers, in forward (input->output) order.
+def layer_of(processor_name: str) -> str:
+    """The layer (spatial transformer) a cross-attention processor belongs to; also maps the
+    processor names older exports list (one per layer on SD 1.x) to their layer."""
+    return processor_name.split(".transformer_blocks.")[0].removesuffix(".attn2.processor")
+
+
+def _forward_order(name: str) -> tuple[int, list[int]]:
+    parts = name.split(".")
+    return _STAGES.get(parts[0], len(_STAGES)), [int(p) for p in parts if p.isdigit()]
+
+
+def cross_attention_processors(unet: UNet2DConditionModel) -> list[str]:
+    """Processor names of the UNet's cross-attentions, in forward (input->output) order.
 
     P+ numbers the layers from the UNet's input to its output, so down blocks come first, then
     the middle block, then the up blocks (diffusers lists up before mid).
     """
+    names = (n for n in unet.attn_processors if n.endswith("attn2.processor"))
+    return sorted(names, key=_forward_order)
 
-    def order(name: str) -> tuple[int, list[int]]:
-        parts = name.split(".")
-        return _STAGES.get(parts[0], len(_STAGES)), [int(p) for p in parts if p.isdigit()]
 
-    return sorted((n for n in unet.attn_processors if n.endswith("attn2.processor")), key=order)
+def cross_attention_layers(unet: UNet2DConditionModel) -> list[str]:
+    """The UNet's layers (spatial transformers holding cross-attention), in forward order."""
+    return list(dict.fromkeys(layer_of(n) for n in cross_attention_processors(unet)))
 
 
 def default_text_layer(layer_names: list[str]) -> int:
@@ -47,13 +69,14 @@ def default_text_layer(layer_names: list[str]) -> int:
 
 def check_layers(saved: list[str], current: list[str], source: str) -> None:
     """Saved per-layer embeddings fit only a UNet with the same cross-attention layers."""
+    saved = [layer_of(name) for name in saved]
     if saved == current:
         return
     if len(saved) != len(current):
         raise ValueError(
             f"XTI embeddings {source} hold {len(saved)} per-layer vectors, but this UNet has "
             f"{len(current)} cross-attention layers. XTI embeddings load only into the UNet "
-            "architecture they were learned on (e.g. 16 layers for SD 1.x); use the same "
+            "architecture they were learned on (16 layers for SD 1.x, 11 for SDXL); use the same "
             "pretrained_model_name_or_path, or start without them."
         )
     raise ValueError(
@@ -106,28 +129,41 @@ class LayerTokenBlocks:
 
 
 def encode_per_layer(
-    text_encoder: CLIPTextModel,
+    encode: Callable[[torch.Tensor], TextEncoding],
     input_ids: torch.Tensor,
     blocks: LayerTokenBlocks,
     num_layers: int,
-) -> torch.Tensor:
-    """Text states of each layer, (num_layers, B, L, D), in one text-encoder call.
+) -> list[TextEncoding]:
+    """Each layer's encoding (``encode``: ids -> the family's text path), in one call.
 
-    Prompts without per-layer tokens read the same states in every layer, so they are encoded
-    once; the others once per layer (layer 0's copy is the token's own id).
+    Prompts without per-layer tokens read the same text in every layer, so they are encoded
+    once; the others once per layer (layer 0's copy is the token's own id). Every per-row
+    output of the family (states, SDXL's pooled text) is taken per layer.
     """
     holds = blocks.holds_tokens(input_ids)
     if num_layers == 1 or not bool(holds.any()):
-        shared = text_encoder(input_ids).last_hidden_state
-        return shared.unsqueeze(0).expand(num_layers, *shared.shape)
+        return [encode(input_ids)] * num_layers
     rows = input_ids[holds]
     copies = [blocks.for_layer(rows, layer) for layer in range(1, num_layers)]
-    states = text_encoder(torch.cat([input_ids, *copies])).last_hidden_state
+    stacked = encode(torch.cat([input_ids, *copies]))
     batch = input_ids.shape[0]
-    shared, per_layer = states[:batch], states[batch:].split(rows.shape[0])
     where = holds.nonzero(as_tuple=True)
-    layers = [shared] + [shared.index_put(where, chunk) for chunk in per_layer]
-    return torch.stack(layers)
+
+    def per_layer(values: torch.Tensor | None) -> list[torch.Tensor | None]:
+        if values is None:
+            return [None] * num_layers
+        shared, chunks = values[:batch], values[batch:].split(rows.shape[0])
+        return [shared] + [shared.index_put(where, chunk) for chunk in chunks]
+
+    fields = zip(
+        per_layer(stacked.hidden_states),
+        per_layer(stacked.text_embeds),
+        per_layer(stacked.clip_pooled),
+    )
+    return [
+        TextEncoding(states, input_ids, text_embeds=pooled, clip_pooled=clip)  # type: ignore[arg-type]
+        for states, pooled, clip in fields
+    ]
 
 
 def pack(layer_states: torch.Tensor) -> torch.Tensor:
@@ -180,11 +216,13 @@ class XTIAttnProcessor:
 def install_processors(
     unet: UNet2DConditionModel, layer_names: list[str], text_length: int
 ) -> None:
-    """Wrap each cross-attention layer's processor (once) in an `XTIAttnProcessor`."""
+    """Wrap each cross-attention's processor (once) in an `XTIAttnProcessor` reading its
+    layer's slice."""
     processors = dict(unet.attn_processors)
-    for index, name in enumerate(layer_names):
+    for name in cross_attention_processors(unet):
         inner = processors[name]
         if isinstance(inner, XTIAttnProcessor):
             inner = inner.inner
+        index = layer_names.index(layer_of(name))
         processors[name] = XTIAttnProcessor(index, len(layer_names), text_length, inner)
     unet.set_attn_processor(processors)

@@ -1,5 +1,5 @@
-"""Textual Inversion, DreamBooth and LoRA on SDXL (tiny-sdxl): a training step moves only what
-the baseline trains, and each export loads back through diffusers' own SDXL loaders and samples
+"""Every baseline on SDXL (tiny-sdxl): a training step moves only what the baseline trains, and
+each export loads back through diffusers' own SDXL loaders (XTI: its SDXL pipeline) and samples
 what the module samples."""
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+from diffusers import DDIMScheduler, StableDiffusionXLPipeline, Transformer2DModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from core.concept import ConceptSpec
 from exports.external_formats import A1111_FOLDER, KOHYA_LORA, SDXL_EMBEDDING_KEYS, load_embedding
 from models import (
+    XTI,
     CustomDiffusion,
     DreamBooth,
     LoRA,
@@ -26,6 +27,7 @@ from models import (
 from models.base import PersonalizationModule
 from models.exports_loading import export_with_manifest
 from models.visual_encoder import install_subject, load_subject_encoder
+from models.xti import XTI_EMBEDS, XTIStableDiffusionXLPipeline, xti_pipeline
 
 pytestmark = pytest.mark.smoke
 PROMPT = "a photo of a <v1> toy"
@@ -246,3 +248,84 @@ def test_an_export_of_one_family_refuses_the_other_pipeline(
 def test_sd1_only_options_are_refused_on_sdxl(option: dict) -> None:
     with pytest.raises(ValueError, match="SD 1.x's original checkpoint layout"):
         DreamBooth(pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS, **option)
+
+
+def attn2_outputs(module: XTI, text) -> dict[str, torch.Tensor]:
+    """Every cross-attention's output in one UNet call, by its module path."""
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        m.register_forward_hook(lambda _m, _a, out, name=n: outputs.__setitem__(name, out))
+        for n, m in module.unet.named_modules()
+        if n.endswith("attn2")
+    ]
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        module.predict_noise(latents, torch.tensor([500]), text)
+    for hook in hooks:
+        hook.remove()
+    return outputs
+
+
+def test_xti_gives_each_transformer_its_own_tokens_in_both_encoders(
+    tiny_sdxl_path: Path, tmp_path: Path
+) -> None:
+    module = XTI(pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS)
+    # A layer is a spatial transformer holding cross-attention (diffusers' Transformer2DModel);
+    # tiny-sdxl's hold two cross-attentions each in the lower block, as SDXL's hold 2 or 10.
+    transformers = [n for n, m in module.unet.named_modules() if isinstance(m, Transformer2DModel)]
+    assert sorted(module.layer_names) == sorted(transformers) and len(transformers) == 4
+    before = snapshot(module)
+    one_step(module)
+    assert vector_tables(changed(before, module)) == {"text_encoder", "text_encoder_2"}
+
+    # Routing: change one layer's vectors (in both encoders); every cross-attention before
+    # that transformer in forward order sees nothing new, both of its own see new text. (Not
+    # text_layer's: the pooled text, read by every block through the time embedding, is its.)
+    assert module.layer_names[module.text_layer] == "mid_block.attentions.0"  # P+'s coarse one
+    first = attn2_outputs(module, module.encode_text([PROMPT]))
+    layer = module.layer_names.index("up_blocks.0.attentions.0")
+    with torch.no_grad():
+        for encoder in range(2):
+            module.layer_vectors(0, encoder)[layer] += 1.0
+    second = attn2_outputs(module, module.encode_text([PROMPT]))
+    order = list(first)  # hooks fire in forward order
+    own = [n for n in order if n.startswith("up_blocks.0.attentions.0.")]
+    assert len(own) == 2
+    for name in order[: order.index(own[0])]:
+        assert torch.equal(first[name], second[name]), name
+    for name in own:
+        assert not torch.allclose(first[name], second[name]), name
+
+    # Each layer's text is what diffusers' SDXL pipeline encodes with that layer's vectors as
+    # a plain SDXL embedding (both encoders); the pooled text is text_layer's.
+    ours = module.encode_text([PROMPT])
+    for index in (layer, module.text_layer):
+        pipe = sample_pipe(tiny_sdxl_path)
+        pairs = ((pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2))
+        for encoder, (text_encoder, tokenizer) in enumerate(pairs):
+            vector = module.layer_vectors(0, encoder)[index].detach()
+            pipe.load_textual_inversion(
+                vector, token="<v1>", text_encoder=text_encoder, tokenizer=tokenizer
+            )
+        states, _, pooled, _ = pipe.encode_prompt(
+            PROMPT, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        length = states.shape[1]
+        own_states = ours.layer_states[:, index * length : (index + 1) * length]
+        torch.testing.assert_close(own_states, states, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.text_embeds, pooled, rtol=0, atol=1e-5)
+
+    # The export: each encoder's per-layer vectors under its SDXL name, and the family's XTI
+    # pipeline generates what the module generates.
+    export = tmp_path / "export"
+    export_with_manifest(module, export)
+    with safe_open(str(export / XTI_EMBEDS), framework="pt") as handle:
+        assert set(handle.keys()) == {"clip_l/<v1>", "clip_g/<v1>"}
+        assert handle.get_tensor("clip_g/<v1>").shape == (4, 1, 32)
+    xti_pipe = xti_pipeline(str(tiny_sdxl_path), export)
+    assert isinstance(xti_pipe, XTIStableDiffusionXLPipeline)
+    xti_pipe.scheduler = DDIMScheduler.from_config(xti_pipe.scheduler.config)
+    xti_pipe.set_progress_bar_config(disable=True)
+    assert_same_images(module, xti_pipe)
+    with pytest.raises(ValueError, match="2 text encoder"):
+        XTI(concepts=CONCEPTS, init_embeddings=str(export))

@@ -25,11 +25,11 @@ from models import XTI
 from models.xti import XTI_EMBEDS, load_xti, xti_pipeline, xti_prompt_embeds
 
 PROMPT = "a photo of a <v1> toy"
-TINY_LAYERS = [  # the tiny UNet's cross-attention layers in forward order
-    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor",
-    "mid_block.attentions.0.transformer_blocks.0.attn2.processor",
-    "up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor",
-    "up_blocks.1.attentions.1.transformer_blocks.0.attn2.processor",
+TINY_LAYERS = [  # the tiny UNet's spatial transformers (one cross-attention each), forward order
+    "down_blocks.0.attentions.0",
+    "mid_block.attentions.0",
+    "up_blocks.1.attentions.0",
+    "up_blocks.1.attentions.1",
 ]
 STEPS, GUIDANCE = 3, 6.0
 
@@ -56,7 +56,7 @@ def exported(xti: XTI, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _attention_modules(module: XTI) -> list[torch.nn.Module]:
-    return [module.unet.get_submodule(n.removesuffix(".processor")) for n in module.layer_names]
+    return [module.unet.get_submodule(f"{n}.transformer_blocks.0.attn2") for n in module.layer_names]
 
 
 def _capture(module: XTI, prompt: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -176,6 +176,19 @@ def test_module_starts_from_saved_embeddings(xti: XTI, exported: Path) -> None:
     module = XTI(concepts=[ConceptSpec("<v1>", "toy")], init_embeddings=str(exported))
     loaded, saved = module.concept_tokens.embedding.vectors, xti.concept_tokens.embedding.vectors
     assert torch.equal(loaded, saved)
+
+
+def test_an_export_naming_processors_as_earlier_versions_did_still_loads(
+    xti: XTI, exported: Path, tmp_path: Path
+) -> None:
+    # Exports written before layers were named by their transformer list each SD 1.x layer by
+    # its cross-attention processor; they hold the same layers and load the same vectors.
+    processors = [f"{n}.transformer_blocks.0.attn2.processor" for n in TINY_LAYERS]
+    metadata = {"xti_layers": json.dumps(processors), "xti_tokens": json.dumps(["<v1>"])}
+    older = tmp_path / XTI_EMBEDS
+    save_file(load_file(exported / XTI_EMBEDS), str(older), metadata=metadata)
+    module = XTI(concepts=[ConceptSpec("<v1>", "toy")], init_embeddings=str(older))
+    assert torch.equal(module.layer_vectors(0), xti.layer_vectors(0))
 
 
 def _with_three_layers(exported: Path, target: Path) -> Path:
