@@ -5,7 +5,8 @@ text-encoder LoRA (when it trained one) is loaded with diffusers' own loader and
 the text encoder is bit for bit what stage 1 left. The photos and the M-Aug images
 (``data.init_args.augmentation.train_on_m_aug``) train one LoRA for all the concepts. The
 export is LoRA's: the UNet LoRA and stage 1's text-encoder LoRA in one
-``pytorch_lora_weights.safetensors``, and the tokens.
+``pytorch_lora_weights.safetensors``, and the tokens. On SDXL stage 1's token files hold both
+encoders' vectors (``clip_l`` / ``clip_g``) and each encoder starts from its own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file
 
+from exports.external_formats import SDXL_EMBEDDING_KEYS
 from models.lora import LoRA
 from models.lora_adapters import LORA_WEIGHTS
 
@@ -31,6 +33,23 @@ def stage1_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def stage1_vectors(path: Path, token: str, encoders: int) -> list[torch.Tensor]:
+    """Each text encoder's vectors in one of stage 1's token files (SD 1.x ``{token: ...}``,
+    SDXL ``{"clip_l": ..., "clip_g": ...}``), refusing a file of the other family."""
+    state = load_file(str(path))
+    per_encoder = (
+        [state[key] for key in SDXL_EMBEDDING_KEYS]
+        if set(SDXL_EMBEDDING_KEYS) <= set(state)
+        else [state[token]] if token in state else []
+    )
+    if len(per_encoder) != encoders:
+        raise ValueError(
+            f"{path} holds vectors for {len(per_encoder)} text encoder(s) (keys "
+            f"{sorted(state)}), this model has {encoders}: stage 2 must use stage 1's base model."
+        )
+    return per_encoder
+
+
 def load_stage1_tokens(module: LoRA, folder: Path) -> None:
     """Copy each concept's vectors from stage 1's export (an error names a missing one)."""
     for index, concept in enumerate(module.concepts):
@@ -40,31 +59,34 @@ def load_stage1_tokens(module: LoRA, folder: Path) -> None:
                 f"stage 1's export {folder} has no {path.name}: stage 2 must learn the same "
                 "concepts (tokens) as stage 1 did."
             )
-        vectors = load_file(str(path))[concept.token]
-        target = module.concept_tokens.vectors_of(index)
-        if vectors.shape != target.shape:
-            raise ValueError(
-                f"{path} holds vectors {tuple(vectors.shape)}, this run's {concept.token} has "
-                f"{tuple(target.shape)}; use stage 1's num_vectors."
-            )
-        with torch.no_grad():
-            target.copy_(vectors.to(target.dtype))
+        saved = stage1_vectors(path, concept.token, len(module.encoder_concept_tokens))
+        for vectors, tokens in zip(saved, module.encoder_concept_tokens):
+            target = tokens.vectors_of(index)
+            if vectors.shape != target.shape:
+                raise ValueError(
+                    f"{path} holds vectors {tuple(vectors.shape)}, this run's {concept.token} "
+                    f"has {tuple(target.shape)}; use stage 1's num_vectors."
+                )
+            with torch.no_grad():
+                target.copy_(vectors.to(target.dtype))
 
 
 def load_stage1_text_lora(module: LoRA, folder: Path) -> bool:
     """Stage 1's text-encoder LoRA into the text encoder, frozen; False when there is none."""
     if not (folder / LORA_WEIGHTS).is_file():
         return False
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
+    # The family's pipeline class reads its own key layout (SDXL's names two text encoders).
+    loader = getattr(diffusers, module.family.pipeline_class_names[0])
     # The file's peft config (metadata) carries stage 1's rank and alpha; without it diffusers
     # would take alpha = rank and scale the text encoder differently from stage 1's.
-    state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(
+    state, alphas, metadata = loader.lora_state_dict(
         str(folder), weight_name=LORA_WEIGHTS, return_lora_metadata=True
     )
     if not any(key.startswith("text_encoder.") for key in state):
         return False
-    StableDiffusionPipeline.load_lora_into_text_encoder(
+    loader.load_lora_into_text_encoder(
         state, alphas, text_encoder=module.text_encoder, prefix="text_encoder",
         adapter_name="default", metadata=metadata,
     )  # fmt: skip
@@ -75,7 +97,7 @@ def load_stage1_text_lora(module: LoRA, folder: Path) -> bool:
 class CLIFMultiConceptLoRA(LoRA):
     """LoRA on the UNet (shared by the concepts) + tokens, text encoder frozen from stage 1."""
 
-    families: ClassVar[frozenset[str]] = frozenset({"sd1"})  # its SDXL recipe: not yet
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
 
     def __init__(self, stage1: str, **kwargs: Any) -> None:
         """
@@ -101,7 +123,8 @@ class CLIFMultiConceptLoRA(LoRA):
         self.stage1 = str(folder)
         self.text_lora_from_stage1 = load_stage1_text_lora(self, folder)
         # Loading an adapter freezes the module it touches: the tokens train again.
-        self.concept_tokens.embedding.vectors.requires_grad_(bool(kwargs["train_tokens"]))
+        for tokens in self.encoder_concept_tokens:
+            tokens.embedding.vectors.requires_grad_(bool(kwargs["train_tokens"]))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -6,6 +6,11 @@ peft LoRA on the text encoder's attention projections (``train_text_encoder: fal
 the tokens only, as the official code does). The export is what stage 2 starts from and what
 diffusers loads: ``<token>.safetensors`` per concept, and with the LoRA
 ``pytorch_lora_weights.safetensors`` holding text-encoder layers only.
+
+On SDXL the text side is the first encoder, CLIP ViT-L, as CLIF's official SDXL code reads it
+(losses/clif.py): its token vectors and, with ``train_text_encoder``, a LoRA on it train; the
+second encoder's vectors receive no gradient from the InfoNCE and stay at their initializer
+(the official code trains the first encoder's view of the token only, too).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class CLIFTextTuning(PersonalizationModule):
         *TOKEN_FILE_FORMATS,
     )
     load_into = staticmethod(load_lora)  # the text-encoder LoRA when there is one, the tokens
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
 
     def __init__(
         self,
@@ -74,10 +80,11 @@ class CLIFTextTuning(PersonalizationModule):
         super().__init__(**kwargs)
         self.contrastive = ContrastiveLanguageImageLoss(1.0, clip_model, temperature)
         self.train_text_encoder, self.rank, self.alpha = train_text_encoder, rank, alpha
-        if train_text_encoder:
+        if train_text_encoder:  # the encoder the InfoNCE reads (SDXL's first, CLIP ViT-L)
             add_seeded_adapters([(self.text_encoder, TEXT_ENCODER_TARGETS)], rank, alpha, self.seed)
             # peft marks everything but its adapters frozen, the concept vectors included.
-            self.concept_tokens.embedding.vectors.requires_grad_(kwargs.get("train_tokens", True))
+            for tokens in self.encoder_concept_tokens:
+                tokens.embedding.vectors.requires_grad_(kwargs.get("train_tokens", True))
         self.train(self.training)
 
     def trained_components(self) -> tuple[nn.Module, ...]:
@@ -113,6 +120,7 @@ class CLIFTextTuning(PersonalizationModule):
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         if self.train_text_encoder:
-            written.append(save_lora_layers(folder, {"text_encoder": self.text_encoder}))
+            xl = len(self.text_encoders) > 1
+            written.append(save_lora_layers(folder, {"text_encoder": self.text_encoder}, xl))
         paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
         return written + self.export_token_embeddings(paths)

@@ -1,6 +1,7 @@
 """SDXL runs: one resumed from a checkpoint ends bitwise equal to one never stopped (its size
 conditioning follows the resumed sample stream); the quickstart's analysis callbacks and the
-``test`` stage run on it through train.py."""
+``test`` stage run on it through train.py; the papers' SDXL recipes (CLIF's two stages in
+their official setting too) run through it."""
 
 from __future__ import annotations
 
@@ -117,3 +118,31 @@ def test_accords_table_2_sdxl_rows_run_on_the_tiny_overlay(
     cli = two_sdxl_steps(configs, tmp_path)
     assert type(cli.model).__name__ == "VisualEncoder"
     assert {r.name for r in cli.model.regularizers} == TABLE_2_ROWS[row]
+
+
+def test_clifs_official_sdxl_setting_runs_both_stages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    common = [
+        "--config", "configs/clif/sdxl.yaml", "--config", "configs/tiny.yaml",
+        "--model.init_args.memory.adam_8bit", "false",  # bitsandbytes is an optional extra
+        "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks", "[]",
+        "--data.init_args.augmentation.g_aug", "0", "--data.init_args.augmentation.r_aug", "4",
+        "--data.init_args.augmentation.cache_dir", str(tmp_path / "augmented"),
+    ]  # fmt: skip
+    one = main(["fit", "--config", "configs/clif/stage1_text.yaml", *common,
+                "--trainer.default_root_dir", str(tmp_path / "one")])  # fmt: skip
+    model = one.model
+    assert (model.family.name, model.seed, model.concept_tokens.num_vectors) == ("sdxl", 42, 2)
+    assert not model.train_text_encoder and model.memory.gradient_checkpointing
+    stage1 = tmp_path / "stage1"
+    model.export(stage1)
+    two = main(["fit", "--config", "configs/clif/stage2_lora.yaml", *common,
+                "--model.init_args.stage1", str(stage1),
+                "--data.init_args.augmentation.m_aug", "2",
+                "--trainer.default_root_dir", str(tmp_path / "two")])  # fmt: skip
+    assert two.model.family.name == "sdxl" and two.trainer.global_step == 2
+    for ours, theirs in zip(two.model.encoder_concept_tokens, model.encoder_concept_tokens):
+        assert ours.embedding.vectors.shape == theirs.embedding.vectors.shape

@@ -72,6 +72,7 @@ def test_the_overlays_are_the_known_ones() -> None:
         "configs/accord/sdxl/visual_encoder_pd.yaml",
         "configs/accord/sdxl/visual_encoder_pd_dd.yaml",
         "configs/backbones/sdxl.yaml",
+        "configs/clif/sdxl.yaml",
         "configs/low_memory.yaml",
         "configs/tiny.yaml",
     ]

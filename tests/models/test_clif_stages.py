@@ -255,3 +255,49 @@ def test_stage2_refuses_a_checkpoint_whose_stage1_export_changed(
     with pytest.raises(ValueError, match="changed since this checkpoint"):
         tiny_trainer(tmp_path / "b", max_steps=4).fit(module, datamodule=datamodule,
                                                       ckpt_path=checkpoint)  # fmt: skip
+
+
+def test_both_stages_on_sdxl(tmp_path: Path, tiny_sdxl_path: Path, tiny_sd_path: Path) -> None:
+    """CLIF's official SDXL setting: the InfoNCE reads the first encoder (CLIP ViT-L), so stage
+    1 trains its vectors and LoRA only; stage 2 starts each encoder from stage 1's file."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    datamodule = two_toys(tmp_path / "one")
+    first = CLIFTextTuning(pretrained_model_name_or_path="tiny-sdxl", concepts=datamodule.concepts,
+                           optimizer=optimizer_with_lr(2e-2))  # fmt: skip
+    before = snapshot(first)
+    tiny_trainer(tmp_path / "one", max_steps=3).fit(first, datamodule=datamodule)
+    after = first.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    assert "text_encoder.embeddings.token_embedding.vectors" in changed
+    assert any(".lora_" in k and k.startswith("text_encoder.") for k in changed)
+    assert all(k.startswith("text_encoder.") for k in changed), changed
+    stage1_export = tmp_path / "stage1"
+    first.export(stage1_export)
+
+    data = two_toys(tmp_path / "two", g_aug=0, r_aug=0, m_aug=4, train_on_m_aug=True)
+    second = CLIFMultiConceptLoRA(pretrained_model_name_or_path="tiny-sdxl",
+                                  stage1=str(stage1_export), concepts=data.concepts,
+                                  optimizer=optimizer_with_lr(1e-2))  # fmt: skip
+    assert second.text_lora_from_stage1
+    for ours, theirs in zip(second.encoder_concept_tokens, first.encoder_concept_tokens):
+        assert torch.equal(ours.embedding.vectors, theirs.embedding.vectors)
+    with torch.no_grad():
+        one, two = first.encode_text(PROMPTS), second.encode_text(PROMPTS)
+    torch.testing.assert_close(two.hidden_states, one.hidden_states, rtol=0, atol=1e-6)
+    torch.testing.assert_close(two.text_embeds, one.text_embeds, rtol=0, atol=1e-6)
+    tiny_trainer(tmp_path / "two", max_steps=2).fit(second, datamodule=data)
+    export = tmp_path / "stage2"
+    second.export(export)
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    load_lora(pipe, export)
+    second.eval()
+    prompt = "a photo of a <v1> toy and a <v2> toy"
+    # negative_prompt "": the module encodes the empty negative (SDXL zeros a missing one)
+    theirs = pipe_sample(pipe, prompt, negative_prompt="")
+    assert torch.allclose(theirs, module_sample(second, prompt), atol=1e-4)
+
+    # Stage 1 of one family does not start stage 2 of the other.
+    with pytest.raises(ValueError, match=r"2 text encoder\(s\).*this model has 1"):
+        CLIFMultiConceptLoRA(stage1=str(stage1_export), concepts=data.concepts)

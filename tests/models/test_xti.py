@@ -56,7 +56,8 @@ def exported(xti: XTI, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _attention_modules(module: XTI) -> list[torch.nn.Module]:
-    return [module.unet.get_submodule(f"{n}.transformer_blocks.0.attn2") for n in module.layer_names]
+    names = [f"{n}.transformer_blocks.0.attn2" for n in module.layer_names]
+    return [module.unet.get_submodule(name) for name in names]
 
 
 def _capture(module: XTI, prompt: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
