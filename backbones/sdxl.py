@@ -68,7 +68,11 @@ class StableDiffusionXL(BackboneFamily):
         ends = (input_ids == end_id).int().argmax(dim=-1)
         clip_pooled = output_1.last_hidden_state[rows, ends]  # at the real end-of-text
         return TextEncoding(
-            hidden, input_ids, text_embeds=output_2.text_embeds, clip_pooled=clip_pooled
+            hidden,
+            input_ids,
+            text_embeds=output_2.text_embeds,
+            clip_pooled=clip_pooled,
+            clip_states=output_1.last_hidden_state,
         )
 
     def batch_keys(self) -> frozenset[str]:

@@ -21,6 +21,12 @@ the authors' choice) and the cross-entropy is the mean over all layers' masked p
 Cost per step: the masked prompts join the step's own text-encoder call (a text request), then
 one psi pass, its vocabulary-wide head at the masked positions only.
 
+On SDXL psi reads the first encoder's last-layer states (``TextEncoding.clip_text_states``):
+that encoder is CLIP ViT-L, the text encoder psi is pretrained on (SD 1.5's own, the same
+weights in SDXL base), and its ``[MASK]`` vector lives in that encoder's embedding space. The
+second encoder is not regularized (its rows read zeros at the masked ids; the step's
+conditioning is not what MLM scores). docs/DESIGN.md, "MLM on SDXL".
+
 psi and ``[MASK]`` come from the pretraining run (``configs/diverse_context/contextualizer.yaml``),
 read from its default place for the module's base model unless ``contextualizer_dir`` is given.
 """
@@ -87,6 +93,7 @@ class MaskedLanguageModelingLoss(Regularizer):
 
     name = "mlm"
     requires = frozenset({"context_prompts"})
+    families = frozenset({"sd1", "sdxl"})  # SDXL: its first encoder, CLIP ViT-L (see above)
 
     def __init__(
         self,
@@ -254,7 +261,8 @@ class MaskedLanguageModelingLoss(Regularizer):
             input_ids, masked = input_ids.repeat(variants, 1), masked.repeat(variants, 1)
             masked_ids = masked_ids.repeat(variants, 1)
         padding = padding_after_eos(masked_ids, module.tokenizer.eos_token_id)
-        logits = self.contextualizer(encoding.hidden_states, padding_mask=padding, positions=masked)
+        states = encoding.clip_text_states()  # CLIP ViT-L's, the states psi was trained on
+        logits = self.contextualizer(states, padding_mask=padding, positions=masked)
         return logits, input_ids, masked
 
     def predictions(

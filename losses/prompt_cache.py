@@ -10,6 +10,7 @@ prompt holds a concept token. Encodings are constants to the losses: always with
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -126,19 +127,13 @@ class FrozenPromptCache:
 def one_per_prompt(
     prompts: list[str], encoding: TextEncoding | None
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Split a batch encoding into detached rows by field (hidden_states, input_ids, and
-    layer_states / text_embeds where the encoding has them)."""
+    """Split a batch encoding into detached rows by field (those the encoding has)."""
     if encoding is None or encoding.hidden_states.shape[0] != len(prompts):
         rows = None if encoding is None else encoding.hidden_states.shape[0]
         raise ValueError(f"Expected the encodings of {len(prompts)} missing prompts, got {rows}.")
-    fields = {
-        "hidden_states": encoding.hidden_states,
-        "input_ids": encoding.input_ids,
-        "layer_states": encoding.layer_states,
-        "text_embeds": encoding.text_embeds,
-        "clip_pooled": encoding.clip_pooled,
-    }
-    present = {name: value for name, value in fields.items() if value is not None}
+    # Every field, so a field added to TextEncoding is never silently dropped by the cache.
+    values = {field.name: getattr(encoding, field.name) for field in fields(encoding)}
+    present = {name: value for name, value in values.items() if value is not None}
     return {
         prompt: {name: value[i].detach() for name, value in present.items()}
         for i, prompt in enumerate(prompts)

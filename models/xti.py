@@ -220,6 +220,7 @@ def with_layer_states(layers: list[TextEncoding], text_layer: int) -> TextEncodi
         layer_states=pack(torch.stack([layer.hidden_states for layer in layers])),
         text_embeds=chosen.text_embeds,
         clip_pooled=chosen.clip_pooled,
+        clip_states=chosen.clip_states,
     )
 
 

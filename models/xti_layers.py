@@ -159,10 +159,11 @@ def encode_per_layer(
         per_layer(stacked.hidden_states),
         per_layer(stacked.text_embeds),
         per_layer(stacked.clip_pooled),
+        per_layer(stacked.clip_states),
     )
     return [
-        TextEncoding(states, input_ids, text_embeds=pooled, clip_pooled=clip)  # type: ignore[arg-type]
-        for states, pooled, clip in fields
+        TextEncoding(states, input_ids, None, pooled, clip, clip_states)  # type: ignore[arg-type]
+        for states, pooled, clip, clip_states in fields
     ]
 
 

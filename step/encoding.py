@@ -35,6 +35,8 @@ class TextEncoding:
     clip_pooled: (B, D1), where a family's conditioning states are not the first (CLIP)
     encoder's last layer (SDXL: penultimate states): that encoder's final, layer-normed state
     at the real end-of-text, what CLIP's text projection applies to (CLIF's text side on SDXL).
+    clip_states: (B, L, D1), likewise that encoder's last-layer states at every position (MLM's
+    contextualizer reads them on SDXL); None where ``hidden_states`` are them (SD 1.x).
     """
 
     hidden_states: torch.Tensor
@@ -42,6 +44,7 @@ class TextEncoding:
     layer_states: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
     clip_pooled: torch.Tensor | None = None
+    clip_states: torch.Tensor | None = None
 
     @property
     def conditioning(self) -> torch.Tensor:
@@ -74,7 +77,12 @@ class TextEncoding:
             layer_states=joined([e.layer_states for e in encodings]),
             text_embeds=joined([e.text_embeds for e in encodings]),
             clip_pooled=joined([e.clip_pooled for e in encodings]),
+            clip_states=joined([e.clip_states for e in encodings]),
         )
+
+    def clip_text_states(self) -> torch.Tensor:
+        """The first (CLIP) encoder's last-layer states, (B, L, D1)."""
+        return self.hidden_states if self.clip_states is None else self.clip_states
 
     def clip_text_feature(self, eos_token_id: int) -> torch.Tensor:
         """The first encoder's last-layer state at the end-of-text, (B, D1): what CLIP's text

@@ -91,21 +91,25 @@ def stack_requests(
 def split_requests(
     stacked: TextEncoding, main_rows: int, requests: list[TextRequest]
 ) -> tuple[TextEncoding, list[TextEncoding]]:
-    """The stacked call's encoding back into the main rows' and each request's own."""
-    pooled, clip_pooled = stacked.text_embeds, stacked.clip_pooled
+    """The stacked call's encoding back into the main rows' and each request's own (per-row
+    outputs cut to the rows, per-position ones also to the request's width)."""
+    pooled, clip_pooled, clip_states = stacked.text_embeds, stacked.clip_pooled, stacked.clip_states
     main = TextEncoding(
         stacked.hidden_states[:main_rows],
         stacked.input_ids[:main_rows],
         text_embeds=None if pooled is None else pooled[:main_rows],
         clip_pooled=None if clip_pooled is None else clip_pooled[:main_rows],
+        clip_states=None if clip_states is None else clip_states[:main_rows],
     )
     parts, start = [], main_rows
     for request in requests:
         rows, width = request.input_ids.shape
         hidden = stacked.hidden_states[start : start + rows, :width]
         own = [None if x is None else x[start : start + rows] for x in (pooled, clip_pooled)]
+        states = None if clip_states is None else clip_states[start : start + rows, :width]
         if not request.with_grad:
             hidden, own = hidden.detach(), [None if x is None else x.detach() for x in own]
-        parts.append(TextEncoding(hidden, request.input_ids, None, *own))
+            states = None if states is None else states.detach()
+        parts.append(TextEncoding(hidden, request.input_ids, None, *own, clip_states=states))
         start += rows
     return main, parts

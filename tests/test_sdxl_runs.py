@@ -146,3 +146,18 @@ def test_clifs_official_sdxl_setting_runs_both_stages(
     assert two.model.family.name == "sdxl" and two.trainer.global_step == 2
     for ours, theirs in zip(two.model.encoder_concept_tokens, model.encoder_concept_tokens):
         assert ours.embedding.vectors.shape == theirs.embedding.vectors.shape
+
+
+def test_the_mlm_recipe_runs_on_sdxl_with_psi_pretrained_on_its_first_encoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from components.contextualizer.store import default_contextualizer_dir
+    from models.pretraining.contextualizer import ContextualizerPretraining
+
+    monkeypatch.chdir(REPO_ROOT)
+    torch.manual_seed(0)  # psi exported untrained where MLM looks for tiny-sdxl's by default
+    ContextualizerPretraining("tiny-sdxl").export(default_contextualizer_dir("tiny-sdxl"))
+    cli = two_sdxl_steps(["configs/diverse_context/textual_inversion.yaml"], tmp_path)
+    assert [r.name for r in cli.model.regularizers] == ["mlm"]
+    logged = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if "mlm" in k}
+    assert logged and all(v > 0 for v in logged.values()), logged

@@ -10,6 +10,7 @@ text-encoder call through ``encode_step_text``.
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack
 
 import torch
 from torch import nn
@@ -60,18 +61,20 @@ class TextPathMixin:
 
         ``extra_vectors`` (n, D): for this call, the ids ``len(self.tokenizer) + k`` embed as
         row k (MLM's frozen ``[MASK]`` vector), swapped into the lookup like concept tokens.
+        They are the first encoder's (CLIP ViT-L on SDXL, what MLM's contextualizer reads); a
+        further encoder embeds those ids as zero vectors, so its states stay defined.
         """
         encoders = self.text_encoders
         pad_ids = [getattr(self, name).pad_token_id for name in self.family.tokenizer_names]
         end_id = self.tokenizer.eos_token_id
         if extra_vectors is None:
             return self.family.encode_ids(encoders, input_ids, pad_ids, end_id)
-        if len(encoders) > 1:
-            raise ValueError(
-                f"extra vectors (MLM's [MASK]) are written for one text encoder; the "
-                f"{self.family.name} backbone has {len(encoders)}."
-            )
-        with extra_vectors_in(encoders[0], len(self.tokenizer), extra_vectors):
+        first_id = len(self.tokenizer)
+        with ExitStack() as swapped:
+            swapped.enter_context(extra_vectors_in(encoders[0], first_id, extra_vectors))
+            for encoder in encoders[1:]:
+                zeros = extra_vectors.new_zeros(len(extra_vectors), encoder.config.hidden_size)
+                swapped.enter_context(extra_vectors_in(encoder, first_id, zeros))
             return self.family.encode_ids(encoders, input_ids, pad_ids, end_id)
 
     def encode_token_variants(

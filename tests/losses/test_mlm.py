@@ -25,9 +25,12 @@ RICH = [
 ]
 
 
-def build(psi_dir: Path, concepts: list[ConceptSpec] | None = None, **mlm: Any) -> Any:
+def build(
+    psi_dir: Path, concepts: list[ConceptSpec] | None = None, model: str = "tiny-sd", **mlm: Any
+) -> Any:
     regularizer = MaskedLanguageModelingLoss(contextualizer_dir=str(psi_dir), **mlm)
-    module = TextualInversion(concepts=concepts or [ConceptSpec("<v1>", "toy")],
+    module = TextualInversion(pretrained_model_name_or_path=model,
+                              concepts=concepts or [ConceptSpec("<v1>", "toy")],
                               regularizers=[regularizer])  # fmt: skip
     regularizer.prepare(module)
     return module, regularizer
@@ -54,11 +57,27 @@ def test_masked_cross_entropy_matches_the_formula_by_hand() -> None:
     assert float(masked_cross_entropy(logits, targets, masked)) == pytest.approx(expected, 1e-6)
 
 
-def test_loss_equals_an_independent_computation_of_the_papers_pipeline(psi_dir: Path) -> None:
+@pytest.fixture(scope="module")
+def sdxl_psi_dir(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path) -> Path:
+    """psi for tiny-sdxl's first text encoder (its CLIP ViT-L stand-in)."""
+    from models.pretraining.contextualizer import ContextualizerPretraining
+
+    folder = tmp_path_factory.mktemp("psi-sdxl")
+    torch.manual_seed(0)
+    ContextualizerPretraining(pretrained_model_name_or_path="tiny-sdxl").export(folder)
+    return folder
+
+
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl"])
+def test_loss_equals_an_independent_computation_of_the_papers_pipeline(
+    model: str, request: pytest.FixtureRequest
+) -> None:
     """P -> mask with [MASK] -> Gamma -> psi -> CE at masked positions, built by hand: the
     embedding matrix with the concept and [MASK] rows appended, psi run on the full padded
-    sequence (attention masked after end-of-text), a loop over positions for the CE."""
-    module, mlm = build(psi_dir)
+    sequence (attention masked after end-of-text), a loop over positions for the CE. On SDXL
+    Gamma is its first encoder (CLIP ViT-L) at its last layer, the text model psi knows."""
+    psi_dir = request.getfixturevalue("psi_dir" if model == "tiny-sd" else "sdxl_psi_dir")
+    module, mlm = build(psi_dir, model=model)
     module.eval()
     generator = torch.Generator().manual_seed(3)
     _, input_ids, masked = mlm.predictions(module, RICH, generator)
