@@ -1,6 +1,12 @@
-"""A Stable Diffusion 1.x pipeline as one original-layout (LDM) checkpoint file, the
+"""A Stable Diffusion 1.x or SDXL pipeline as one original-layout checkpoint file, the
 ``model.safetensors`` AUTOMATIC1111 and ComfyUI load and diffusers reads with
 ``from_single_file``.
+
+SDXL's original (SGM) layout names the UNet as SD 1.x's does plus its added embedding
+(``label_emb.0``), the VAE the same, and its two text encoders as conditioner embedders:
+CLIP ViT-L under ``conditioner.embedders.0.transformer.`` in transformers' own names, and
+OpenCLIP ViT-bigG under ``conditioner.embedders.1.model.`` in OpenCLIP's (``resblocks``, fused
+``in_proj`` attention, ``ln_final``, a ``text_projection`` matrix applied as ``x @ P``).
 
 diffusers converts that layout to its own (``diffusers.loaders.single_file_utils``) but has no
 library function for the way back, so the renaming is here: the UNet's blocks to
@@ -21,6 +27,7 @@ from safetensors.torch import save_file
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
+SDXL_TEXT_PREFIXES = ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.")
 SINGLE_FILE = "sd_checkpoint.safetensors"
 
 # Inside a ResNet block (UNet, then VAE naming).
@@ -46,6 +53,16 @@ UNET_TOP = {
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL's pooled-text and size embedding
+    "add_embedding.linear_2": "label_emb.0.2",
+}
+# OpenCLIP's names inside one residual block of its text transformer.
+OPEN_CLIP_BLOCK = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
 }
 
 
@@ -147,29 +164,75 @@ def clip_key(key: str) -> str:
     return key if key.startswith("text_model.") else f"text_model.{key}"
 
 
-def components_to_ldm(
-    unet: Any, vae: Any, text_encoder: Any, vocab_size: int | None = None
-) -> dict[str, torch.Tensor]:
-    """UNet, VAE and CLIP text model of SD 1.x as one LDM-layout state dict (fp32, CPU).
+def open_clip_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CLIPTextModelWithProjection's state dict in OpenCLIP's text-tower names (q, k, v
+    fused into ``in_proj``; the projection as the matrix OpenCLIP multiplies from the right)."""
+    state = {clip_key(k) if k != "text_projection.weight" else k: v for k, v in state.items()}
+    out: dict[str, torch.Tensor] = {
+        "token_embedding.weight": state["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": state["text_model.embeddings.position_embedding.weight"],
+        "ln_final.weight": state["text_model.final_layer_norm.weight"],
+        "ln_final.bias": state["text_model.final_layer_norm.bias"],
+        "text_projection": state["text_projection.weight"].T,
+    }
+    prefix = "text_model.encoder.layers."
+    layers = sorted({int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)})
+    for index in layers:
+        ours, theirs = f"{prefix}{index}.", f"transformer.resblocks.{index}."
+        for kind in ("weight", "bias"):
+            qkv = [state[f"{ours}self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")]
+            out[f"{theirs}attn.in_proj_{kind}"] = torch.cat(qkv)
+            for old, new in OPEN_CLIP_BLOCK.items():
+                out[f"{theirs}{new}.{kind}"] = state[f"{ours}{old}.{kind}"]
+    return out
 
-    ``vocab_size``: keep only the first rows of the token embedding, the tokenizer's own
+
+def _trimmed(state: dict[str, torch.Tensor], key: str, rows: int | None) -> dict[str, torch.Tensor]:
+    if rows is not None:
+        state[key] = state[key][:rows]
+    return state
+
+
+def text_encoders_to_ldm(
+    text_encoders: list[Any], vocab_size: int | None
+) -> dict[str, torch.Tensor]:
+    """SD 1.x's one CLIP text model, or SDXL's two, under the original layout's names."""
+    if len(text_encoders) == 1:
+        text = {TEXT_PREFIX + clip_key(k): v for k, v in text_encoders[0].state_dict().items()}
+        token = TEXT_PREFIX + "text_model.embeddings.token_embedding.weight"
+        return _trimmed(text, token, vocab_size)
+    first, second = text_encoders
+    clip_prefix, open_clip_prefix = SDXL_TEXT_PREFIXES
+    clip = {clip_prefix + clip_key(k): v for k, v in first.state_dict().items()}
+    _trimmed(clip, clip_prefix + "text_model.embeddings.token_embedding.weight", vocab_size)
+    open_clip = {open_clip_prefix + k: v for k, v in open_clip_state(second.state_dict()).items()}
+    _trimmed(open_clip, open_clip_prefix + "token_embedding.weight", vocab_size)
+    return {**clip, **open_clip}
+
+
+def components_to_ldm(
+    unet: Any, vae: Any, text_encoder: Any | list[Any], vocab_size: int | None = None
+) -> dict[str, torch.Tensor]:
+    """UNet, VAE and text encoder(s) of SD 1.x or SDXL (a list of two) as one original-layout
+    state dict (fp32, CPU).
+
+    ``vocab_size``: keep only the first rows of the token embeddings, the tokenizer's own
     vocabulary (a single file carries no tokenizer, so added concept tokens cannot be in it;
     their A1111 embedding files go with it).
     """
-    text = {TEXT_PREFIX + clip_key(k): v for k, v in text_encoder.state_dict().items()}
-    if vocab_size is not None:
-        name = TEXT_PREFIX + "text_model.embeddings.token_embedding.weight"
-        text[name] = text[name][:vocab_size]
+    encoders = text_encoder if isinstance(text_encoder, list) else [text_encoder]
     state = {
         **unet_to_ldm(unet.state_dict(), unet.config),
         **vae_to_ldm(vae.state_dict(), vae.config),
-        **text,
+        **text_encoders_to_ldm(encoders, vocab_size),
     }
+    # Buffers the original checkpoints do not hold (transformers' position ids).
+    state = {k: v for k, v in state.items() if not k.endswith("embeddings.position_ids")}
     return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
 def write_single_file(
-    path: Path, unet: Any, vae: Any, text_encoder: Any, vocab_size: int | None = None
+    path: Path, unet: Any, vae: Any, text_encoder: Any | list[Any], vocab_size: int | None = None
 ) -> Path:
     """Write the components as one original-layout safetensors checkpoint."""
     save_file(components_to_ldm(unet, vae, text_encoder, vocab_size), str(path))
@@ -177,9 +240,10 @@ def write_single_file(
 
 
 def check_single_file_family(wanted: bool, family: str) -> None:
-    """The single file is SD 1.x's original layout: refuse it on another family at start."""
-    if wanted and family != "sd1":
+    """The single file is SD 1.x's or SDXL's original layout: refuse it on another family at
+    start."""
+    if wanted and family not in ("sd1", "sdxl"):
         raise ValueError(
-            "export_single_file writes SD 1.x's original checkpoint layout; leave it off on "
-            f"the {family} backbone (its export folder loads in diffusers as it is)."
+            "export_single_file writes SD 1.x's and SDXL's original checkpoint layouts; leave "
+            f"it off on the {family} backbone (its export folder loads in diffusers as it is)."
         )

@@ -142,11 +142,11 @@ class CustomDiffusion(PersonalizationModule):
             # The same model as one original-layout checkpoint (A1111 / ComfyUI): the trained
             # projections merged into the UNet; the tokens go with it as a1111/ embeddings.
             vocabulary = self.concept_tokens.embedding.base.weight.shape[0]
+            encoders = [self.standalone_text_encoder(i) for i in range(len(self.text_encoders))]
             written.append(
                 write_single_file(
-                    folder / SINGLE_FILE, self.merged_unet(), self.vae,
-                    self.standalone_text_encoder(), vocabulary,
-                )  # fmt: skip
+                    folder / SINGLE_FILE, self.merged_unet(), self.vae, encoders, vocabulary
+                )
             )
         paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
         return [*written, *self.export_token_embeddings(paths)]

@@ -107,9 +107,7 @@ class DreamBooth(PersonalizationModule):
         pipe.save_pretrained(folder, safe_serialization=True)
         if self.export_single_file:
             vocabulary = self.concept_tokens.embedding.base.weight.shape[0]
-            write_single_file(
-                folder / SINGLE_FILE, pipe.unet, pipe.vae, text_encoders[0], vocabulary
-            )
+            write_single_file(folder / SINGLE_FILE, pipe.unet, pipe.vae, text_encoders, vocabulary)
         # The folder holds the vectors merged already; the a1111/ files are for the clients.
         self.export_token_embeddings({}, a1111_only=True, folder=folder)
         return sorted(p for p in folder.rglob("*") if p.is_file())

@@ -27,7 +27,7 @@ TINY_MODEL_NAME = "tiny-sd"
 SD15_RANDOM_NAME = "sd15-random"  # SD 1.5's shapes, random weights (pretrained/sd15_random.py)
 TINY_CLIP_NAME = "tiny-clip"  # a CLIPModel whose text tower is the tiny SD text encoder
 TINY_RESOLUTION = 32  # pixels; the tiny VAE downsamples by 2, so latents are 16x16
-_BUILD_VERSION = "1"  # bump when the architecture below changes, so caches are rebuilt
+_BUILD_VERSION = "2"  # bump when a tiny architecture changes, so caches are rebuilt
 
 T = TypeVar("T")
 

@@ -86,9 +86,11 @@ def save_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
     first = seeded(lambda: CLIPTextModel(_text_config(tokenizer)), seed)
+    # The second encoder is wider than the first, as SDXL's are (768, 1280): the clients and
+    # diffusers' single-file loader tell the two towers apart by their widths.
     second = seeded(
         lambda: CLIPTextModelWithProjection(
-            _text_config(tokenizer_2, projection_dim=32, hidden_act="gelu")
+            _text_config(tokenizer_2, hidden_size=48, projection_dim=32, hidden_act="gelu")
         ),
         seed + 1,
     )

@@ -69,3 +69,44 @@ def test_added_tokens_stay_out_of_the_single_file(tiny_sd_path: Path) -> None:
     state = components_to_ldm(pipe.unet, pipe.vae, pipe.text_encoder, vocab_size=rows - 3)
     key = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
     assert state[key].shape[0] == rows - 3
+
+
+# Keys by which ComfyUI's and A1111's model detection and diffusers' loader recognise an SDXL
+# base checkpoint's parts (the OpenCLIP tower's fused attention, the UNet's added embedding).
+SDXL_MARKERS = (
+    "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
+    "conditioner.embedders.1.model.positional_embedding",
+    "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight",
+    "conditioner.embedders.1.model.text_projection",
+    "model.diffusion_model.label_emb.0.0.weight",
+    "first_stage_model.decoder.mid.attn_1.q.weight",
+)
+
+
+def test_the_tiny_sdxl_pipeline_comes_back_through_from_single_file(
+    tiny_sdxl_path: Path, tmp_path: Path
+) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path)
+    encoders = [pipe.text_encoder, pipe.text_encoder_2]
+    state = components_to_ldm(pipe.unet, pipe.vae, encoders)
+    assert all(key in state for key in SDXL_MARKERS)
+    # OpenCLIP multiplies by its projection from the right: (width, projection_dim).
+    projection = state["conditioner.embedders.1.model.text_projection"]
+    assert torch.equal(projection, pipe.text_encoder_2.text_projection.weight.T)
+    width = pipe.text_encoder_2.config.hidden_size
+    fused = state["conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"]
+    assert fused.shape == (3 * width, width)
+    path = write_single_file(tmp_path / "sdxl.safetensors", pipe.unet, pipe.vae, encoders)
+    back = StableDiffusionXLPipeline.from_single_file(
+        path, config=str(tiny_sdxl_path), local_files_only=True
+    )
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        ours = {
+            k: v for k, v in getattr(pipe, part).state_dict().items() if "position_ids" not in k
+        }
+        theirs = {
+            k: v for k, v in getattr(back, part).state_dict().items() if "position_ids" not in k
+        }
+        assert_same(ours, theirs)

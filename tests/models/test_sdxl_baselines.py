@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from core.concept import ConceptSpec
 from exports.external_formats import A1111_FOLDER, KOHYA_LORA, SDXL_EMBEDDING_KEYS, load_embedding
+from exports.single_file import SINGLE_FILE
 from models import (
     XTI,
     CustomDiffusion,
@@ -163,10 +164,13 @@ def test_sdxl_kohya_lora_has_the_clients_names_and_loads_through_diffusers_conve
     assert_same_images(module, pipe)
 
 
-def test_dreambooth_export_is_an_sdxl_pipeline_folder(tiny_sdxl_path: Path, tmp_path: Path) -> None:
+def test_dreambooth_export_is_an_sdxl_pipeline_folder_and_single_file(
+    tiny_sdxl_path: Path, tmp_path: Path
+) -> None:
     module = DreamBooth(
-        pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS, train_text_encoder=True
-    )
+        pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS, train_text_encoder=True,
+        export_single_file=True,
+    )  # fmt: skip
     before = snapshot(module)
     one_step(module)
     moved = changed(before, module)
@@ -176,12 +180,22 @@ def test_dreambooth_export_is_an_sdxl_pipeline_folder(tiny_sdxl_path: Path, tmp_
     export = tmp_path / "export"
     export_with_manifest(module, export)
     assert_same_images(module, sample_pipe(export))
+    # The original-layout file A1111 / ComfyUI load, with the concept's SDXL embedding beside
+    # it (a single file holds no tokenizer), through diffusers' own single-file loader.
+    single = StableDiffusionXLPipeline.from_single_file(
+        export / SINGLE_FILE, config=str(tiny_sdxl_path), local_files_only=True
+    )
+    single.scheduler = DDIMScheduler.from_config(single.scheduler.config)
+    load_embedding(single, export / A1111_FOLDER / "v1.safetensors")
+    assert_same_images(module, single)
 
 
 def test_custom_diffusion_trains_cross_attention_kv_and_loads_its_processors(
     tiny_sdxl_path: Path, tmp_path: Path
 ) -> None:
-    module = CustomDiffusion(pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS)
+    module = CustomDiffusion(
+        pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS, export_single_file=True
+    )
     before = snapshot(module)
     one_step(module)
     moved = changed(before, module)
@@ -193,6 +207,13 @@ def test_custom_diffusion_trains_cross_attention_kv_and_loads_its_processors(
     pipe = sample_pipe(tiny_sdxl_path)
     load_export(pipe, export)
     assert_same_images(module, pipe)
+    # The projections merged into one original-layout file, the tokens as its embedding.
+    single = StableDiffusionXLPipeline.from_single_file(
+        export / SINGLE_FILE, config=str(tiny_sdxl_path), local_files_only=True
+    )
+    single.scheduler = DDIMScheduler.from_config(single.scheduler.config)
+    load_embedding(single, export / A1111_FOLDER / "v1.safetensors")
+    assert_same_images(module, single)
 
 
 def test_visual_encoder_maps_photos_to_both_encoders_vectors(
@@ -213,11 +234,11 @@ def test_visual_encoder_maps_photos_to_both_encoders_vectors(
     optimizer.step()
     moved = changed(before, module)
     assert moved and all(".mapper." in k for k in moved), moved
-    # A new subject's vectors: 32 + 32 wide (each tiny encoder's width), one part per encoder.
+    # A new subject's vectors: 32 + 48 wide (each tiny encoder's width), one part per encoder.
     export_with_manifest(module, tmp_path)
     encoder, token = load_subject_encoder(tmp_path)
     vectors = encoder.embed_subject(references)
-    assert vectors.shape == (4, 64)
+    assert vectors.shape == (4, 32 + 48)
     module.set_subject(vectors)
     pipe = sample_pipe(tiny_sdxl_path)
     install_subject(pipe, vectors, token)
@@ -242,12 +263,6 @@ def test_an_export_of_one_family_refuses_the_other_pipeline(
         ValueError, match="export for the sdxl backbone .* not a StableDiffusionPipeline"
     ):
         load_export(pipe, tmp_path)
-
-
-@pytest.mark.parametrize("option", [{"export_single_file": True}])
-def test_sd1_only_options_are_refused_on_sdxl(option: dict) -> None:
-    with pytest.raises(ValueError, match="SD 1.x's original checkpoint layout"):
-        DreamBooth(pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS, **option)
 
 
 def attn2_outputs(module: XTI, text) -> dict[str, torch.Tensor]:
@@ -321,7 +336,7 @@ def test_xti_gives_each_transformer_its_own_tokens_in_both_encoders(
     export_with_manifest(module, export)
     with safe_open(str(export / XTI_EMBEDS), framework="pt") as handle:
         assert set(handle.keys()) == {"clip_l/<v1>", "clip_g/<v1>"}
-        assert handle.get_tensor("clip_g/<v1>").shape == (4, 1, 32)
+        assert handle.get_tensor("clip_g/<v1>").shape == (4, 1, 48)
     xti_pipe = xti_pipeline(str(tiny_sdxl_path), export)
     assert isinstance(xti_pipe, XTIStableDiffusionXLPipeline)
     xti_pipe.scheduler = DDIMScheduler.from_config(xti_pipe.scheduler.config)
