@@ -41,7 +41,7 @@ def test_text_states_and_pooled_embedding_are_diffusers_encode_prompt(
     states, _, pooled, _ = pipe.encode_prompt(
         PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
     )
-    assert ours.hidden_states.shape == states.shape == (2, 77, 32 + 48)  # both encoders side by side
+    assert ours.hidden_states.shape == states.shape == (2, 77, 32 + 48)
     torch.testing.assert_close(ours.hidden_states, states, rtol=0, atol=1e-6)
     torch.testing.assert_close(ours.text_embeds, pooled, rtol=0, atol=1e-6)
 
