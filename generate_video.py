@@ -4,13 +4,14 @@
         --prompt "a {} running on the grass"
 
 loads the run's export (Textual Inversion, Custom Diffusion, LoRA, DreamBooth or CLIF), as its
-``export.json`` describes it, into a Stable Diffusion pipeline with diffusers' own loaders
-(``models.load_export``), wraps it with a motion adapter
-(``--motion-adapter``: a hub id, a local folder, or ``tiny-motion-adapter``) in diffusers'
-``AnimateDiffPipeline``, and writes ``video.mp4``, ``video.gif``, ``frames.png`` and
-``settings.json`` into a new ``<run>/eval/video-<n>/`` with the frame grid in its TensorBoard
-(``video/frames``). ``{}`` in the prompt is the run's concept ("<v1> dog"). Defaults are the
-paper's: 512x512, guidance 7.5, 25 DDIM steps, 16 frames (tiny-sd runs: 32 px, its size).
+``export.json`` describes it, into a Stable Diffusion (or SDXL) pipeline with diffusers' own
+loaders (``models.load_export``), wraps it with a motion adapter (``--motion-adapter``: a hub
+id, a local folder, or ``tiny-motion-adapter`` / ``tiny-motion-adapter-sdxl``) in diffusers'
+``AnimateDiffPipeline`` (``AnimateDiffSDXLPipeline``), and writes ``video.mp4``, ``video.gif``,
+``frames.png`` and ``settings.json`` into a new ``<run>/eval/video-<n>/`` with the frame grid
+in its TensorBoard (``video/frames``). ``{}`` in the prompt is the run's concept ("<v1> dog").
+Defaults are the paper's: 512x512, guidance 7.5, 25 DDIM steps, 16 frames (SDXL: 1024 px, the
+SDXL beta adapter's size; tiny runs: 32 px, their size).
 Without ``--run``: ``--export <folder> --output <folder>`` (the base model is the one the
 export's ``export.json`` names unless ``--pretrained`` says otherwise).
 """
@@ -32,6 +33,7 @@ silence_library_noise()  # before transformers is imported: it logs its notices 
 import torch
 import yaml
 
+from backbones import TINY_NAMES
 from core.concept import ConceptSpec
 from core.errors import user_message
 from core.run_config import RUN_CONFIG, next_numbered
@@ -44,10 +46,25 @@ from generation.video import (
     write_video,
 )
 from pretrained.resolve import resolve_pretrained
-from pretrained.tiny_motion_adapter import TINY_MOTION_ADAPTER_NAME, resolve_motion_adapter
-from pretrained.tiny_sd import TINY_MODEL_NAME, TINY_RESOLUTION
+from pretrained.tiny_motion_adapter import (
+    TINY_MOTION_ADAPTER_NAME,
+    TINY_SDXL_MOTION_ADAPTER_NAME,
+    resolve_motion_adapter,
+)
+from pretrained.tiny_sd import TINY_RESOLUTION
 
 SD15_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
+SDXL = "sdxl"
+# Per family: the motion adapter (released, tiny twin), the pipeline class, the default size.
+VIDEO_FAMILIES: dict[str, tuple[str, str, str, int]] = {
+    SD1: (SD15_MOTION_ADAPTER, TINY_MOTION_ADAPTER_NAME, "StableDiffusionPipeline", 512),
+    SDXL: (
+        "guoyww/animatediff-motion-adapter-sdxl-beta",
+        TINY_SDXL_MOTION_ADAPTER_NAME,
+        "StableDiffusionXLPipeline",
+        1024,
+    ),
+}
 DEFAULT_PROMPT = "a {} running on the grass"
 
 
@@ -56,15 +73,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--run", type=Path, help="a run folder (holds config.yaml, export/)")
     parser.add_argument("--export", type=Path, help="an export folder (default: <run>/export)")
     parser.add_argument("--pretrained", help="the base model (default: the export's)")
-    parser.add_argument("--motion-adapter", help=f"default: {SD15_MOTION_ADAPTER}, "
-                        f"or {TINY_MOTION_ADAPTER_NAME} for tiny-sd")  # fmt: skip
+    adapter_help = f"default: {SD15_MOTION_ADAPTER} (SDXL: its sdxl-beta), or "
+    adapter_help += f"{TINY_MOTION_ADAPTER_NAME}(-sdxl) for a tiny model"
+    parser.add_argument("--motion-adapter", help=adapter_help)
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="{} = the run's concept")
     parser.add_argument("--concept", help='what {} stands for (default: the run\'s "<v1> dog")')
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--output", type=Path, help="default: a new <run>/eval/video-<n>")
     parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--height", type=int, default=None, help="default 512 (tiny-sd: 32)")
-    parser.add_argument("--width", type=int, default=None, help="default 512 (tiny-sd: 32)")
+    parser.add_argument("--height", type=int, default=None, help="default 512 (SDXL 1024, tiny 32)")
+    parser.add_argument("--width", type=int, default=None, help="default 512 (SDXL 1024, tiny 32)")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--fps", type=int, default=8)
@@ -107,11 +125,11 @@ def video_export(folder: Path) -> ExportManifest:
             f"{error}. AnimateDiff takes a plain Stable Diffusion pipeline: video works with "
             "Textual Inversion, Custom Diffusion, LoRA, DreamBooth and CLIF exports"
         ) from None
-    if manifest.family != SD1:
+    if manifest.family not in VIDEO_FAMILIES:
         raise ValueError(
             f"{folder} is an export for the {manifest.family} backbone; video here drives "
-            "AnimateDiff's SD 1.x motion adapters, so give an SD 1.x run's export (AnimateDiff "
-            "for SDXL is not wired yet)"
+            f"AnimateDiff's motion adapters for {' and '.join(VIDEO_FAMILIES)}, so give a run "
+            "of one of those"
         )
     return manifest
 
@@ -122,17 +140,20 @@ def is_pipeline_folder(manifest: ExportManifest) -> bool:
 
 
 def concept_pipeline(base: str, export: Path, manifest: ExportManifest, dtype: torch.dtype) -> Any:
-    """An SD pipeline that generates the concept as the trained module does, with plain
+    """An SD (SDXL) pipeline that generates the concept as the trained module does, with plain
     UNet weights (Custom Diffusion's K/V merged, the LoRA fused): what a motion UNet takes."""
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     from models.exports_loading import load_export
 
+    pipeline_class = getattr(diffusers, VIDEO_FAMILIES[manifest.family][2])
     if is_pipeline_folder(manifest):
-        return StableDiffusionPipeline.from_pretrained(export, dtype=dtype)
-    pipe = StableDiffusionPipeline.from_pretrained(
+        return pipeline_class.from_pretrained(export, dtype=dtype)
+    # SD 1.x pipelines carry a safety checker slot, which a personalization run has no use for.
+    extra = {"safety_checker": None, "requires_safety_checker": False}
+    pipe = pipeline_class.from_pretrained(
         resolve_pretrained(base, "--pretrained"), dtype=dtype,
-        safety_checker=None, requires_safety_checker=False,
+        **(extra if manifest.family == SD1 else {}),
     )  # fmt: skip
     load_export(pipe, export)
     return plain_unet(pipe)
@@ -182,11 +203,10 @@ def generate(args: argparse.Namespace) -> Path:
         prompt = args.prompt.replace("{}", args.concept or concept_phrase(config))
     else:
         prompt = args.prompt
-    tiny = base == TINY_MODEL_NAME
-    adapter_name = args.motion_adapter or (
-        TINY_MOTION_ADAPTER_NAME if tiny else SD15_MOTION_ADAPTER
-    )
-    size = TINY_RESOLUTION if tiny else VideoSettings.height
+    tiny = base in TINY_NAMES
+    released, tiny_adapter, _, family_size = VIDEO_FAMILIES[manifest.family]
+    adapter_name = args.motion_adapter or (tiny_adapter if tiny else released)
+    size = TINY_RESOLUTION if tiny else family_size
     settings = VideoSettings(
         height=args.height or size, width=args.width or size, num_frames=args.frames,
         guidance_scale=args.guidance_scale, num_inference_steps=args.steps, fps=args.fps,

@@ -1,10 +1,11 @@
 """Video of a learned concept: a Stable Diffusion pipeline with a motion adapter (AnimateDiff).
 
 ClassDiffusion (section 4.3) shows that a personalized model drives AnimateDiff unchanged: the
-concept's tokens and weights go into an ordinary SD 1.x pipeline, and diffusers'
-``AnimateDiffPipeline.from_pipe`` wraps that pipeline's UNet into a motion UNet with the
-adapter's temporal layers. Whatever made the SD pipeline (a textual inversion, merged Custom
-Diffusion K/V, a fused LoRA, a DreamBooth folder) is not this module's business.
+concept's tokens and weights go into an ordinary SD 1.x (or SDXL) pipeline, and diffusers'
+``AnimateDiffPipeline.from_pipe`` (``AnimateDiffSDXLPipeline``) wraps that pipeline's UNet into
+a motion UNet with the adapter's temporal layers. Whatever made the SD pipeline (a textual
+inversion, merged Custom Diffusion K/V, a fused LoRA, a DreamBooth folder) is not this
+module's business.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, StableDiffusionPipeline
+from diffusers import (
+    AnimateDiffPipeline,
+    AnimateDiffSDXLPipeline,
+    DDIMScheduler,
+    MotionAdapter,
+    StableDiffusionPipeline,
+)
 from PIL import Image
 
 from core.images import make_grid
@@ -86,14 +93,22 @@ def check_adapter_fits(
 
 def animate(
     pipe: StableDiffusionPipeline, adapter: MotionAdapter, adapter_name: str
-) -> AnimateDiffPipeline:
-    """The SD pipeline with the adapter's temporal layers, sampling with AnimateDiff's DDIM
-    (linear betas, linspace timesteps: the schedule the motion modules were trained with)."""
+) -> AnimateDiffPipeline | AnimateDiffSDXLPipeline:
+    """The SD (or SDXL) pipeline with the adapter's temporal layers, sampling with AnimateDiff's
+    DDIM (linear betas, linspace timesteps: the schedule the motion modules were trained with,
+    the SDXL beta's too)."""
     check_adapter_fits(dict(pipe.unet.config), dict(adapter.config), adapter_name)
     notices = logging.getLogger("diffusers.models.modeling_utils")
     if not any(isinstance(f, _NothingToKeepInFloat32) for f in notices.filters):
         notices.addFilter(_NothingToKeepInFloat32())
-    video = AnimateDiffPipeline.from_pipe(pipe, motion_adapter=adapter)
+    xl = getattr(pipe, "text_encoder_2", None) is not None
+    wrapper = AnimateDiffSDXLPipeline if xl else AnimateDiffPipeline
+    video = wrapper.from_pipe(pipe, motion_adapter=adapter)
+    # diffusers' UNetMotionModel.from_unet2d copies every spatial part but SDXL's added
+    # (pooled text + size) embedding, which it leaves freshly initialised: carry it over.
+    added = getattr(pipe.unet, "add_embedding", None)
+    if added is not None:
+        video.unet.add_embedding.load_state_dict(added.state_dict())
     video.scheduler = DDIMScheduler.from_config(
         pipe.scheduler.config,
         beta_schedule="linear",
@@ -105,7 +120,7 @@ def animate(
 
 
 def generate_frames(
-    pipe: AnimateDiffPipeline, prompt: str, settings: VideoSettings
+    pipe: AnimateDiffPipeline | AnimateDiffSDXLPipeline, prompt: str, settings: VideoSettings
 ) -> list[Image.Image]:
     """One clip's frames (seeded on the CPU, so a seed gives the same clip on any device)."""
     output = pipe(

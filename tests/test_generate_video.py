@@ -27,7 +27,11 @@ from generation.video import (
 )
 from models import CustomDiffusion, DreamBooth, LoRA, TextualInversion, export_with_manifest
 from models.base import PersonalizationModule
-from pretrained.tiny_motion_adapter import TINY_MOTION_ADAPTER_NAME, resolve_motion_adapter
+from pretrained.tiny_motion_adapter import (
+    TINY_MOTION_ADAPTER_NAME,
+    TINY_SDXL_MOTION_ADAPTER_NAME,
+    resolve_motion_adapter,
+)
 from train import main as train_main
 
 pytestmark = pytest.mark.slow  # runs training end to end, or a process grid
@@ -201,11 +205,11 @@ def test_bad_input_gets_one_line(
                  "--output", str(tmp_path / "out")],
     )  # fmt: skip
     assert "config.yaml" in _error(capsys, ["--run", str(tmp_path)])
-    sdxl = tmp_path / "sdxl"
-    sdxl.mkdir()
-    write_manifest(sdxl, ExportManifest("LoRA", "tiny-sdxl", {}, family="sdxl"))
-    message = _error(capsys, ["--export", str(sdxl), "--output", str(tmp_path / "out")])
-    assert "export for the sdxl backbone" in message and "SD 1.x motion adapters" in message
+    other = tmp_path / "other"
+    other.mkdir()  # a family AnimateDiff has no motion adapters for
+    write_manifest(other, ExportManifest("LoRA", "some-model", {}, family="flux"))
+    message = _error(capsys, ["--export", str(other), "--output", str(tmp_path / "out")])
+    assert "export for the flux backbone" in message and "sd1 and sdxl" in message
     assert not (tmp_path / "out").exists()
 
 
@@ -221,3 +225,34 @@ def test_sd15_fits_animatediffs_sd15_adapter_shape() -> None:
     check_adapter_fits(sd15_unet, defaults, "sd15-shaped")
     with pytest.raises(MotionAdapterMismatchError, match="block widths"):
         check_adapter_fits({"block_out_channels": [32, 64], "layers_per_block": 1}, defaults, "x")
+
+
+def test_an_sdxl_export_becomes_a_video_through_animatediffs_sdxl_pipeline(
+    tmp_path: Path, tiny_sdxl_path: Path
+) -> None:
+    module = LoRA(pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS, rank=4)
+    _randomise_trained(module, seed=7)
+    export = tmp_path / "export"
+    export_with_manifest(module, export)
+    # The LoRA fused into the SDXL UNet, every spatial weight kept by the motion UNet.
+    manifest = generate_video.video_export(export)
+    pipe = generate_video.concept_pipeline("tiny-sdxl", export, manifest, torch.float32)
+    assert not any(".lora_" in k for k in pipe.unet.state_dict())  # fused, then unloaded
+    from diffusers import UNet2DConditionModel
+
+    base = UNet2DConditionModel.from_pretrained(tiny_sdxl_path, subfolder="unet").state_dict()
+    assert any(not torch.equal(v, base[k]) for k, v in pipe.unet.state_dict().items())
+    spatial = {name: tensor.clone() for name, tensor in pipe.unet.state_dict().items()}
+    adapter = MotionAdapter.from_pretrained(resolve_motion_adapter(TINY_SDXL_MOTION_ADAPTER_NAME))
+    video_pipe = animate(pipe, adapter, TINY_SDXL_MOTION_ADAPTER_NAME)
+    assert type(video_pipe).__name__ == "AnimateDiffSDXLPipeline"
+    motion = video_pipe.unet.state_dict()
+    assert all(torch.equal(motion[name], tensor) for name, tensor in spatial.items())
+    out = tmp_path / "video"
+    args = ["--export", str(export), "--concept", "<v1> toy", "--output", str(out),
+            "--frames", "2", "--steps", "1", "--fps", "2"]  # fmt: skip
+    assert generate_video.main(args) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["motion_adapter"] == TINY_SDXL_MOTION_ADAPTER_NAME
+    assert (settings["pretrained"], settings["height"]) == ("tiny-sdxl", 32)
+    assert iio.imread(out / "video.mp4").shape == (2, 32, 32, 3)
