@@ -161,3 +161,9 @@ def test_the_mlm_recipe_runs_on_sdxl_with_psi_pretrained_on_its_first_encoder(
     assert [r.name for r in cli.model.regularizers] == ["mlm"]
     logged = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if "mlm" in k}
     assert logged and all(v > 0 for v in logged.values()), logged
+
+
+def test_the_xti_recipe_runs_on_sdxl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    cli = two_sdxl_steps(["configs/xti.yaml"], tmp_path)
+    assert len(cli.model.layer_names) == 4  # tiny-sdxl's spatial transformers
