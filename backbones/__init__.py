@@ -4,6 +4,7 @@ a model option means."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from backbones.base import BackboneFamily
 from backbones.sd1 import StableDiffusion1
@@ -57,4 +58,24 @@ def choose_family(name_or_path: str, backbone: str = AUTO) -> tuple[BackboneFami
     return FAMILIES[declared or DEFAULT_FAMILY], name_or_path
 
 
-__all__ = ["FAMILIES", "TINY_NAMES", "BackboneFamily", "choose_family", "family_named"]
+def family_of_pipeline(pipe: Any) -> BackboneFamily:
+    """The family of a diffusers pipeline's components (SDXL's has a second text encoder)."""
+    return FAMILIES["sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd1"]
+
+
+def pipeline_text_parts(pipe: Any) -> list[tuple[Any, Any]]:
+    """A pipeline's (tokenizer, text encoder) pairs in its family's order."""
+    family = family_of_pipeline(pipe)
+    pairs = zip(family.tokenizer_names, family.text_encoder_names)
+    return [(getattr(pipe, t), getattr(pipe, e)) for t, e in pairs]
+
+
+__all__ = [
+    "FAMILIES",
+    "TINY_NAMES",
+    "BackboneFamily",
+    "choose_family",
+    "family_named",
+    "family_of_pipeline",
+    "pipeline_text_parts",
+]

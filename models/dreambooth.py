@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
+from backbones import family_of_pipeline
 from exports.external_formats import A1111_FOLDER
 from exports.manifest import Format
 from exports.single_file import SINGLE_FILE, check_single_file_family, write_single_file
@@ -121,7 +122,7 @@ class DreamBooth(PersonalizationModule):
         pipeline's scheduler stays."""
         folder = Path(folder)
         parts: dict[str, Any] = {}
-        xl = getattr(pipeline, "text_encoder_2", None) is not None
+        xl = family_of_pipeline(pipeline).name == "sdxl"
         for name in (*PIPELINE_MODELS, *(("text_encoder_2",) if xl else ())):
             current = getattr(pipeline, name)
             loaded = type(current).from_pretrained(folder, subfolder=name, dtype=current.dtype)

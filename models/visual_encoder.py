@@ -35,6 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from backbones import pipeline_text_parts
 from exports.manifest import Format, not_loadable
 from models.base import PersonalizationModule
 from models.subject_encoder import (
@@ -173,8 +174,10 @@ class VisualEncoder(PersonalizationModule):
 
     def set_subject(self, vectors: torch.Tensor | None) -> None:
         """The subject the concept token stands for in ``generate`` / ``encode_text``."""
-        self._chosen_subject = None if vectors is None else vectors.detach().reshape(
-            1, self.concept_tokens.num_vectors, -1
+        self._chosen_subject = (
+            None
+            if vectors is None
+            else vectors.detach().reshape(1, self.concept_tokens.num_vectors, -1)
         )
 
     @contextmanager
@@ -294,9 +297,7 @@ def install_subject(
     """Give a diffusers pipeline the subject's vectors as textual-inversion token ``token``
     (an SDXL pipeline: each text encoder its part, in the encoders' order)."""
     vectors = vectors.detach().float().cpu()
-    pairs = [(pipe.text_encoder, pipe.tokenizer)]
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pairs.append((pipe.text_encoder_2, pipe.tokenizer_2))
+    pairs = [(encoder, tokenizer) for tokenizer, encoder in pipeline_text_parts(pipe)]
     widths = [encoder.get_input_embeddings().embedding_dim for encoder, _ in pairs]
     if vectors.shape[-1] != sum(widths):
         raise ValueError(

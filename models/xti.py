@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from backbones import FAMILIES, choose_family
+from backbones import choose_family, family_of_pipeline, pipeline_text_parts
 from backbones.base import BackboneFamily
 from core.concept import vector_token_names
 from exports.manifest import Format, not_loadable
@@ -56,12 +56,15 @@ SDXL_ENCODERS = ("clip_l", "clip_g")
 def read_xti(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The first text encoder's vectors ``{token: (n_layers, num_vectors, dim)}`` and the
     layer names (`read_xti_encoders`: every encoder's)."""
-    per_encoder, layers = read_xti_encoders(path)
+    per_encoder, layers, _ = read_xti_encoders(path)
     return per_encoder[0], layers
 
 
-def read_xti_encoders(path: str | Path) -> tuple[list[dict[str, torch.Tensor]], list[str]]:
-    """Each text encoder's ``{token: (n_layers, num_vectors, dim)}`` and the layer names."""
+def read_xti_encoders(
+    path: str | Path,
+) -> tuple[list[dict[str, torch.Tensor]], list[str], int | None]:
+    """Each text encoder's ``{token: (n_layers, num_vectors, dim)}``, the layer names, and the
+    ``text_layer`` it trained with (whose pooled text SDXL reads; None in older exports)."""
     path = Path(path)
     if path.is_dir():
         path = path / XTI_EMBEDS
@@ -79,7 +82,9 @@ def read_xti_encoders(path: str | Path) -> tuple[list[dict[str, torch.Tensor]], 
         tokens = json.loads(metadata.get("xti_tokens", "[]")) or keys
         prefixes = [f"{name}/" for name in encoders] or [""]
         vectors = [{t: handle.get_tensor(prefix + t) for t in tokens} for prefix in prefixes]
-    return vectors, json.loads(metadata["xti_layers"])
+    text_layer = metadata.get("xti_text_layer")
+    layer = None if text_layer is None else int(text_layer)
+    return vectors, json.loads(metadata["xti_layers"]), layer
 
 
 class XTI(PersonalizationModule):
@@ -168,7 +173,7 @@ class XTI(PersonalizationModule):
 
     def load_embeddings(self, path: str | Path) -> None:
         """Start from saved per-layer vectors (same layers, tokens and num_vectors)."""
-        per_encoder, layers = read_xti_encoders(path)
+        per_encoder, layers, _ = read_xti_encoders(path)
         check_encoder_count(len(per_encoder), self.family, repr(str(path)))
         check_layers(layers, self.layer_names, repr(str(path)))
         with torch.no_grad():
@@ -197,6 +202,7 @@ class XTI(PersonalizationModule):
         metadata = {
             "xti_layers": json.dumps(self.layer_names),
             "xti_tokens": json.dumps([c.token for c in self.concepts]),
+            "xti_text_layer": str(self.text_layer),
         }
         if count > 1:
             metadata["xti_encoders"] = json.dumps(list(SDXL_ENCODERS))
@@ -236,17 +242,6 @@ def check_encoder_count(count: int, family: BackboneFamily, source: str) -> None
 
 
 # ----- diffusers: loading and generating ----------------------------------------------------
-def family_of(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline) -> BackboneFamily:
-    """The backbone family of a diffusers pipeline (SDXL's has a second text encoder)."""
-    return FAMILIES["sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd1"]
-
-
-def _text_parts(pipe: Any) -> list[tuple[Any, nn.Module]]:
-    family = family_of(pipe)
-    pairs = zip(family.tokenizer_names, family.text_encoder_names)
-    return [(getattr(pipe, t), getattr(pipe, e)) for t, e in pairs]
-
-
 def load_xti(
     pipe: StableDiffusionPipeline | StableDiffusionXLPipeline, path: str | Path
 ) -> list[str]:
@@ -256,12 +251,12 @@ def load_xti(
     of its family (plain prompts). Returns the tokens loaded; raises before touching the
     pipeline if the export's layers or text encoders do not match it.
     """
-    per_encoder, layers = read_xti_encoders(path)
+    per_encoder, layers, text_layer = read_xti_encoders(path)
     source = repr(str(path))
-    check_encoder_count(len(per_encoder), family_of(pipe), source)
+    check_encoder_count(len(per_encoder), family_of_pipeline(pipe), source)
     check_layers(layers, cross_attention_layers(pipe.unet), source)
     layers = cross_attention_layers(pipe.unet)
-    parts = _text_parts(pipe)
+    parts = pipeline_text_parts(pipe)
     num_vectors = {t: v.shape[1] for t, v in per_encoder[0].items()}
     names = [n for t in per_encoder[0] for n in vector_token_names(t, num_vectors[t])]
     for tokenizer, text_encoder in parts:  # every check before anything changes
@@ -287,6 +282,7 @@ def load_xti(
     blocks = getattr(pipe, "xti_blocks", None) or LayerTokenBlocks()
     blocks.blocks.append((first, len(names)))
     pipe.xti_blocks, pipe.xti_layers = blocks, layers
+    pipe.xti_text_layer = default_text_layer(layers) if text_layer is None else text_layer
     install_processors(pipe.unet, layers, pipe.tokenizer.model_max_length)
     return list(per_encoder[0])
 
@@ -294,12 +290,12 @@ def load_xti(
 def xti_text(pipe: Any, prompts: list[str], text_layer: int | None = None) -> TextEncoding:
     """The prompts' XTI encoding in a pipeline `load_xti` prepared: ``conditioning`` the packed
     per-layer states (B, n_layers * L, D), ``text_embeds`` SDXL's pooled text (``text_layer``'s;
-    None: the middle block's, as training uses by default)."""
+    None: the one the export trained with)."""
     blocks = getattr(pipe, "xti_blocks", None)
     if blocks is None:
         raise ValueError("No XTI embeddings in this pipeline; call load_xti(pipe, path) first.")
-    family = family_of(pipe)
-    parts = _text_parts(pipe)
+    family = family_of_pipeline(pipe)
+    parts = pipeline_text_parts(pipe)
     expanded = pipe.maybe_convert_prompt(list(prompts), pipe.tokenizer)
     input_ids = tokenize_padded(pipe.tokenizer, expanded, parts[0][1].device)
     encoders = [encoder for _, encoder in parts]
@@ -308,7 +304,7 @@ def xti_text(pipe: Any, prompts: list[str], text_layer: int | None = None) -> Te
     def encode(ids: torch.Tensor) -> TextEncoding:
         return family.encode_ids(encoders, ids, pad_ids, pipe.tokenizer.eos_token_id)
 
-    layer = default_text_layer(pipe.xti_layers) if text_layer is None else text_layer
+    layer = pipe.xti_text_layer if text_layer is None else text_layer
     with torch.no_grad():
         layers = encode_per_layer(encode, input_ids, blocks, len(pipe.xti_layers))
     return with_layer_states(layers, layer)
@@ -363,7 +359,7 @@ class XTIStableDiffusionPipeline(StableDiffusionPipeline):
 
 class XTIStableDiffusionXLPipeline(StableDiffusionXLPipeline):
     """An SDXL pipeline whose prompts go through the XTI per-layer encoding (both encoders;
-    the pooled text from the middle block's layer, as training conditions on by default)."""
+    the pooled text from the layer the export trained with, ``text_layer``)."""
 
     def encode_prompt(  # type: ignore[override]
         self,

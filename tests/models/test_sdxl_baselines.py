@@ -28,7 +28,7 @@ from models import (
 from models.base import PersonalizationModule
 from models.exports_loading import export_with_manifest
 from models.visual_encoder import install_subject, load_subject_encoder
-from models.xti import XTI_EMBEDS, XTIStableDiffusionXLPipeline, xti_pipeline
+from models.xti import XTI_EMBEDS, XTIStableDiffusionXLPipeline, xti_pipeline, xti_text
 
 pytestmark = pytest.mark.smoke
 PROMPT = "a photo of a <v1> toy"
@@ -344,3 +344,21 @@ def test_xti_gives_each_transformer_its_own_tokens_in_both_encoders(
     assert_same_images(module, xti_pipe)
     with pytest.raises(ValueError, match="2 text encoder"):
         XTI(concepts=CONCEPTS, init_embeddings=str(export))
+
+
+def test_the_xti_pipeline_reads_the_pooled_text_of_the_layer_trained_with(
+    tiny_sdxl_path: Path, tmp_path: Path
+) -> None:
+    # SDXL's pooled text is text_layer's: an export trained with another layer than the
+    # default must condition the pipeline the same way (the export records the layer).
+    module = XTI(pretrained_model_name_or_path="tiny-sdxl", concepts=CONCEPTS, text_layer=0)
+    with torch.no_grad():
+        for encoder in range(2):
+            vectors = module.encoder_concept_tokens[encoder].embedding.vectors
+            vectors.copy_(torch.randn(vectors.shape, generator=torch.Generator().manual_seed(3)))
+    export_with_manifest(module, tmp_path)
+    pipe = xti_pipeline(str(tiny_sdxl_path), tmp_path)
+    ours = module.encode_text([PROMPT])
+    theirs = xti_text(pipe, [PROMPT])
+    torch.testing.assert_close(theirs.text_embeds, ours.text_embeds, rtol=0, atol=1e-6)
+    torch.testing.assert_close(theirs.conditioning, ours.conditioning, rtol=0, atol=1e-6)
