@@ -32,6 +32,7 @@ class SaveOnInterrupt(L.Callback):
     def __init__(self) -> None:
         self._stop_requested = False
         self._previous_handler: Any = None
+        self._active = False  # between on_train_start and the run's end
         self.stopped_by: signal.Signals | None = None  # the signal that stopped the last run
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
@@ -43,12 +44,22 @@ class SaveOnInterrupt(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop_requested, self.stopped_by = False, None
+        self._active = True
         if threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+            owner = getattr(previous, "__self__", None)
+            if isinstance(owner, SaveOnInterrupt):  # a run that died before restoring its own
+                previous = owner._previous_handler
+            self._previous_handler = previous
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
+        previous = self._previous_handler or signal.default_int_handler
+        signal.signal(signal.SIGINT, previous)
+        if not self._active:  # left installed after its run (Lightning restores what it saw)
+            if callable(previous):
+                previous(signum, frame)
+            return
         self._stop_requested = True
-        signal.signal(signal.SIGINT, self._previous_handler or signal.default_int_handler)
         print("\nCtrl-C: stopping after this step, with a checkpoint and an export "
               "(press Ctrl-C again to interrupt at once).", flush=True)  # fmt: skip
 
@@ -65,6 +76,7 @@ class SaveOnInterrupt(L.Callback):
     ) -> None:
         if isinstance(exception, SIGTERMException):
             self._save(trainer, signal.SIGTERM)
+        self._restore_handler()  # Lightning skips the teardown hooks when fit raises
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handler()
@@ -73,11 +85,11 @@ class SaveOnInterrupt(L.Callback):
         self._restore_handler()
 
     def _restore_handler(self) -> None:
+        self._active = False
         if self._previous_handler is not None and (
             threading.current_thread() is threading.main_thread()
         ):
             signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
 
     def _save(self, trainer: L.Trainer, why: signal.Signals) -> None:
         self.stopped_by = why

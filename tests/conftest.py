@@ -29,6 +29,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_handler_put_back(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test starts with the Ctrl-C handler the session began with; one that leaves a
+    run's handler behind is named in a warning, so the leak is found where it happens."""
+    import signal
+    import warnings
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    if signal.getsignal(signal.SIGINT) is not before:
+        warnings.warn(f"{request.node.nodeid} left a Ctrl-C handler behind", stacklevel=1)
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every test session builds its own tiny pipeline, so no stale cache can leak in."""
