@@ -7,15 +7,20 @@ from pathlib import Path
 from typing import Any
 
 from backbones.base import BackboneFamily
+from backbones.flux import Flux
 from backbones.sd1 import StableDiffusion1
 from backbones.sdxl import StableDiffusionXL
 
-FAMILIES: dict[str, BackboneFamily] = {f.name: f for f in (StableDiffusion1(), StableDiffusionXL())}
+FAMILIES: dict[str, BackboneFamily] = {
+    f.name: f for f in (StableDiffusion1(), StableDiffusionXL(), Flux())
+}
 AUTO = "auto"
 DEFAULT_FAMILY = "sd1"  # what "auto" means for a model whose family cannot be read
 TINY = "tiny"  # the tiny offline pipeline of the chosen family (configs/tiny.yaml)
 OPTION = "model.init_args.backbone"
-TINY_NAMES = frozenset({TINY, *(f.tiny_name for f in FAMILIES.values())})
+TINY_NAMES = frozenset(
+    {TINY, *(name for f in FAMILIES.values() for name in (f.tiny_name, *f.other_names))}
+)
 
 
 def family_named(name: str) -> BackboneFamily:
@@ -44,7 +49,7 @@ def choose_family(name_or_path: str, backbone: str = AUTO) -> tuple[BackboneFami
         family = chosen or FAMILIES[DEFAULT_FAMILY]
         return family, family.tiny_name
     by_name = next(
-        (f for f in FAMILIES.values() if name_or_path in (f.tiny_name, f.random_name)), None
+        (f for f in FAMILIES.values() if name_or_path in f.built_in_names()), None
     )
     declared = by_name.name if by_name is not None else declared_family(name_or_path)
     if chosen is not None and declared is not None and declared != chosen.name:
@@ -59,7 +64,10 @@ def choose_family(name_or_path: str, backbone: str = AUTO) -> tuple[BackboneFami
 
 
 def family_of_pipeline(pipe: Any) -> BackboneFamily:
-    """The family of a diffusers pipeline's components (SDXL's has a second text encoder)."""
+    """The family of a diffusers pipeline's components (FLUX's has a transformer, SDXL's a
+    second text encoder)."""
+    if getattr(pipe, "transformer", None) is not None:
+        return FAMILIES["flux"]
     return FAMILIES["sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd1"]
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from backbones.flow_matching_settings import FlowMatchingSettings
 from pretrained.stable_diffusion import load_parts
 from step.encoding import TextEncoding
 
@@ -52,12 +53,27 @@ class BackboneFamily(ABC):
     pipeline_class_names: ClassVar[tuple[str, ...]]  # model_index.json ``_class_name`` values
     tiny_name: ClassVar[str]  # built offline in code (pretrained/)
     random_name: ClassVar[str]  # the published shapes with random weights
+    other_names: ClassVar[tuple[str, ...]] = ()  # further built-in models (a variant's tiny)
     # The module's attribute names of the text encoders and tokenizers, in the family's order.
     text_encoder_names: ClassVar[tuple[str, ...]]
     tokenizer_names: ClassVar[tuple[str, ...]]
 
     parts: ClassVar[dict[str, Any]]  # subfolder -> class with from_pretrained
+    # The denoiser's name in the family's pipeline and LoRA files (``unet`` / ``transformer``)
+    # and the pipeline class that writes its LoRA files.
+    denoiser_name: ClassVar[str] = "unet"
+    lora_writer: ClassVar[str] = "StableDiffusionPipeline"
+    # The denoiser's LoRA target layers (diffusers' DreamBooth-LoRA scripts' defaults).
+    lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    # The text encoders LoRA adapts when asked (CLIP's; diffusers loads no T5 LoRA).
+    lora_text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2")
+    # The keys of a multi-encoder embedding file, one per text encoder.
+    embedding_keys: ClassVar[tuple[str, ...]] = ()
     display_name: ClassVar[str]  # in loading errors
+
+    def built_in_names(self) -> tuple[str, ...]:
+        """The model names built offline in code for this family."""
+        return (self.tiny_name, self.random_name, *self.other_names)
 
     def load(self, path: str, revision: str | None, variant: str | None) -> BackboneComponents:
         """The components from a hub id, folder or built-in name (``parts``' subfolders)."""
@@ -70,14 +86,35 @@ class BackboneFamily(ABC):
             noise_scheduler=loaded["scheduler"],
         )
 
+    def configured(self, settings: Any) -> BackboneFamily:
+        """This family with the module's ``flow_matching`` settings: a DDPM family has no use
+        for them, so changed ones are refused rather than silently ignored."""
+        if settings != FlowMatchingSettings():
+            raise ValueError(
+                f"model.init_args.flow_matching is set, but the {self.name} backbone trains "
+                "with DDPM noise prediction; leave flow_matching out, or use a flow-matching "
+                "model (backbone flux)."
+            )
+        return self
+
+    def check_components(self, components: BackboneComponents) -> None:
+        """Refuse settings the loaded model cannot take (none here)."""
+        return None
+
     @abstractmethod
     def encode_ids(
-        self, encoders: list[nn.Module], input_ids: torch.Tensor, pad_ids: list[int], end_id: int
+        self,
+        encoders: list[nn.Module],
+        input_ids: torch.Tensor,
+        pad_ids: list[int],
+        end_id: int,
+        tokenizers: list[Any] | None = None,
     ) -> TextEncoding:
         """Token ids (B, L) of the first tokenizer -> the denoiser's text conditioning.
         ``pad_ids``: each tokenizer's padding id (the ids are re-padded for encoder k);
         ``end_id``: the tokenizer's end-of-text id (the encoders' configs may say otherwise:
-        SD's and SDXL's CLIP configs keep a legacy 2)."""
+        SD's and SDXL's CLIP configs keep a legacy 2); ``tokenizers``: the family's, for a
+        family whose encoders do not share the first one's vocabulary (FLUX's T5)."""
 
     def objective(self, scheduler: DDPMScheduler) -> str:
         """The training objective this schedule uses (DDPM epsilon or v here)."""
@@ -99,6 +136,34 @@ class BackboneFamily(ABC):
         if scheduler.config.prediction_type == "v_prediction":
             return noisy, scheduler.get_velocity(latents, noise, timesteps)
         return noisy, noise
+
+    def loss_weights(self, scheduler: Any, timesteps: torch.Tensor) -> torch.Tensor | None:
+        """Each sample's weight in the denoising loss (None: all 1, DDPM's plain MSE)."""
+        return None
+
+    def run_denoiser(
+        self,
+        denoiser: nn.Module,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        states: torch.Tensor,
+        added: dict[str, Any],
+    ) -> torch.Tensor:
+        """One denoiser call on (B, C, h, w) latents; the prediction in the same layout."""
+        return denoiser(noisy_latents, timesteps, encoder_hidden_states=states, **added).sample
+
+    def default_resolution(self, denoiser: nn.Module, vae: AutoencoderKL) -> int:
+        """The pixel side the model was trained at (SD: the UNet's latent side x the VAE's)."""
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        return denoiser.config.sample_size * factor
+
+    def latent_channels(self, denoiser: nn.Module) -> int:
+        """The VAE latent channels the denoiser reads (a replacement VAE must match)."""
+        return denoiser.config.in_channels
+
+    def pixel_multiple(self, vae_scale_factor: int) -> int:
+        """Image sides must be multiples of this (the VAE's factor; more where latents pack)."""
+        return vae_scale_factor
 
     def scale_latents(self, vae: AutoencoderKL, sample: torch.Tensor) -> torch.Tensor:
         """VAE latents as the denoiser sees them: (sample - shift) * scale."""

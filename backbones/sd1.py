@@ -26,7 +26,12 @@ class StableDiffusion1(BackboneFamily):
     display_name: ClassVar[str] = "Stable Diffusion"
 
     def encode_ids(
-        self, encoders: list[nn.Module], input_ids: torch.Tensor, pad_ids: list[int], end_id: int
+        self,
+        encoders: list[nn.Module],
+        input_ids: torch.Tensor,
+        pad_ids: list[int],
+        end_id: int,
+        tokenizers: list[Any] | None = None,
     ) -> TextEncoding:
         """The text encoder's last hidden states, as SD 1.x's pipelines condition on."""
         return TextEncoding(encoders[0](input_ids).last_hidden_state, input_ids)

@@ -52,9 +52,16 @@ class StableDiffusionXL(BackboneFamily):
     tokenizer_names: ClassVar[tuple[str, ...]] = ("tokenizer", "tokenizer_2")
     parts: ClassVar[dict[str, Any]] = SDXL_PARTS
     display_name: ClassVar[str] = "SDXL"
+    lora_writer: ClassVar[str] = "StableDiffusionXLPipeline"
+    embedding_keys: ClassVar[tuple[str, ...]] = ("clip_l", "clip_g")  # A1111's, ComfyUI's
 
     def encode_ids(
-        self, encoders: list[nn.Module], input_ids: torch.Tensor, pad_ids: list[int], end_id: int
+        self,
+        encoders: list[nn.Module],
+        input_ids: torch.Tensor,
+        pad_ids: list[int],
+        end_id: int,
+        tokenizers: list[Any] | None = None,
     ) -> TextEncoding:
         """Both encoders' penultimate states, concatenated, and the second's ``text_embeds``
         as the encoder computes it (with SDXL's legacy config, at the highest token id, as

@@ -184,7 +184,7 @@ class AttentionMaps(AnalysisCallback):
         """(latent, image or None), computed once: the VAE is frozen and the image fixed."""
         key = (id(module.vae), id(getattr(trainer, "datamodule", None)), module.device)
         if self._clean_latent is None or self._clean_latent[0] != key:
-            size = module.unet.config.sample_size * module.vae_scale_factor
+            size = module.family.default_resolution(module.unet, module.vae)
             image = self._reference_image(trainer, size)
             if image is not None:
                 pixels = (2 * image - 1).to(module.device, module.vae.dtype)

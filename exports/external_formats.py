@@ -45,18 +45,20 @@ def write_a1111_embedding(vectors: torch.Tensor, folder: Path, token: str) -> Pa
     return path
 
 
-# SDXL embeddings (A1111, ComfyUI): one file per token with each encoder's vectors by name.
+# SDXL embeddings (A1111, ComfyUI): one file per token with each encoder's vectors by name;
+# FLUX's as diffusers' advanced FLUX script writes them (CLIP ViT-L's and T5's).
 SDXL_EMBEDDING_KEYS = ("clip_l", "clip_g")
+FLUX_EMBEDDING_KEYS = ("clip_l", "t5")
 
 
-def write_sdxl_embedding(vectors: list[torch.Tensor], path: Path, token: str) -> Path:
-    """SDXL's two encoders' vectors (num_vectors, 768) and (num_vectors, 1280) as the
-    ``{"clip_l": ..., "clip_g": ...}`` file A1111 and ComfyUI read for SDXL; the token goes in
-    the file's metadata (the clients name an embedding by its file)."""
+def write_sdxl_embedding(
+    vectors: list[torch.Tensor], path: Path, token: str, keys: tuple[str, ...] = SDXL_EMBEDDING_KEYS
+) -> Path:
+    """Two encoders' vectors (num_vectors, dim_k) as one file, ``{"clip_l": ..., "clip_g":
+    ...}`` as A1111 and ComfyUI read for SDXL (``keys``: FLUX's ``clip_l`` / ``t5``); the token
+    goes in the file's metadata (the clients name an embedding by its file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        key: v.detach().float().cpu().contiguous() for key, v in zip(SDXL_EMBEDDING_KEYS, vectors)
-    }
+    state = {key: v.detach().float().cpu().contiguous() for key, v in zip(keys, vectors)}
     save_file(state, str(path), metadata={"token": token})
     return path
 
@@ -68,19 +70,22 @@ def load_embedding(pipeline: Any, path: Path) -> None:
     with safe_open(str(path), framework="pt") as handle:
         keys, metadata = set(handle.keys()), handle.metadata() or {}
         state = {key: handle.get_tensor(key) for key in keys}
-    if not set(SDXL_EMBEDDING_KEYS) <= keys:
+    names = next((k for k in (SDXL_EMBEDDING_KEYS, FLUX_EMBEDDING_KEYS) if set(k) <= keys), None)
+    if names is None:
         pipeline.load_textual_inversion(path)
         return
-    if getattr(pipeline, "text_encoder_2", None) is None:
+    flux = getattr(pipeline, "transformer", None) is not None
+    if getattr(pipeline, "text_encoder_2", None) is None or flux != (names == FLUX_EMBEDDING_KEYS):
+        kind = "a FLUX" if names == FLUX_EMBEDDING_KEYS else "an SDXL"
         raise ValueError(
-            f"{path} is an SDXL embedding (clip_l, clip_g); load it into an SDXL pipeline."
+            f"{path} is {kind} embedding ({', '.join(names)}); load it into {kind} pipeline."
         )
     token = metadata.get("token") or path.stem
     pairs = (
         (pipeline.text_encoder, pipeline.tokenizer),
         (pipeline.text_encoder_2, pipeline.tokenizer_2),
     )
-    for key, (encoder, tokenizer) in zip(SDXL_EMBEDDING_KEYS, pairs):
+    for key, (encoder, tokenizer) in zip(names, pairs):
         pipeline.load_textual_inversion(
             state[key], token=token, text_encoder=encoder, tokenizer=tokenizer
         )

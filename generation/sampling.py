@@ -50,7 +50,7 @@ class SamplingMixin:
 
         ``scheduler`` names a sampler of generation/schedulers.py (None: the pipeline's DDIM).
         """
-        size = resolution or self.unet.config.sample_size * self.vae_scale_factor
+        size = resolution or self.family.default_resolution(self.unet, self.vae)
         positive = self.encode_text(prompts)
         negative = self.encode_text([negative_prompt] * len(prompts))
         if seeds is not None and len(seeds) != len(prompts):

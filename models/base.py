@@ -27,6 +27,7 @@ from torch import nn
 
 from backbones import AUTO, choose_family
 from backbones.base import family_error
+from backbones.flow_matching_settings import FlowMatchingSettings
 from components.text_projection import default_clip_for, load_text_projection
 from core.concept import ConceptSpec
 from exports.external_formats import (
@@ -97,6 +98,7 @@ class PersonalizationModule(
         vae_name_or_path: str | None = None,
         evaluation: EvaluationSettings = EvaluationSettings(),  # noqa: B008 (never mutated)
         memory: MemorySettings = MemorySettings(),  # noqa: B008 (frozen)
+        flow_matching: FlowMatchingSettings = FlowMatchingSettings(),  # noqa: B008 (frozen)
     ) -> None:
         """
         Args:
@@ -131,6 +133,9 @@ class PersonalizationModule(
             memory: half-stored frozen weights, gradient checkpointing, 8-bit AdamW, a
                 compiled UNet (training/memory.py); applied in ``setup``, once the
                 baseline has made its trained parameters.
+            flow_matching: the objective's options on a flow-matching backbone (FLUX):
+                timestep density, loss weighting, training guidance
+                (backbones/flow_matching.py); a DDPM backbone refuses changed ones.
         """
         super().__init__()
         if not concepts:
@@ -138,13 +143,15 @@ class PersonalizationModule(
                 "No concepts given. The CLI links them from the DataModule (data.init_args."
                 "concept_token / class_word); in code pass concepts=[ConceptSpec('<v1>', 'dog')]."
             )
-        self.family, model_name = choose_family(pretrained_model_name_or_path, backbone)
-        if self.family.name not in self.families:
-            raise ValueError(family_error(self.family, type(self).__name__, self.families))
+        family, model_name = choose_family(pretrained_model_name_or_path, backbone)
+        if family.name not in self.families:
+            raise ValueError(family_error(family, type(self).__name__, self.families))
+        self.family = family.configured(flow_matching)
         self.backbone = self.family.name
         components = self.family.load(model_name, revision, variant)
+        self.family.check_components(components)
         if vae_name_or_path is not None:
-            channels = components.unet.config.in_channels
+            channels = self.family.latent_channels(components.unet)
             components.vae = load_vae(vae_name_or_path, channels, revision)
         self.pretrained_model_name_or_path = model_name
         for name, tokenizer in zip(self.family.tokenizer_names, components.tokenizers):
@@ -225,17 +232,18 @@ class PersonalizationModule(
         encoder_states: torch.Tensor | TextEncoding,
         time_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One UNet call; returns the prediction in the scheduler's parameterisation.
+        """One denoiser call; returns the prediction in the objective's parameterisation
+        (DDPM: epsilon or v; flow matching: the velocity), in the latents' layout.
 
         ``encoder_states``: the states (SD 1.x), or the `TextEncoding` itself, which families
-        with pooled text (SDXL) need; ``time_ids``: SDXL's size ids (None: uncropped images of
+        with pooled text (SDXL, FLUX) need; ``time_ids``: SDXL's size ids (None: uncropped images of
         the latents' size, see `size_ids`)."""
         text = encoder_states
         states = text.conditioning if isinstance(text, TextEncoding) else text
         if time_ids is None:
             time_ids = self.size_ids(None, noisy_latents)
         added = self.family.added_conditioning(text, time_ids)
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states=states, **added).sample
+        return self.family.run_denoiser(self.unet, noisy_latents, timesteps, states, added)
 
     def size_ids(self, batch: dict[str, Any] | None, latents: torch.Tensor) -> torch.Tensor | None:
         """The family's size conditioning of these latents' rows (None for SD 1.x)."""
@@ -267,7 +275,8 @@ class PersonalizationModule(
         (``a1111_only``: only those, in ``folder``).
 
         SD 1.x: ``{token: (num_vectors, dim)}`` (diffusers' ``load_textual_inversion`` reads
-        it); SDXL: ``{"clip_l": ..., "clip_g": ...}``, each encoder's vectors, the layout A1111
+        it); SDXL: ``{"clip_l": ..., "clip_g": ...}`` (FLUX: ``clip_l``, ``t5``, as diffusers'
+        advanced FLUX script writes them), each encoder's vectors, the layout A1111
         and ComfyUI read for SDXL (and ``load_into`` gives each encoder its own)."""
         written = []
         for index, concept in enumerate(self.concepts):
@@ -285,7 +294,8 @@ class PersonalizationModule(
             else:
                 copy = where / A1111_FOLDER / f"{a1111_name(concept.token)}.safetensors"
                 targets = [copy] if path is None else [path, copy]
-                written += [write_sdxl_embedding(vectors, t, concept.token) for t in targets]
+                keys = self.family.embedding_keys
+                written += [write_sdxl_embedding(vectors, t, concept.token, keys) for t in targets]
         return written
 
     # ----- the training step ------------------------------------------------------------------
@@ -379,10 +389,7 @@ class PersonalizationModule(
             requested_text[owner] = list(zip(wanted, encoded[start : start + len(wanted)]))
             start += len(wanted)
         time_ids = self.size_ids(batch, noisy_latents)
-        if time_ids is None:  # SD 1.x: the states alone, as the regularizers' own calls pass
-            model_pred = self.predict_noise(noisy_latents, timesteps, text.conditioning)
-        else:
-            model_pred = self.predict_noise(noisy_latents, timesteps, text, time_ids)
+        model_pred = self.predict_noise(noisy_latents, timesteps, text, time_ids)
         pixel_mask = batch.get("loss_mask")
         if pixel_mask is None:
             loss_mask = torch.ones_like(latents[:, :1])
@@ -406,15 +413,20 @@ class PersonalizationModule(
             time_ids=time_ids,
             clip_pooled=text.clip_pooled,
             requested_text=requested_text,
+            loss_weights=self.family.loss_weights(self.noise_scheduler, timesteps),
         )
         return split_prior(record, num_instances) if len(latents) > num_instances else record
 
     def denoising_loss(self, record: StepRecord) -> torch.Tensor:
-        """Mean squared error over the valid (mask = 1) latent elements of each sample."""
+        """Mean squared error over the valid (mask = 1) latent elements of each sample, times
+        the sample's weight where the objective weights them (flow matching's scheme)."""
         error = F.mse_loss(record.model_pred.float(), record.target.float(), reduction="none")
         mask = record.loss_mask.float()
         valid = (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1.0)
-        return ((error * mask).sum(dim=(1, 2, 3)) / valid).mean()
+        per_sample = (error * mask).sum(dim=(1, 2, 3)) / valid
+        if record.loss_weights is not None:
+            per_sample = per_sample * record.loss_weights.to(per_sample)
+        return per_sample.mean()
 
     def compute_losses(self, batch: dict[str, Any], draws: SampleDraws) -> dict[str, Any]:
         """Unweighted parts by name plus ``total`` = denoise + sum of weight x regularizer."""
@@ -496,11 +508,11 @@ class PersonalizationModule(
 
     def check_resolution(self, resolution: Any) -> None:
         """A side the VAE can take: a multiple of its downsampling factor."""
-        factor = self.vae_scale_factor
+        factor = self.family.pixel_multiple(self.vae_scale_factor)
         if isinstance(resolution, int) and resolution % factor:
             raise ValueError(
-                f"resolution {resolution} is not a multiple of {factor}, the VAE's downsampling "
-                f"factor of {self.pretrained_model_name_or_path!r}; use e.g. "
+                f"resolution {resolution} is not a multiple of {factor}, the latents' "
+                f"downsampling factor of {self.pretrained_model_name_or_path!r}; use e.g. "
                 f"{max(factor, resolution - resolution % factor)}."
             )
 

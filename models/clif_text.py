@@ -120,7 +120,7 @@ class CLIFTextTuning(PersonalizationModule):
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         if self.train_text_encoder:
-            xl = len(self.text_encoders) > 1
-            written.append(save_lora_layers(folder, {"text_encoder": self.text_encoder}, xl))
+            encoder = {"text_encoder": self.text_encoder}
+            written.append(save_lora_layers(folder, encoder, self.family.lora_writer))
         paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
         return written + self.export_token_embeddings(paths)

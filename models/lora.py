@@ -28,7 +28,6 @@ from models.base import PersonalizationModule
 from models.lora_adapters import (
     LORA_WEIGHTS,
     TEXT_ENCODER_TARGETS,
-    UNET_TARGETS,
     add_seeded_adapters,
     check_lora_options,
     has_adapters,
@@ -56,7 +55,7 @@ def load_lora(pipe: StableDiffusionPipeline, folder: str | Path) -> None:
 class LoRA(PersonalizationModule):
     """Trains peft LoRA adapters (UNet attention; text encoder optional) and optionally tokens."""
 
-    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl", "flux"})
     EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
         (LORA_WEIGHTS, Format.DIFFUSERS_LORA),
         (KOHYA_LORA, Format.KOHYA_LORA),
@@ -84,9 +83,9 @@ class LoRA(PersonalizationModule):
         super().__init__(**kwargs)
         self.rank, self.alpha = rank, alpha
         self.train_text_encoder = train_text_encoder
-        targets = [(self.unet, UNET_TARGETS)]
-        if train_text_encoder:  # every text encoder of the family (SDXL: both)
-            targets += [(encoder, TEXT_ENCODER_TARGETS) for encoder in self.text_encoders]
+        targets = [(self.unet, self.family.lora_targets)]
+        if train_text_encoder:  # the family's CLIP encoders (SDXL: both; FLUX: CLIP's only)
+            targets += [(encoder, TEXT_ENCODER_TARGETS) for encoder in self.lora_text_encoders]
         add_seeded_adapters(targets, rank, alpha, self.seed)
         if train_text_encoder:
             # peft marks everything but its adapters as frozen, the concept vectors included.
@@ -95,15 +94,23 @@ class LoRA(PersonalizationModule):
         # Lightning does not call train() when fitting starts: put the trained parts in train mode.
         self.train(self.training)
 
+    @property
+    def lora_text_encoders(self) -> list[nn.Module]:
+        """The text encoders that take adapters: CLIP's (diffusers' FLUX loader reads no T5
+        LoRA, so FLUX's T5 stays as it is)."""
+        names = self.family.text_encoder_names
+        return [getattr(self, n) for n in names if n in self.family.lora_text_encoder_names]
+
     def trained_components(self) -> tuple[nn.Module, ...]:
-        return (self.unet, *self.text_encoders) if self.train_text_encoder else (self.unet,)
+        encoders = tuple(self.lora_text_encoders) if self.train_text_encoder else ()
+        return (self.unet, *encoders)
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = super().trainable_groups()
         groups["lora"] = lora_parameters(self.unet)
         if self.train_text_encoder:
             groups["text_encoder_lora"] = [
-                p for encoder in self.text_encoders for p in lora_parameters(encoder)
+                p for encoder in self.lora_text_encoders for p in lora_parameters(encoder)
             ]
         return groups
 
@@ -113,7 +120,7 @@ class LoRA(PersonalizationModule):
         return {name: peft_state(model) for name, model in self._adapted().items()}
 
     def _adapted(self) -> dict[str, nn.Module]:
-        models: dict[str, nn.Module] = {"unet": self.unet}
+        models: dict[str, nn.Module] = {self.family.denoiser_name: self.unet}
         for name, encoder in zip(self.family.text_encoder_names, self.text_encoders):
             if has_adapters(encoder):
                 models[name] = encoder
@@ -123,11 +130,13 @@ class LoRA(PersonalizationModule):
         """``pytorch_lora_weights.safetensors`` and one ``<token>.safetensors`` per concept."""
         folder.mkdir(parents=True, exist_ok=True)
         xl = len(self.text_encoders) > 1
-        lora_file = save_lora_layers(folder, self._adapted(), xl)
+        lora_file = save_lora_layers(folder, self._adapted(), self.family.lora_writer)
+        paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
+        if self.family.denoiser_name != "unet":  # kohya's names below are the UNet's
+            return [lora_file, *self.export_token_embeddings(paths)]
         # The same adapters with kohya's keys and alphas, for A1111 / ComfyUI / kohya.
         alphas = {n: float(m.peft_config["default"].lora_alpha) for n, m in self._adapted().items()}
         prefixes = SDXL_KOHYA_PREFIXES if xl else KOHYA_PREFIXES
         layers = self.unet.config.layers_per_block if xl else None  # SDXL: original names
         kohya = write_kohya_lora(self._peft_states(), alphas, folder / KOHYA_LORA, prefixes, layers)
-        paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
         return [lora_file, kohya, *self.export_token_embeddings(paths)]

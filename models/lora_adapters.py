@@ -17,7 +17,6 @@ from peft.utils import get_peft_model_state_dict
 from torch import nn
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
-UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
@@ -69,17 +68,18 @@ def diffusers_layers(state: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def save_lora_layers(folder: Path, components: dict[str, nn.Module], xl: bool = False) -> Path:
+def save_lora_layers(
+    folder: Path, components: dict[str, nn.Module], writer_name: str = "StableDiffusionPipeline"
+) -> Path:
     """``pytorch_lora_weights.safetensors`` of the adapted components ({"unet": ...,
-    "text_encoder": ..., "text_encoder_2": ...}), through diffusers' own writer (SDXL's with
-    ``xl``: its keys name both text encoders)."""
+    "text_encoder": ..., "text_encoder_2": ...}; FLUX: "transformer"), through the family's
+    pipeline's own writer (``writer_name``: SDXL's keys name both text encoders)."""
     layers: dict[str, Any] = {}
     for name, module in components.items():
         layers[f"{name}_lora_layers"] = diffusers_layers(peft_state(module))
         layers[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
-    # The pipeline modules load when a run exports.
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers  # the pipeline modules load when a run exports
 
-    writer = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+    writer = getattr(diffusers, writer_name)
     writer.save_lora_weights(folder, weight_name=LORA_WEIGHTS, safe_serialization=True, **layers)
     return folder / LORA_WEIGHTS

@@ -18,7 +18,7 @@ LEARNED_EMBEDS = "learned_embeds.safetensors"
 class TextualInversion(PersonalizationModule):
     """Learns ``num_vectors`` embedding vectors per concept; the whole model stays frozen."""
 
-    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl", "flux"})
     EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
         ("learned_embeds*.safetensors", Format.TEXTUAL_INVERSION),
         (f"{A1111_FOLDER}/*", Format.A1111_EMBEDDING),

@@ -73,15 +73,16 @@ def _tiny_unet() -> UNet2DConditionModel:
     )
 
 
-def tiny_vae(**family: float | bool) -> AutoencoderKL:
-    """The tiny autoencoder (downsampling by 2); ``family``: a family's own scale settings."""
+def tiny_vae(latent_channels: int = 4, **family: float | bool) -> AutoencoderKL:
+    """The tiny autoencoder (downsampling by 2); ``family``: a family's own latent width and
+    scale settings (FLUX's: 16 channels, a shift, no quant convs)."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         block_out_channels=(16, 32),
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=16,
         sample_size=TINY_RESOLUTION,
         **family,

@@ -82,7 +82,8 @@ class Variant:
             concepts=PersonalizationDataModule(resolution=8).concepts,
             regularizers=VARIANTS[name](),
         )
-        side = resolution or self.module.unet.config.sample_size * self.module.vae_scale_factor
+        module = self.module
+        side = resolution or module.family.default_resolution(module.unet, module.vae)
         data = PersonalizationDataModule(
             resolution=side, batch_size=batch_size, repeats=10_000, rescale_augmentation=True,
             **DATA_OPTIONS.get(name, {}),

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 GIB = 2**30
 LORA_RANK = 4
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # models/lora_adapters.py's UNET_TARGETS
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # backbones/base.py's lora_targets
 
 
 class LiveBytes(TorchDispatchMode):

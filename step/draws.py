@@ -9,7 +9,7 @@ same sample gets the same noise on one process and on eight, and again after a r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -56,6 +56,10 @@ class SampleDraws:
         return torch.stack(
             [torch.randn(shape, generator=g, device=self.device) for g in self.generators]
         )
+
+    def each(self, draw: Callable[[torch.Generator], torch.Tensor]) -> torch.Tensor:
+        """``draw(generator)`` per sample (a (1, ...) tensor each), concatenated."""
+        return torch.cat([draw(g) for g in self.generators])
 
     def randint(self, high: int) -> torch.Tensor:
         """One integer in [0, high) per sample."""

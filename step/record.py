@@ -40,6 +40,8 @@ class StepRecord:
     # SDXL: the first (CLIP ViT-L) encoder's last-layer end-of-text state (B, D1), what CLIP's
     # text projection applies to (see TextEncoding.clip_pooled); None where the states are it.
     clip_pooled: torch.Tensor | None = None
+    # Each sample's weight in the denoising loss (flow matching's weighting scheme); None: 1.
+    loss_weights: torch.Tensor | None = None
     # Regularizers' text requests with their encodings from the step's text pass, by the
     # requester's id (see `Regularizer.requested_text`).
     requested_text: dict[int, list[tuple[TextRequest, TextEncoding]]] = field(default_factory=dict)

@@ -82,3 +82,11 @@ def tiny_sdxl_path(tiny_cache: Path) -> Path:
     from pretrained.tiny_sdxl import ensure_tiny_sdxl
 
     return ensure_tiny_sdxl()
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_path(tiny_cache: Path) -> Path:
+    """Folder of the saved tiny FLUX.1-dev pipeline (diffusers layout)."""
+    from pretrained.tiny_flux import ensure_tiny_flux
+
+    return ensure_tiny_flux()

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer, T5Tokenizer, T5TokenizerFast
 
 from core.concept import ConceptSpec, token_pattern, vector_token_names
+
+PIECE_TOKENIZERS = (T5Tokenizer, T5TokenizerFast)  # split words into pieces (FLUX's T5)
 
 
 class ConceptEmbedding(nn.Module):
     """Token embedding lookup: base ids from the frozen matrix, new ids from ``vectors``."""
 
-    def __init__(self, base: nn.Embedding, num_vectors: int) -> None:
+    def __init__(self, base: nn.Embedding, num_vectors: int, first_id: int | None = None) -> None:
         super().__init__()
         self.base = base
-        self.base_vocab_size = base.num_embeddings
+        # The first new id: the tokenizer's size, which T5's padded 32128-row matrix exceeds.
+        self.base_vocab_size = base.num_embeddings if first_id is None else first_id
         self.vectors = nn.Parameter(torch.zeros(num_vectors, base.embedding_dim))
 
     @property
@@ -58,22 +61,23 @@ class ConceptTokens:
         self.concepts = list(concepts)
         self.num_vectors = num_vectors
         self._check_tokens_are_new()
-        init_ids = [self._single_token_id(c.initializer, c) for c in self.concepts]
+        init_ids = [self._initializer_ids(c.initializer, c) for c in self.concepts]
         names = [n for c in self.concepts for n in vector_token_names(c.token, num_vectors)]
+        first = len(tokenizer)
         tokenizer.add_tokens(names)
         ids = tokenizer.convert_tokens_to_ids(names)
         self._check_each_reads_its_own_id(names, ids)
         base = text_encoder.get_input_embeddings()
-        first = base.num_embeddings
-        if ids != list(range(first, first + len(ids))):
+        if ids != list(range(first, first + len(ids))) or first > base.num_embeddings:
             raise ValueError(
-                f"New token ids {ids[:3]}... do not follow the text encoder's {first} embedding "
-                "rows; the tokenizer and text encoder of this model disagree in size."
+                f"New token ids {ids[:3]}... do not follow the tokenizer's {first} tokens within "
+                f"the text encoder's {base.num_embeddings} embedding rows; the tokenizer and "
+                "text encoder of this model disagree in size."
             )
-        self.embedding = ConceptEmbedding(base, len(names))
+        self.embedding = ConceptEmbedding(base, len(names), first_id=first)
         with torch.no_grad():
-            init = base.weight[torch.tensor(init_ids)].repeat_interleave(num_vectors, dim=0)
-            self.embedding.vectors.copy_(init.float())
+            init = torch.stack([base.weight[torch.tensor(i)].mean(dim=0) for i in init_ids])
+            self.embedding.vectors.copy_(init.repeat_interleave(num_vectors, dim=0).float())
         text_encoder.set_input_embeddings(self.embedding)
         self._pattern = token_pattern([c.token for c in self.concepts])
 
@@ -116,15 +120,19 @@ class ConceptTokens:
                     "prompts); pick tokens that differ in more than case, e.g. '<v1>' and '<v2>'."
                 )
 
-    def _single_token_id(self, word: str, concept: ConceptSpec) -> int:
+    def _initializer_ids(self, word: str, concept: ConceptSpec) -> list[int]:
+        """The initializer's token id; a sentencepiece tokenizer (T5) may split the word into
+        pieces, whose mean is then the start (CLIP's must be one token, as the recipes say)."""
         ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        if isinstance(self.tokenizer, PIECE_TOKENIZERS) and ids:
+            return ids
         if len(ids) != 1:
             raise ValueError(
                 f"Initializer word {word!r} of concept {concept.token!r} is {len(ids)} tokens; it "
                 "must be a single token of the tokenizer. Set initializer_word to a one-token word "
                 "(the class word usually is)."
             )
-        return ids[0]
+        return ids
 
     def expand(self, prompt: str) -> str:
         """Write each multi-vector concept token as its n tokenizer entries."""

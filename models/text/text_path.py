@@ -67,15 +67,16 @@ class TextPathMixin:
         encoders = self.text_encoders
         pad_ids = [getattr(self, name).pad_token_id for name in self.family.tokenizer_names]
         end_id = self.tokenizer.eos_token_id
+        tokenizers = [getattr(self, name) for name in self.family.tokenizer_names]
         if extra_vectors is None:
-            return self.family.encode_ids(encoders, input_ids, pad_ids, end_id)
+            return self.family.encode_ids(encoders, input_ids, pad_ids, end_id, tokenizers)
         first_id = len(self.tokenizer)
         with ExitStack() as swapped:
             swapped.enter_context(extra_vectors_in(encoders[0], first_id, extra_vectors))
             for encoder in encoders[1:]:
                 zeros = extra_vectors.new_zeros(len(extra_vectors), encoder.config.hidden_size)
                 swapped.enter_context(extra_vectors_in(encoder, first_id, zeros))
-            return self.family.encode_ids(encoders, input_ids, pad_ids, end_id)
+            return self.family.encode_ids(encoders, input_ids, pad_ids, end_id, tokenizers)
 
     def encode_token_variants(
         self, input_ids: torch.Tensor, extra_vectors: torch.Tensor | None = None
