@@ -152,6 +152,37 @@ class BackboneFamily(ABC):
         """One denoiser call on (B, C, h, w) latents; the prediction in the same layout."""
         return denoiser(noisy_latents, timesteps, encoder_hidden_states=states, **added).sample
 
+    # ----- where the denoiser reads text (analysis callbacks) ---------------------------------
+    def attention_layers(self, denoiser: nn.Module) -> dict[str, nn.Module]:
+        """The layers whose attention maps image positions to text tokens: the UNet's
+        cross-attentions."""
+        from diffusers.models.attention_processor import Attention
+
+        return {
+            name: module
+            for name, module in denoiser.named_modules()
+            if isinstance(module, Attention) and module.is_cross_attention
+        }
+
+    def attention_sizes(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int | None]:
+        """From one denoiser call's arguments: its latent grid (h, w) and, where text and image
+        share one attention, the text length (None: cross-attention, all keys are text)."""
+        sample = args[0] if args else kwargs["sample"]
+        return int(sample.shape[-2]), int(sample.shape[-1]), None
+
+    def text_attention(self, probs: torch.Tensor, text_length: int | None) -> torch.Tensor:
+        """(N, image queries, text keys) from a layer's head-averaged probabilities; each
+        image position's row a distribution over the text tokens."""
+        return probs
+
+    def attended_ids(self, input_ids: torch.Tensor, tokenizers: list[Any]) -> torch.Tensor:
+        """The token ids the denoiser's text keys stand for, from the first tokenizer's ids."""
+        return input_ids
+
+    def attended_tokenizer(self, tokenizers: list[Any]) -> Any:
+        """The tokenizer of those ids (where a word's tokens are looked up)."""
+        return tokenizers[0]
+
     def default_resolution(self, denoiser: nn.Module, vae: AutoencoderKL) -> int:
         """The pixel side the model was trained at (SD: the UNet's latent side x the VAE's)."""
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -164,6 +195,27 @@ class BackboneFamily(ABC):
     def pixel_multiple(self, vae_scale_factor: int) -> int:
         """Image sides must be multiples of this (the VAE's factor; more where latents pack)."""
         return vae_scale_factor
+
+    def clean_estimate(
+        self,
+        scheduler: Any,
+        noisy: torch.Tensor,
+        prediction: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> torch.Tensor:
+        """The denoiser's estimate of the clean latents x0 from one prediction (DDPM:
+        (x_t - sqrt(1 - a) eps) / sqrt(a), or sqrt(a) x_t - sqrt(1 - a) v)."""
+        alpha = scheduler.alphas_cumprod.to(noisy.device)[timesteps.long()].float()
+        alpha = alpha.view(-1, *[1] * (noisy.dim() - 1))
+        if scheduler.config.prediction_type == "v_prediction":
+            return alpha.sqrt() * noisy - (1 - alpha).sqrt() * prediction
+        return (noisy - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
+
+    def unscale_latents(self, vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+        """The inverse of `scale_latents`: what the VAE decodes."""
+        latents = latents / vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None)
+        return latents + shift if shift else latents
 
     def scale_latents(self, vae: AutoencoderKL, sample: torch.Tensor) -> torch.Tensor:
         """VAE latents as the denoiser sees them: (sample - shift) * scale."""

@@ -82,6 +82,17 @@ class FlowMatchingFamily(BackboneFamily):
         noisy = (1.0 - sigma) * latents + sigma * noise
         return noisy.to(latents.dtype), noise - latents
 
+    def clean_estimate(
+        self,
+        scheduler: Any,
+        noisy: torch.Tensor,
+        prediction: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> torch.Tensor:
+        """x0 = x_sigma - sigma v (the velocity is noise - x0)."""
+        sigma = self.sigmas(scheduler, timesteps).view(-1, *[1] * (noisy.dim() - 1))
+        return noisy - sigma.to(noisy) * prediction
+
     def loss_weights(self, scheduler: Any, timesteps: torch.Tensor) -> torch.Tensor:
         return compute_loss_weighting_for_sd3(
             self.settings.weighting_scheme, self.sigmas(scheduler, timesteps)

@@ -18,6 +18,7 @@ T5's text: the mask is CLIP's, the contextualizer's side.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 import torch
@@ -43,6 +44,8 @@ FLUX_PARTS: dict[str, Any] = {
     "scheduler": FlowMatchEulerDiscreteScheduler,
 }
 PACK = 2  # latents are packed in 2x2 patches
+# CLIP's decoding writes "dog , cat": the prompt as typed has no space there.
+_SPACE_BEFORE_PUNCTUATION = re.compile(r" ([,.!?;:])")
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -73,11 +76,9 @@ def t5_ids(
 ) -> torch.Tensor:
     """T5's ids of the prompts that CLIP's ids (B, L) spell (see the module docstring)."""
     known = clip_ids.masked_fill(clip_ids >= len(clip_tokenizer), clip_tokenizer.eos_token_id)
-    texts = clip_tokenizer.batch_decode(
-        known.tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=True
-    )
+    texts = clip_tokenizer.batch_decode(known.tolist(), skip_special_tokens=True)
     return t5_tokenizer(
-        [" ".join(text.split()) for text in texts],
+        [_SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join(text.split())) for text in texts],
         padding="max_length",
         max_length=t5_tokenizer.model_max_length,
         truncation=True,
@@ -207,6 +208,34 @@ class Flux(FlowMatchingFamily):
     def sigmas_of(timesteps: torch.Tensor) -> torch.Tensor:
         """The transformer's timestep input: t / 1000, as the pipeline and scripts pass it."""
         return timesteps.float() / 1000.0
+
+    def attention_layers(self, denoiser: nn.Module) -> dict[str, nn.Module]:
+        """Every joint attention (double-stream and single-stream blocks): text and image
+        tokens attend to each other in one softmax."""
+        return {
+            name: module
+            for name, module in denoiser.named_modules()
+            if name.endswith(".attn") and hasattr(module, "processor")
+        }
+
+    def attention_sizes(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int | None]:
+        """The packed grid from the image ids; the text length from T5's states."""
+        ids = kwargs["img_ids"]
+        height, width = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+        return height, width, int(kwargs["encoder_hidden_states"].shape[1])
+
+    def text_attention(self, probs: torch.Tensor, text_length: int | None) -> torch.Tensor:
+        """The image queries' attention to the text keys (the sequence is text, then image),
+        renormalised over the text: how an image position divides what it takes from text."""
+        assert text_length is not None
+        part = probs[:, text_length:, :text_length]
+        return part / part.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+
+    def attended_ids(self, input_ids: torch.Tensor, tokenizers: list[Any]) -> torch.Tensor:
+        return t5_ids(input_ids, tokenizers[0], tokenizers[1])
+
+    def attended_tokenizer(self, tokenizers: list[Any]) -> Any:
+        return tokenizers[1]
 
     def default_resolution(self, denoiser: nn.Module, vae: AutoencoderKL) -> int:
         """The VAE's training side (1024 for FLUX.1): the transformer has no fixed size."""

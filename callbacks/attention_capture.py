@@ -22,10 +22,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
+
+from backbones import FAMILIES
+from backbones.base import BackboneFamily
 
 
 def attention_probabilities(
@@ -58,10 +60,15 @@ class _RecordAttention(TorchFunctionMode):
         kwargs = kwargs or {}
         output = func(*args, **kwargs)
         if func is F.scaled_dot_product_attention:
-            if kwargs.get("is_causal") or (len(args) > 5 and args[5]):
+            # By position (the UNet's processors) or by name (diffusers' attention dispatch).
+            named = dict(zip(("query", "key", "value", "attn_mask", "dropout_p", "is_causal"), args))
+            named.update(kwargs)
+            if named.get("is_causal"):
                 raise ValueError("AttentionCapture met a causal attention in a cross-attention.")
-            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
-            self.sink(attention_probabilities(args[0], args[1], mask, kwargs.get("scale")))
+            probs = attention_probabilities(
+                named["query"], named["key"], named.get("attn_mask"), named.get("scale")
+            )
+            self.sink(probs)
         elif func in (torch.Tensor.softmax, torch.softmax, F.softmax):
             # The classic path (attn.get_attention_scores): these are already the probabilities.
             self.sink(output.detach().float())
@@ -75,16 +82,18 @@ class AttentionCapture:
     guidance the unconditional rows come first), L the text length; ``maps.sum(1)`` is 1.
     """
 
-    def __init__(self, unet: nn.Module, resolution: int = 16) -> None:
+    def __init__(
+        self, unet: nn.Module, resolution: int = 16, family: BackboneFamily | None = None
+    ) -> None:
         if resolution < 1:
             raise ValueError(f"resolution must be >= 1, got {resolution}.")
         self.unet = unet
         self.resolution = resolution
-        self.layers = {
-            name: module
-            for name, module in unet.named_modules()
-            if isinstance(module, Attention) and module.is_cross_attention
-        }
+        # Which layers read text and how their maps are laid out is the family's (FLUX's
+        # joint attention holds text and image in one sequence).
+        self.family = family or FAMILIES["sd1"]
+        self.layers = self.family.attention_layers(unet)
+        self._text_length: int | None = None
         if not self.layers:
             raise ValueError(
                 f"{type(unet).__name__} has no cross-attention layers (diffusers Attention with "
@@ -128,15 +137,15 @@ class AttentionCapture:
             self._mode = None
 
     def _on_unet(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        sample = args[0] if args else kwargs["sample"]
-        self._latent_size = (int(sample.shape[-2]), int(sample.shape[-1]))
+        height, width, self._text_length = self.family.attention_sizes(args, kwargs)
+        self._latent_size = (height, width)
 
     def _enter_layer(self, module: nn.Module, args: tuple) -> None:
         self._pending = []
         self._mode = _RecordAttention(self._pending.append)
         self._mode.__enter__()
 
-    def _exit_layer(self, name: str, layer: Attention) -> Callable[..., None]:
+    def _exit_layer(self, name: str, layer: nn.Module) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if self._mode is not None:
                 self._mode.__exit__(None, None, None)
@@ -149,7 +158,8 @@ class AttentionCapture:
                     "otherwise (xformers, fused kernels) cannot be captured: use AttnProcessor2_0 "
                     "based processors for analysis."
                 )
-            self._add(self._per_batch(self._pending, layer.heads))
+            probs = self._per_batch(self._pending, layer.heads)
+            self._add(self.family.text_attention(probs, self._text_length))
             self._pending = []
 
         return hook

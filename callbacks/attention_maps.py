@@ -134,11 +134,11 @@ class AttentionMaps(AnalysisCallback):
         prompts = [t.format(concept.phrase) for t in templates]
         if self.source == "noisy_latent":
             encoding = module.encode_text(prompts)
-            with AttentionCapture(module.unet, self.resolution) as capture:
+            with AttentionCapture(module.unet, self.resolution, module.family) as capture:
                 images = self._noisy_latent_call(module, trainer, encoding)
             maps = capture.maps  # conditional rows only
         else:
-            with AttentionCapture(module.unet, self.resolution) as capture:
+            with AttentionCapture(module.unet, self.resolution, module.family) as capture:
                 images = module.generate(
                     prompts,
                     seed=self.seed,
@@ -148,9 +148,12 @@ class AttentionMaps(AnalysisCallback):
             maps = capture.maps[-len(prompts) :]  # guidance puts the unconditional rows first
             encoding = module.encode_text(prompts)
             self._image_label = "generated"
-        ids = encoding.input_ids.tolist()
-        concept_ids = concept_token_ids(module, self.concept_index)
-        class_ids = word_token_ids(module, concept.class_word)
+        # The ids of the tokens the maps are over (FLUX's joint attention reads T5's).
+        tokenizers = [getattr(module, name) for name in module.family.tokenizer_names]
+        ids = module.family.attended_ids(encoding.input_ids, tokenizers).tolist()
+        tokenizer = module.family.attended_tokenizer(tokenizers)
+        concept_ids = concept_token_ids(module, self.concept_index, tokenizer)
+        class_ids = word_token_ids(module, concept.class_word, tokenizer)
         per_prompt = []
         for row, template in enumerate(templates):
             word = self.prompts[template]
@@ -159,7 +162,8 @@ class AttentionMaps(AnalysisCallback):
             at_class = find_positions(
                 ids[row], class_ids, f"Class word {concept.class_word!r}", at_concept[-1] + 1
             )
-            at_word = find_positions(ids[row], word_token_ids(module, word), f"Word {word!r}")
+            word_ids = word_token_ids(module, word, tokenizer)
+            at_word = find_positions(ids[row], word_ids, f"Word {word!r}")
             per_prompt.append(
                 {
                     concept.token: maps[row, at_concept].sum(dim=0),
@@ -189,10 +193,11 @@ class AttentionMaps(AnalysisCallback):
             if image is not None:
                 pixels = (2 * image - 1).to(module.device, module.vae.dtype)
                 latent = module.vae.encode(pixels).latent_dist.mean
-                latent = latent * module.vae.config.scaling_factor
+                latent = module.family.scale_latents(module.vae, latent)
             else:
                 generator = torch.Generator().manual_seed(self.seed)
-                channels, side = module.unet.config.in_channels, module.unet.config.sample_size
+                channels = module.family.latent_channels(module.unet)
+                side = size // module.vae_scale_factor
                 latent = torch.randn((1, channels, side, side), generator=generator)
             self._clean_latent = (key, latent.float().cpu(), image)
         return self._clean_latent[1], self._clean_latent[2]
@@ -208,7 +213,10 @@ class AttentionMaps(AnalysisCallback):
         step = scheduler.config.num_train_timesteps // 2 if self.timestep is None else self.timestep
         timesteps = torch.tensor([step])
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(self.seed))
-        noisy = latent if image is None else scheduler.add_noise(latent, noise, timesteps)
+        if image is None:
+            noisy = latent
+        else:
+            noisy = module.family.noised_and_target(scheduler, latent, noise, timesteps)[0]
         count = conditioning.shape[0]
         dtype, device = conditioning.dtype, conditioning.device
         prediction = module.predict_noise(
@@ -221,15 +229,12 @@ class AttentionMaps(AnalysisCallback):
             return image.expand(count, -1, -1, -1)
         self._image_label = "estimate"
         # No instance image: show what the model makes of the latent (its clean estimate).
-        alpha = scheduler.alphas_cumprod[step].to(device, torch.float32)
         noisy = noisy.to(device, torch.float32)
-        prediction = prediction[:1].float()
-        if scheduler.config.prediction_type == "v_prediction":
-            estimate = alpha.sqrt() * noisy - (1 - alpha).sqrt() * prediction
-        else:
-            estimate = (noisy - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
+        estimate = module.family.clean_estimate(
+            scheduler, noisy, prediction[:1].float(), timesteps.to(device)
+        )
         vae = module.vae
-        decoded = vae.decode((estimate / vae.config.scaling_factor).to(vae.dtype)).sample
+        decoded = vae.decode(module.family.unscale_latents(vae, estimate).to(vae.dtype)).sample
         return ((decoded.float() + 1) / 2).clamp(0, 1).cpu().expand(count, -1, -1, -1)
 
     def measure(

@@ -24,7 +24,7 @@ from core.concept import ConceptSpec
 from models import LoRA, TextualInversion
 from step.draws import SampleDraws
 
-PROMPTS = ["a photo of a dog", "a red cat on the beach in the snow"]
+PROMPTS = ["a photo of a dog", "a red cat, on the beach in the snow."]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,122 @@
+"""FLUX runs: LoRA (pivotal: adapters and tokens in CLIP and T5) resumes bitwise equal; its
+export loads into diffusers' FluxPipeline with diffusers' own loaders and samples the module's
+images; the recipes and analysis callbacks run through train.py on tiny-flux; attention maps
+come from the joint attention's text-to-image part."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from baseline_checks import assert_resume_is_exact
+from diffusers import FluxPipeline
+from helpers import REPO_ROOT, optimizer_with_lr, tiny_datamodule
+
+from backbones.flow_matching_settings import FlowMatchingSettings
+from callbacks.attention_capture import AttentionCapture
+from core.concept import ConceptSpec
+from models import LoRA
+from models.base import PersonalizationModule
+from models.lora import LORA_WEIGHTS, load_lora
+from train import main
+
+pytestmark = pytest.mark.slow
+FLUX = ["--config", "configs/backbones/flux.yaml", "--config", "configs/tiny.yaml"]
+PROMPT, STEPS, GUIDANCE = "a photo of a <v1> toy", 3, 3.5
+
+
+def test_a_flux_run_resumes_bitwise_equal(tmp_path: Path) -> None:
+    def build() -> tuple[PersonalizationModule, object]:
+        datamodule = tiny_datamodule(repeats=1)
+        module = LoRA(
+            pretrained_model_name_or_path="tiny-flux", concepts=datamodule.concepts,
+            optimizer=optimizer_with_lr(1e-2), train_text_encoder=True, train_tokens=True,
+            flow_matching=FlowMatchingSettings(weighting_scheme="logit_normal"),
+        )  # fmt: skip
+        return module, datamodule
+
+    assert_resume_is_exact(build, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoRA, Path]:
+    """Random adapters (alpha != rank) on the transformer and CLIP, random tokens in both."""
+    module = LoRA(
+        pretrained_model_name_or_path="tiny-flux", concepts=[ConceptSpec("<v1>", "toy")],
+        rank=4, alpha=8.0, train_text_encoder=True, train_tokens=True,
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if ".lora_" in name or name.endswith("embedding.vectors"):
+                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+    folder = tmp_path_factory.mktemp("flux-lora")
+    module.export(folder)
+    return module, folder
+
+
+def pipe_sample(pipe: FluxPipeline) -> torch.Tensor:
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        PROMPT, generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS,
+        guidance_scale=GUIDANCE, height=32, width=32, output_type="pt",
+        max_sequence_length=pipe.tokenizer_2.model_max_length,
+    ).images  # fmt: skip
+
+
+def test_the_export_loads_into_flux_pipeline_and_samples_the_same(
+    exported: tuple[LoRA, Path], tiny_flux_path: Path
+) -> None:
+    module, folder = exported
+    ours = module.generate([PROMPT], seed=0, num_inference_steps=STEPS, guidance_scale=GUIDANCE)
+    with torch.no_grad():
+        plain = pipe_sample(FluxPipeline.from_pretrained(tiny_flux_path))
+    pipe = FluxPipeline.from_pretrained(tiny_flux_path)
+    load_lora(pipe, folder)  # load_lora_weights, then the {"clip_l", "t5"} file per encoder
+    with torch.no_grad():
+        loaded = pipe_sample(pipe)
+    assert torch.allclose(ours, loaded, atol=1e-4, rtol=0), (ours - loaded).abs().max()
+    assert (ours - plain).abs().max() > 1e-2
+    # diffusers' own calls, by hand: the LoRA file names the transformer and CLIP only.
+    again = FluxPipeline.from_pretrained(tiny_flux_path)
+    again.load_lora_weights(folder, weight_name=LORA_WEIGHTS)
+    for name, value in pipe.transformer.state_dict().items():
+        assert torch.equal(again.transformer.state_dict()[name], value), name
+    t5_id = pipe.tokenizer_2.convert_tokens_to_ids("<v1>")
+    row = pipe.text_encoder_2.get_input_embeddings().weight[t5_id].detach()
+    assert torch.equal(row, module.encoder_concept_tokens[1].vectors_of(0)[0].detach())
+
+
+def test_joint_attention_maps_are_text_distributions_and_leave_images_alone(
+    exported: tuple[LoRA, Path],
+) -> None:
+    module, _ = exported
+    prompts = ["a <v1> toy on the beach", "a <v1> toy in the jungle"]
+    before = module.generate(prompts, seed=0, num_inference_steps=2)
+    with AttentionCapture(module.unet, resolution=8, family=module.family) as capture:
+        during = module.generate(prompts, seed=0, num_inference_steps=2)
+    assert torch.equal(before, during)
+    blocks = len(module.unet.transformer_blocks) + len(module.unet.single_transformer_blocks)
+    assert capture.calls == 2 * blocks  # every joint attention, every step
+    maps = capture.maps
+    assert maps.shape == (2, module.tokenizer_2.model_max_length, 8, 8)
+    torch.testing.assert_close(maps.sum(dim=1), torch.ones(2, 8, 8))
+
+
+def test_the_recipes_and_callbacks_run_through_train_py(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    for recipe in ("configs/flux/lora.yaml", "configs/flux/pivotal_tuning.yaml"):
+        root = tmp_path / Path(recipe).stem
+        cli = main(
+            [
+                "fit", "--config", recipe, "--config", "configs/tiny.yaml",
+                "--trainer.default_root_dir", str(root), "--trainer.max_steps", "2",
+                "--trainer.enable_progress_bar", "false",
+            ]
+        )  # fmt: skip
+        assert cli.model.family.name == "flux"
+        assert list(root.rglob("events.out.tfevents*"))
+        assert list(root.rglob(LORA_WEIGHTS))
