@@ -61,7 +61,8 @@ class _RecordAttention(TorchFunctionMode):
         output = func(*args, **kwargs)
         if func is F.scaled_dot_product_attention:
             # By position (the UNet's processors) or by name (diffusers' attention dispatch).
-            named = dict(zip(("query", "key", "value", "attn_mask", "dropout_p", "is_causal"), args))
+            order = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
+            named = dict(zip(order, args))
             named.update(kwargs)
             if named.get("is_causal"):
                 raise ValueError("AttentionCapture met a causal attention in a cross-attention.")
