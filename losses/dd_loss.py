@@ -46,6 +46,7 @@ from losses.epsilon_space import (
     posterior_weight,
     squared_distance,
 )
+from losses.flow_space import flow_posterior_terms, is_flow_matching, prediction_space_weight
 from losses.prompt_cache import FrozenPromptCache, possible_texts
 from step.encoding import TextEncoding
 from step.record import StepRecord
@@ -78,7 +79,8 @@ class DenoisingDecoupleLoss(Regularizer):
     requires = frozenset({"caption_full", "caption_concept", "caption_general"})
     # SDXL trains with the same DDPM epsilon schedule: the posterior is the same, only the
     # conditioning of its extra UNet calls differs (pooled text, size ids: run_conditions).
-    families = frozenset({"sd1", "sdxl"})
+    # FLUX: the flow-matching posterior and velocity-space weight (losses/flow_space.py).
+    families = frozenset({"sd1", "sdxl", "flux"})
 
     def __init__(
         self,
@@ -109,7 +111,8 @@ class DenoisingDecoupleLoss(Regularizer):
         self.cache = FrozenPromptCache()
 
     def prepare(self, module: ModelView) -> None:
-        check_epsilon_prediction(module.noise_scheduler, "DDLoss")
+        if not is_flow_matching(module):
+            check_epsilon_prediction(module.noise_scheduler, "DDLoss")
 
     def prefill(self, module: ModelView, datamodule: Any) -> None:
         """Encode every c_g the DataModule can give and the empty prompt, once."""
@@ -154,6 +157,10 @@ class DenoisingDecoupleLoss(Regularizer):
             - squared_distance(e_full, e_empty, self.reduction)
         )
         steps = module.noise_scheduler.config.num_train_timesteps
+        if is_flow_matching(module):  # s = t / N, and the velocity-space posterior factor
+            terms = flow_posterior_terms(module.noise_scheduler, record.timesteps)
+            weight = record.timesteps.float() / steps * prediction_space_weight(terms)
+            return (weight * distance.abs()).mean()
         step = record.timesteps.float() + (1.0 if self.time_weight == "paper" else 0.0)
         weight = step / steps
         weight = weight * posterior_weight(module.noise_scheduler, record.timesteps)

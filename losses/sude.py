@@ -41,12 +41,8 @@ import torch
 
 from losses.base import Regularizer
 from losses.dd_loss import run_conditions
-from losses.epsilon_space import (
-    Reduction,
-    check_epsilon_prediction,
-    posterior_mean,
-    posterior_terms,
-)
+from losses.epsilon_space import Reduction, check_epsilon_prediction, posterior_mean
+from losses.flow_space import is_flow_matching, step_posterior
 from losses.prompt_cache import FrozenPromptCache, possible_texts
 from step.record import StepRecord
 
@@ -64,7 +60,7 @@ class SubjectDerivedLoss(Regularizer):
     requires = frozenset({"superclass_prompts"})
     # SDXL trains with the same DDPM epsilon schedule: the posterior is the same, only the
     # conditioning of its extra UNet calls differs (pooled text, size ids: run_conditions).
-    families = frozenset({"sd1", "sdxl"})
+    families = frozenset({"sd1", "sdxl", "flux"})
 
     def __init__(
         self,
@@ -99,7 +95,8 @@ class SubjectDerivedLoss(Regularizer):
         self.cache = FrozenPromptCache()
 
     def prepare(self, module: ModelView) -> None:
-        check_epsilon_prediction(module.noise_scheduler, "SuDe")
+        if not is_flow_matching(module):
+            check_epsilon_prediction(module.noise_scheduler, "SuDe")
 
     def prefill(self, module: ModelView, datamodule: Any) -> None:
         """Encode every superclass prompt the DataModule can give and the empty one, once."""
@@ -115,7 +112,7 @@ class SubjectDerivedLoss(Regularizer):
         with torch.no_grad():
             text = self.cache.encode(module, superclass + [""] * len(superclass))
             e_class, e_empty = run_conditions(module, record, text)
-        terms = posterior_terms(module.noise_scheduler, record.timesteps)
+        terms = step_posterior(module, record.timesteps)  # flow matching: losses/flow_space.py
         noisy = record.noisy_latents
         mu_subject = posterior_mean(noisy, record.model_pred, terms, clamp=False)
         mu_class = posterior_mean(noisy, e_class, terms, clamp=self.clamp_x0)

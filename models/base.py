@@ -510,9 +510,10 @@ class PersonalizationModule(
         """A side the VAE can take: a multiple of its downsampling factor."""
         factor = self.family.pixel_multiple(self.vae_scale_factor)
         if isinstance(resolution, int) and resolution % factor:
+            packing = "" if factor == self.vae_scale_factor else " times the 2x2 latent packing"
             raise ValueError(
-                f"resolution {resolution} is not a multiple of {factor}, the latents' "
-                f"downsampling factor of {self.pretrained_model_name_or_path!r}; use e.g. "
+                f"resolution {resolution} is not a multiple of {factor}, the VAE's downsampling "
+                f"factor{packing} of {self.pretrained_model_name_or_path!r}; use e.g. "
                 f"{max(factor, resolution - resolution % factor)}."
             )
 

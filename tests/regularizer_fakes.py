@@ -14,6 +14,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
+from backbones import FAMILIES
 from core.concept import ConceptSpec
 from step.encoding import TextEncoding
 from step.record import StepRecord
@@ -64,6 +65,7 @@ class FakeModule:
         self.text_encoders = [self.text_encoder]
         self.device = torch.device("cpu")
         self.noise_scheduler = sd_scheduler()
+        self.family = FAMILIES["sd1"]  # the losses ask it for the objective
         self.texts = texts
         ids = [tuple(ids) for ids, _ in texts.values()]
         assert len(set(ids)) == len(ids), "each prompt needs its own ids (encodings look them up)"

@@ -200,8 +200,8 @@ def test_on_the_tiny_unet_the_stopped_passes_carry_no_graph() -> None:
     calls = []
     original = module.predict_noise
 
-    def recording(latents, timesteps, states):
-        out = original(latents, timesteps, states)
+    def recording(latents, timesteps, states, time_ids=None):
+        out = original(latents, timesteps, states, time_ids)
         calls.append((latents.shape[0], out.requires_grad))
         return out
 

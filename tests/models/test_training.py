@@ -111,11 +111,14 @@ def test_denoising_loss_matches_a_masked_mean_computed_by_hand() -> None:
     mask = torch.zeros(2, 1, 3, 3)
     mask[0, :, :2, :2] = 1
     mask[1] = 1
-    record = type("Record", (), {"model_pred": pred, "target": target, "loss_mask": mask})
+    fields = {"model_pred": pred, "target": target, "loss_mask": mask, "loss_weights": None}
+    record = type("Record", (), fields)
     first = ((pred[0, :, :2, :2] - target[0, :, :2, :2]) ** 2).mean()
     second = ((pred[1] - target[1]) ** 2).mean()
     expected = (first + second) / 2
     assert torch.allclose(module.denoising_loss(record), expected)
+    record.loss_weights = torch.tensor([0.5, 3.0])  # flow matching's per-sample weights
+    assert torch.allclose(module.denoising_loss(record), (0.5 * first + 3.0 * second) / 2)
 
 
 def test_latent_cache_is_used_for_deterministic_images() -> None:
