@@ -157,11 +157,10 @@ def test_sude_is_its_formula_on_flow_posterior_means(setting) -> None:
         v_sr = s * s - a_sr * a_sr * r * r
         coef1, coef2, var = (1 - r) * v_sr / (s * s), a_sr * r * r / (s * s), v_sr * r * r / (s * s)
 
-        def mean(v: torch.Tensor, row: int = i) -> torch.Tensor:
-            x0 = x_s[row] - s * v[row].double()
-            return coef1 * x0 + coef2 * x_s[row]
-
-        mu_sub, mu_cls, mu_0 = mean(v_subject), mean(v_class), mean(v_empty)
+        mu_sub, mu_cls, mu_0 = (
+            coef1 * (x_s[i] - s * v[i].double()) + coef2 * x_s[i]  # x0 = x_s - s v
+            for v in (v_subject, v_class, v_empty)
+        )
         value = (((mu_sub - mu_cls) ** 2).mean() - ((mu_sub - mu_0) ** 2).mean()) / (2 * var + 1e-6)
         expected.append(float(value) / coef1)
     assert float(ours) == pytest.approx(float(np.mean(expected)), rel=2e-3)
