@@ -165,6 +165,7 @@ class Flux(FlowMatchingFamily):
             text_embeds=clip_output.pooler_output,
             clip_pooled=clip_output.last_hidden_state[rows, ends],
             clip_states=clip_output.last_hidden_state,
+            states_follow_ids=False,
         )
 
     def added_conditioning(

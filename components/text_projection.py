@@ -17,6 +17,7 @@ from transformers import AutoConfig, CLIPConfig, CLIPTextModelWithProjection
 from transformers.utils import logging as hf_logging
 
 from pretrained.resolve import resolve_pretrained
+from pretrained.tiny_flux import TINY_FLUX_NAME, TINY_FLUX_SCHNELL_NAME
 from pretrained.tiny_sd import TINY_CLIP_NAME, TINY_MODEL_NAME
 from pretrained.tiny_sdxl import TINY_SDXL_NAME
 
@@ -24,9 +25,11 @@ SD1_CLIP = "openai/clip-vit-large-patch14"  # SD 1.x's text encoder is this mode
 
 
 def default_clip_for(pretrained_model_name_or_path: str) -> str:
-    """The CLIP model whose text tower the given Stable Diffusion's (first) text encoder is:
-    CLIP ViT-L/14 for SD 1.x and SDXL, tiny-clip for the tiny pipelines."""
-    tiny = pretrained_model_name_or_path in (TINY_MODEL_NAME, TINY_SDXL_NAME)
+    """The CLIP model whose text tower the given model's (first) text encoder is: CLIP
+    ViT-L/14 for SD 1.x, SDXL and FLUX.1, tiny-clip for the tiny pipelines."""
+    tiny = pretrained_model_name_or_path in (
+        TINY_MODEL_NAME, TINY_SDXL_NAME, TINY_FLUX_NAME, TINY_FLUX_SCHNELL_NAME
+    )  # fmt: skip
     return TINY_CLIP_NAME if tiny else SD1_CLIP
 
 
@@ -81,7 +84,7 @@ def chosen_text_feature(module: Any, value: TextFeature, loss: str) -> str:
     """``pooled`` or ``clip`` for this module (``auto``: the family's pooled text where it has
     one, SDXL; else CLIP's projection); ``pooled`` on a family without one is a ValueError."""
     family = getattr(getattr(module, "family", None), "name", "sd1")
-    has_pooled = family == "sdxl"
+    has_pooled = family == "sdxl"  # FLUX's pooled text is CLIP ViT-L's, unprojected: clip
     if value == "pooled" and not has_pooled:
         raise ValueError(
             f"{loss} text_feature: pooled reads the family's pooled text embedding, which the "

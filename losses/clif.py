@@ -73,7 +73,7 @@ class ContrastiveLanguageImageLoss(Regularizer):
     requires = CLIF_BATCH_KEYS
     # SDXL: the text side is its first encoder (CLIP ViT-L) at its last layer, through CLIP's
     # text projection, as CLIF's official SDXL code compares (at the real end-of-text).
-    families = frozenset({"sd1", "sdxl"})
+    families = frozenset({"sd1", "sdxl", "flux"})
 
     def __init__(
         self, weight: float = 1.0, clip_model: str | None = None, temperature: float | None = None

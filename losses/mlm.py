@@ -93,7 +93,7 @@ class MaskedLanguageModelingLoss(Regularizer):
 
     name = "mlm"
     requires = frozenset({"context_prompts"})
-    families = frozenset({"sd1", "sdxl"})  # SDXL: its first encoder, CLIP ViT-L (see above)
+    families = frozenset({"sd1", "sdxl", "flux"})  # SDXL, FLUX: CLIP ViT-L (see above)
 
     def __init__(
         self,

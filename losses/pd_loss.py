@@ -49,7 +49,7 @@ class PriorDecoupleLoss(Regularizer):
 
     name = "pd"
     requires = frozenset({"caption_concept", "caption_general", "caption_superclass"})
-    families = frozenset({"sd1", "sdxl"})  # SDXL: its pooled text (see forward)
+    families = frozenset({"sd1", "sdxl", "flux"})  # SDXL: its pooled text (forward)
 
     def __init__(
         self,

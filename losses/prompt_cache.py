@@ -118,7 +118,11 @@ class FrozenPromptCache:
                 self._entries.move_to_end(prompt)
             found = self._entries
         entries = [found[p] for p in prompts]
-        stacked = {name: torch.stack([e[name] for e in entries]) for name in entries[0]}
+        stacked = {
+            name: torch.stack([e[name] for e in entries]) if isinstance(value, torch.Tensor)
+            else value
+            for name, value in entries[0].items()
+        }  # fmt: skip
         while len(self._entries) > self.max_prompts:
             self._entries.popitem(last=False)
         return TextEncoding(**stacked)
@@ -126,8 +130,9 @@ class FrozenPromptCache:
 
 def one_per_prompt(
     prompts: list[str], encoding: TextEncoding | None
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Split a batch encoding into detached rows by field (those the encoding has)."""
+) -> dict[str, dict[str, Any]]:
+    """Split a batch encoding into detached rows by field (those the encoding has; a flag,
+    not a tensor, is the same for every row)."""
     if encoding is None or encoding.hidden_states.shape[0] != len(prompts):
         rows = None if encoding is None else encoding.hidden_states.shape[0]
         raise ValueError(f"Expected the encodings of {len(prompts)} missing prompts, got {rows}.")
@@ -135,7 +140,10 @@ def one_per_prompt(
     values = {field.name: getattr(encoding, field.name) for field in fields(encoding)}
     present = {name: value for name, value in values.items() if value is not None}
     return {
-        prompt: {name: value[i].detach() for name, value in present.items()}
+        prompt: {
+            name: value[i].detach() if isinstance(value, torch.Tensor) else value
+            for name, value in present.items()
+        }
         for i, prompt in enumerate(prompts)
     }
 

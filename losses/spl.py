@@ -77,7 +77,7 @@ class SemanticPreservationLoss(Regularizer):
 
     name = "spl"
     requires = frozenset({"superclass_prompts"})
-    families = frozenset({"sd1", "sdxl"})
+    families = frozenset({"sd1", "sdxl", "flux"})
 
     def __init__(
         self,
@@ -144,7 +144,10 @@ class SemanticPreservationLoss(Regularizer):
     def forward(self, record: StepRecord, module: ModelView) -> torch.Tensor:
         eos = module.tokenizer.eos_token_id
         layers = record.layer_states if self.every_layer else None
-        concept = TextEncoding(record.encoder_hidden_states, record.input_ids, layers)
+        concept = TextEncoding(
+            record.encoder_hidden_states, record.input_ids, layers,
+            clip_states=record.clip_states, states_follow_ids=record.states_follow_ids,
+        )  # fmt: skip
         if self.pool == "eos":
             positions = concept.eos_positions(eos)
         else:

@@ -412,6 +412,8 @@ class PersonalizationModule(
             text_embeds=text.text_embeds,
             time_ids=time_ids,
             clip_pooled=text.clip_pooled,
+            clip_states=text.clip_states,
+            states_follow_ids=text.states_follow_ids,
             requested_text=requested_text,
             loss_weights=self.family.loss_weights(self.noise_scheduler, timesteps),
         )

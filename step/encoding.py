@@ -37,6 +37,9 @@ class TextEncoding:
     at the real end-of-text, what CLIP's text projection applies to (CLIF's text side on SDXL).
     clip_states: (B, L, D1), likewise that encoder's last-layer states at every position (MLM's
     contextualizer reads them on SDXL); None where ``hidden_states`` are them (SD 1.x).
+    states_follow_ids: whether ``hidden_states`` has one row per position of ``input_ids``
+    (False on FLUX: they are T5's, over T5's own tokens, and positions found in ``input_ids``
+    index ``clip_states`` instead; see `token_states`).
     """
 
     hidden_states: torch.Tensor
@@ -45,6 +48,16 @@ class TextEncoding:
     text_embeds: torch.Tensor | None = None
     clip_pooled: torch.Tensor | None = None
     clip_states: torch.Tensor | None = None
+    states_follow_ids: bool = True
+
+    @property
+    def token_states(self) -> torch.Tensor:
+        """(B, L, D) states whose positions are ``input_ids``' (the conditioning where it
+        follows the ids, else the first encoder's last layer)."""
+        if self.states_follow_ids:
+            return self.hidden_states
+        assert self.clip_states is not None, "states over other tokens need clip_states"
+        return self.clip_states
 
     @property
     def conditioning(self) -> torch.Tensor:
@@ -54,7 +67,7 @@ class TextEncoding:
     def per_layer(self) -> torch.Tensor:
         """(n_layers, B, L, D): the states each UNet layer reads (one entry when all share)."""
         if self.layer_states is None:
-            return self.hidden_states.unsqueeze(0)
+            return self.token_states.unsqueeze(0)
         batch, total, dim = self.layer_states.shape
         length = self.input_ids.shape[1]
         return self.layer_states.view(batch, total // length, length, dim).permute(1, 0, 2, 3)
@@ -78,6 +91,7 @@ class TextEncoding:
             text_embeds=joined([e.text_embeds for e in encodings]),
             clip_pooled=joined([e.clip_pooled for e in encodings]),
             clip_states=joined([e.clip_states for e in encodings]),
+            states_follow_ids=all(e.states_follow_ids for e in encodings),
         )
 
     def clip_text_states(self) -> torch.Tensor:
@@ -92,4 +106,4 @@ class TextEncoding:
     def pooled(self, eos_token_id: int) -> torch.Tensor:
         """Hidden state at the real end-of-text position, shape (B, D)."""
         rows = torch.arange(self.input_ids.shape[0], device=self.input_ids.device)
-        return self.hidden_states[rows, self.eos_positions(eos_token_id)]
+        return self.token_states[rows, self.eos_positions(eos_token_id)]

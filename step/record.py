@@ -40,6 +40,10 @@ class StepRecord:
     # SDXL: the first (CLIP ViT-L) encoder's last-layer end-of-text state (B, D1), what CLIP's
     # text projection applies to (see TextEncoding.clip_pooled); None where the states are it.
     clip_pooled: torch.Tensor | None = None
+    # The first (CLIP) encoder's last-layer states (B, L, D1) where the conditioning is another's,
+    # and whether encoder_hidden_states has input_ids' positions (not FLUX's T5 states).
+    clip_states: torch.Tensor | None = None
+    states_follow_ids: bool = True
     # Each sample's weight in the denoising loss (flow matching's weighting scheme); None: 1.
     loss_weights: torch.Tensor | None = None
     # Regularizers' text requests with their encodings from the step's text pass, by the

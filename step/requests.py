@@ -100,16 +100,24 @@ def split_requests(
         text_embeds=None if pooled is None else pooled[:main_rows],
         clip_pooled=None if clip_pooled is None else clip_pooled[:main_rows],
         clip_states=None if clip_states is None else clip_states[:main_rows],
+        states_follow_ids=stacked.states_follow_ids,
     )
     parts, start = [], main_rows
     for request in requests:
         rows, width = request.input_ids.shape
-        hidden = stacked.hidden_states[start : start + rows, :width]
+        hidden = stacked.hidden_states[start : start + rows]
+        if stacked.states_follow_ids:  # (FLUX's T5 states have their own length)
+            hidden = hidden[:, :width]
         own = [None if x is None else x[start : start + rows] for x in (pooled, clip_pooled)]
         states = None if clip_states is None else clip_states[start : start + rows, :width]
         if not request.with_grad:
             hidden, own = hidden.detach(), [None if x is None else x.detach() for x in own]
             states = None if states is None else states.detach()
-        parts.append(TextEncoding(hidden, request.input_ids, None, *own, clip_states=states))
+        parts.append(
+            TextEncoding(
+                hidden, request.input_ids, None, *own, clip_states=states,
+                states_follow_ids=stacked.states_follow_ids,
+            )  # fmt: skip
+        )
         start += rows
     return main, parts

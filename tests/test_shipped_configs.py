@@ -71,6 +71,7 @@ def test_the_overlays_are_the_known_ones() -> None:
         "configs/accord/sdxl/visual_encoder.yaml",
         "configs/accord/sdxl/visual_encoder_pd.yaml",
         "configs/accord/sdxl/visual_encoder_pd_dd.yaml",
+        "configs/backbones/flux.yaml",
         "configs/backbones/sdxl.yaml",
         "configs/clif/sdxl.yaml",
         "configs/low_memory.yaml",
@@ -88,6 +89,16 @@ def test_the_sdxl_overlay_then_tiny_selects_tiny_sdxl(
     config = parsed(capsys, "configs/lora.yaml", "configs/backbones/sdxl.yaml", "configs/tiny.yaml")
     model = config["model"]["init_args"]
     assert (model["backbone"], model["pretrained_model_name_or_path"]) == ("sdxl", "tiny")
+
+
+def test_the_flux_overlay_then_tiny_selects_tiny_flux_with_its_guidance(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    config = parsed(capsys, "configs/lora.yaml", "configs/backbones/flux.yaml", "configs/tiny.yaml")
+    model = config["model"]["init_args"]
+    assert (model["backbone"], model["pretrained_model_name_or_path"]) == ("flux", "tiny")
+    assert model["flow_matching"]["guidance_scale"] == 3.5
 
 
 def test_the_low_memory_overlay_applies(

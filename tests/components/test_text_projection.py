@@ -22,6 +22,7 @@ def module() -> CustomDiffusion:
 
 def test_default_clip_matches_the_diffusion_model() -> None:
     assert default_clip_for("tiny-sd") == "tiny-clip"
+    assert default_clip_for("tiny-flux") == "tiny-clip"
     assert default_clip_for("stable-diffusion-v1-5/stable-diffusion-v1-5") == SD1_CLIP
 
 

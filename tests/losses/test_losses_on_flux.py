@@ -19,6 +19,8 @@ from core.concept import ConceptSpec
 from losses.dd_loss import DenoisingDecoupleLoss
 from losses.epsilon_space import posterior_terms, posterior_weight
 from losses.flow_space import flow_posterior_terms, prediction_space_weight
+from losses.pd_loss import PriorDecoupleLoss
+from losses.spl import SemanticPreservationLoss
 from losses.sude import SubjectDerivedLoss
 from models import TextualInversion, load_export
 from models.exports_loading import export_with_manifest
@@ -30,6 +32,7 @@ BATCH = {
     "caption_concept": ["<v1> toy"] * 2,
     "caption_general": ["a on a wooden bench", "two in the snow"],
     "superclass_prompts": ["a photo of a toy"] * 2,
+    "caption_superclass": ["toy", "toy"],
     "sample_key": [3, 11],
 }
 
@@ -164,3 +167,68 @@ def test_sude_is_its_formula_on_flow_posterior_means(setting) -> None:
         value = (((mu_sub - mu_cls) ** 2).mean() - ((mu_sub - mu_0) ** 2).mean()) / (2 * var + 1e-6)
         expected.append(float(value) / coef1)
     assert float(ours) == pytest.approx(float(np.mean(expected)), rel=2e-3)
+
+
+def clip_last_layer(pipe: FluxPipeline, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(last-layer states, ids) of FLUX's CLIP ViT-L, as diffusers' pipeline tokenizes."""
+    ids = pipe.tokenizer(texts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids).last_hidden_state, ids
+
+
+def clip_l_features(pipe: FluxPipeline, texts: list[str]) -> torch.Tensor:
+    """CLIP ViT-L's text features: the last-layer end-of-text state through CLIP's projection
+    (tiny-clip's for the tiny pipeline)."""
+    from transformers import CLIPTextModelWithProjection
+
+    from pretrained.resolve import resolve_pretrained
+
+    last, ids = clip_last_layer(pipe, texts)
+    ends = (ids == pipe.tokenizer.eos_token_id).int().argmax(-1)
+    clip = CLIPTextModelWithProjection.from_pretrained(resolve_pretrained("tiny-clip"))
+    with torch.no_grad():
+        return clip.text_projection(last[torch.arange(len(texts)), ends])
+
+
+def test_pd_loss_is_eq_14_on_clip_l_features(setting) -> None:
+    """FLUX's pooled text is CLIP ViT-L's unprojected output, so PDLoss takes CLIP's
+    projection of CLIP ViT-L's end-of-text state, as on SD 1.x."""
+    module, pipe, _ = setting
+    loss = PriorDecoupleLoss()
+    loss.prepare(module)
+    requests = {id(loss): loss.text_requests(BATCH, module)}
+    step = module.denoise(BATCH, module.sample_draws(BATCH, 0), text_requests=requests)
+    with torch.no_grad():
+        ours = loss(step, module).item()
+    f_p = clip_l_features(pipe, [*BATCH["caption_concept"]])
+    f_g = clip_l_features(pipe, [*BATCH["caption_general"]])
+    f_s = clip_l_features(pipe, [*BATCH["caption_superclass"]])
+    cos = torch.nn.functional.cosine_similarity
+    expected = (cos(f_p, f_g, dim=-1) - cos(f_s, f_g, dim=-1)).abs().mean().item()
+    assert expected > 0
+    assert ours == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize(("project", "pool"), [(False, "eos"), (False, "concept"), (True, "eos")])
+def test_spl_reads_clip_l(setting, project: bool, pool: str) -> None:
+    """Unprojected: CLIP ViT-L's last-layer state at the prompt's end-of-text (or the concept
+    token) against the superclass prompt's end-of-text state (T5's states are over other
+    tokens); projected: both end-of-text features through CLIP's projection."""
+    module, pipe, record = setting
+    loss = SemanticPreservationLoss(project=project, pool=pool)
+    loss.prepare(module)
+    with torch.no_grad():
+        ours = loss(record, module).item()
+    if project:
+        concept = clip_l_features(pipe, [*BATCH["prompts"]])
+        superclass = clip_l_features(pipe, [*BATCH["superclass_prompts"]])
+    else:
+        states, ids = clip_last_layer(pipe, [*BATCH["prompts"]])
+        token = "<v1>" if pool == "concept" else pipe.tokenizer.eos_token
+        at = (ids == pipe.tokenizer.convert_tokens_to_ids(token)).int().argmax(-1)
+        concept = states[torch.arange(2), at]
+        class_states, class_ids = clip_last_layer(pipe, [*BATCH["superclass_prompts"]])
+        ends = (class_ids == pipe.tokenizer.eos_token_id).int().argmax(-1)
+        superclass = class_states[torch.arange(2), ends]
+    cos = torch.nn.functional.cosine_similarity(concept, superclass, dim=-1)
+    assert ours == pytest.approx((1 - cos).mean().item(), rel=1e-4, abs=1e-6)
