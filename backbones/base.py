@@ -264,11 +264,15 @@ def ddim_for(module: Any) -> Any:
     return DDIMScheduler.from_config(module.noise_scheduler.config)
 
 
-def family_error(family: BackboneFamily, what: str, supported: frozenset[str] | set[str]) -> str:
-    """One line for a part that does not support this family (yet)."""
+def family_error(
+    family: BackboneFamily, what: str, supported: frozenset[str] | set[str], why: str = ""
+) -> str:
+    """One line for a part that does not support this family (``why``: the reason, where the
+    family cannot have it rather than not yet)."""
     names = ", ".join(sorted(supported))
+    reason = f" ({why})" if why else ""
     return (
-        f"{what} supports the {names} backbone(s), not {family.name}: use a model of "
+        f"{what} supports the {names} backbone(s), not {family.name}{reason}: use a model of "
         f"those families (model.init_args.pretrained_model_name_or_path / backbone), or "
         "leave this part out."
     )

@@ -49,7 +49,9 @@ class EvaluationSettings:
     ``evaluation``; the prompts and seeds are the DataModule's ``eval_prompts``).
 
     Attributes:
-        scheduler: sampler name (ddim, ddpm, pndm, euler, euler_ancestral, dpm_solver, unipc).
+        scheduler: sampler name (ddim, ddpm, pndm, euler, euler_ancestral, dpm_solver, unipc;
+            flow_match_euler for FLUX); None: the model's own (DDIM; FLUX's flow-matching
+            Euler).
         num_inference_steps: sampling steps.
         guidance_scale: classifier-free guidance.
         resolution: image side; None = the model's native size.
@@ -62,7 +64,7 @@ class EvaluationSettings:
             sets 2, so a smoke run's time goes to its training steps.
     """
 
-    scheduler: str = "ddim"
+    scheduler: str | None = None
     num_inference_steps: int = 50
     guidance_scale: float = 6.0
     resolution: int | None = None
@@ -72,7 +74,8 @@ class EvaluationSettings:
     preview_steps: int | None = None
 
     def __post_init__(self) -> None:
-        check_scheduler_name(self.scheduler)
+        if self.scheduler is not None:
+            check_scheduler_name(self.scheduler)
         if self.preview_steps is not None and self.preview_steps < 1:
             raise ValueError(f"preview_steps must be >= 1 (or null), got {self.preview_steps}.")
         if self.num_inference_steps < 1:

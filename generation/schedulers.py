@@ -10,6 +10,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
@@ -23,7 +24,22 @@ SAMPLING_SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "euler_ancestral": EulerAncestralDiscreteScheduler,
     "dpm_solver": DPMSolverMultistepScheduler,
     "unipc": UniPCMultistepScheduler,
+    "flow_match_euler": FlowMatchEulerDiscreteScheduler,
 }
+# The samplers of flow-matching models (FLUX); the others sample DDPM-trained ones.
+FLOW_SAMPLERS = frozenset({"flow_match_euler"})
+
+
+def check_sampler_fits(name: str | None, flow_matching: bool, backbone: str) -> None:
+    """A DDPM sampler cannot sample a flow-matching model, nor the reverse."""
+    if name is None or (name in FLOW_SAMPLERS) == flow_matching:
+        return
+    fitting = sorted(FLOW_SAMPLERS if flow_matching else set(SAMPLING_SCHEDULERS) - FLOW_SAMPLERS)
+    kind = "a flow-matching" if flow_matching else "a DDPM"
+    raise ValueError(
+        f"model.init_args.evaluation.scheduler is {name!r}, but the {backbone} backbone is "
+        f"{kind} model; use one of {', '.join(fitting)}, or leave it unset (the model's own)."
+    )
 
 
 def check_scheduler_name(name: str) -> str:

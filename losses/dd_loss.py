@@ -113,6 +113,11 @@ class DenoisingDecoupleLoss(Regularizer):
     def prepare(self, module: ModelView) -> None:
         if not is_flow_matching(module):
             check_epsilon_prediction(module.noise_scheduler, "DDLoss")
+        elif self.time_weight != "paper":
+            raise ValueError(
+                "DDLoss time_weight: index is DDPM's 0-based step; flow matching's time weight "
+                "is the noise level s itself: leave time_weight at paper on FLUX."
+            )
 
     def prefill(self, module: ModelView, datamodule: Any) -> None:
         """Encode every c_g the DataModule can give and the empty prompt, once."""

@@ -27,6 +27,7 @@ from torch import nn
 
 from backbones import AUTO, choose_family
 from backbones.base import family_error
+from backbones.flow_matching import FlowMatchingFamily
 from backbones.flow_matching_settings import FlowMatchingSettings
 from components.text_projection import default_clip_for, load_text_projection
 from core.concept import ConceptSpec
@@ -39,6 +40,7 @@ from exports.external_formats import (
 from generation.evaluation import EvaluationMixin, EvaluationSettings
 from generation.image_pipeline import ModuleImagePipeline
 from generation.sampling import SamplingMixin
+from generation.schedulers import check_sampler_fits
 from losses.base import Regularizer
 from models.text.concept_tokens import ConceptTokens
 from models.text.text_path import TextPathMixin
@@ -75,6 +77,8 @@ class PersonalizationModule(
 
     # The backbone families (backbones/) the baseline is written and tested for.
     families: ClassVar[frozenset[str]] = frozenset({"sd1"})
+    # Why a family can never take this baseline (named in the refusal), by family name.
+    family_refusals: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
@@ -145,8 +149,11 @@ class PersonalizationModule(
             )
         family, model_name = choose_family(pretrained_model_name_or_path, backbone)
         if family.name not in self.families:
-            raise ValueError(family_error(family, type(self).__name__, self.families))
+            why = self.family_refusals.get(family.name, "")
+            raise ValueError(family_error(family, type(self).__name__, self.families, why))
         self.family = family.configured(flow_matching)
+        flow = isinstance(self.family, FlowMatchingFamily)
+        check_sampler_fits(evaluation.scheduler, flow, family.name)
         self.backbone = self.family.name
         components = self.family.load(model_name, revision, variant)
         self.family.check_components(components)

@@ -92,6 +92,10 @@ class XTI(PersonalizationModule):
 
     EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = ((XTI_EMBEDS, Format.XTI_EMBEDDINGS),)
     families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
+    family_refusals: ClassVar[dict[str, str]] = {
+        "flux": "FLUX's transformer reads one text sequence in every block, through joint "
+        "attention: there is no per-layer text input for P+'s per-layer tokens"
+    }
     LOAD_INSTEAD: ClassVar[str] = (
         "its per-layer tokens need XTI's own prompt encoding; models.xti.xti_pipeline(<base "
         "model>, folder) builds a pipeline that generates from plain prompts (or load_xti(pipe, "

@@ -108,15 +108,25 @@ def test_the_recipes_and_callbacks_run_through_train_py(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(REPO_ROOT)
-    for recipe in ("configs/flux/lora.yaml", "configs/flux/pivotal_tuning.yaml"):
-        root = tmp_path / Path(recipe).stem
+    recipes = {
+        "lora": ["configs/flux/lora.yaml"],
+        "pivotal": ["configs/flux/pivotal_tuning.yaml"],
+        "accord": ["configs/accord/lora.yaml", "configs/accord/flux/lora.yaml"],
+        "spl": ["configs/flux/lora.yaml", "configs/classdiffusion/flux_lora.yaml"],
+    }
+    for name, configs in recipes.items():
+        root = tmp_path / name
         cli = main(
             [
-                "fit", "--config", recipe, "--config", "configs/tiny.yaml",
+                "fit", *(w for c in configs for w in ("--config", c)),
+                "--config", "configs/tiny.yaml",
                 "--trainer.default_root_dir", str(root), "--trainer.max_steps", "2",
                 "--trainer.enable_progress_bar", "false",
             ]
         )  # fmt: skip
         assert cli.model.family.name == "flux"
+        assert [r.name for r in cli.model.regularizers] == {"accord": ["dd"], "spl": ["spl"]}.get(
+            name, []
+        )
         assert list(root.rglob("events.out.tfevents*"))
         assert list(root.rglob(LORA_WEIGHTS))
