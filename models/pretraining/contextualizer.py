@@ -124,9 +124,10 @@ class ContextualizerPretraining(L.LightningModule):
         family, pretrained_model_name_or_path = choose_family(
             pretrained_model_name_or_path, str(ignored.get("backbone", AUTO))
         )
-        # psi reads one CLIP text encoder's states: SD 1.x's, or SDXL's first (CLIP ViT-L).
-        if family.name not in ("sd1", "sdxl"):
-            supported = {"sd1", "sdxl"}
+        # psi reads one CLIP text encoder's states: SD 1.x's, SDXL's first or FLUX's (CLIP
+        # ViT-L, in the tokenizer/ and text_encoder/ folders of all three).
+        if family.name not in ("sd1", "sdxl", "flux"):
+            supported = {"sd1", "sdxl", "flux"}
             raise ValueError(family_error(family, "The contextualizer's pretraining", supported))
         self.pretrained_model_name_or_path = pretrained_model_name_or_path
         self.tokenizer, self.text_encoder = load_text_components(

@@ -68,15 +68,30 @@ def sdxl_psi_dir(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path) -> 
     return folder
 
 
-@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl"])
+@pytest.fixture(scope="module")
+def flux_psi_dir(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path) -> Path:
+    """psi for tiny-flux's CLIP text encoder (FLUX's CLIP ViT-L stand-in)."""
+    from models.pretraining.contextualizer import ContextualizerPretraining
+
+    folder = tmp_path_factory.mktemp("psi-flux")
+    torch.manual_seed(0)
+    ContextualizerPretraining(pretrained_model_name_or_path="tiny-flux").export(folder)
+    return folder
+
+
+PSI_FIXTURES = {"tiny-sd": "psi_dir", "tiny-sdxl": "sdxl_psi_dir", "tiny-flux": "flux_psi_dir"}
+
+
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl", "tiny-flux"])
 def test_loss_equals_an_independent_computation_of_the_papers_pipeline(
     model: str, request: pytest.FixtureRequest
 ) -> None:
     """P -> mask with [MASK] -> Gamma -> psi -> CE at masked positions, built by hand: the
     embedding matrix with the concept and [MASK] rows appended, psi run on the full padded
     sequence (attention masked after end-of-text), a loop over positions for the CE. On SDXL
-    Gamma is its first encoder (CLIP ViT-L) at its last layer, the text model psi knows."""
-    psi_dir = request.getfixturevalue("psi_dir" if model == "tiny-sd" else "sdxl_psi_dir")
+    Gamma is its first encoder (CLIP ViT-L) at its last layer, the text model psi knows; on
+    FLUX too (its CLIP ViT-L; T5 is not what psi reads)."""
+    psi_dir = request.getfixturevalue(PSI_FIXTURES[model])
     module, mlm = build(psi_dir, model=model)
     module.eval()
     generator = torch.Generator().manual_seed(3)
