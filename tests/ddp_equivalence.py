@@ -40,6 +40,9 @@ METHOD_CONFIGS: dict[str, str | tuple[str, ...]] = {
     # SDXL: each sample's size ids and pooled text reach the UNet and DDLoss's extra calls;
     # the ranks' shares must condition exactly as the one process's batch does.
     "sdxl_accord": ("configs/accord/custom_diffusion.yaml", "configs/backbones/sdxl.yaml"),
+    # FLUX: flow matching's per-sample sigma draws, T5 + CLIP tokens (pivotal tuning) and
+    # DDLoss's velocity-space weight, each rank's share as in the one process's batch.
+    "flux_accord": ("configs/accord/lora.yaml", "configs/accord/flux/lora.yaml"),
 }
 # Options a method needs beyond the shared ones: folders under the test's own directory.
 EXTRA_OPTIONS = {
