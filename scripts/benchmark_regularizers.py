@@ -42,7 +42,7 @@ from losses.dd_loss import DenoisingDecoupleLoss  # noqa: E402
 from losses.pd_loss import PriorDecoupleLoss  # noqa: E402
 from losses.spl import SemanticPreservationLoss  # noqa: E402
 from losses.sude import SubjectDerivedLoss  # noqa: E402
-from models import CLIFTextTuning, CustomDiffusion  # noqa: E402
+from models import CLIFTextTuning, CustomDiffusion, LoRA  # noqa: E402
 from preparation.augmentation.settings import AugmentationSettings  # noqa: E402
 
 
@@ -71,12 +71,20 @@ TARGETS = {"spl": 1.05, "pd": 1.05, "mlm": 1.15, "dd": 2.7}  # issue 4, on CPU
 WARMUP = 3
 
 
+def baseline_for(model: str) -> type:
+    """Custom Diffusion (ClassDiffusion's and ACCORD's baseline) where it runs; LoRA on a
+    family whose denoiser has no UNet cross-attention (FLUX)."""
+    from backbones import choose_family
+
+    return CustomDiffusion if choose_family(model)[0].name in CustomDiffusion.families else LoRA
+
+
 class Variant:
     """One Custom Diffusion module with its regularizers, optimizer and batch stream."""
 
     def __init__(self, name: str, model: str, batch_size: int, resolution: int | None) -> None:
         self.name = name
-        module_class = CLIFTextTuning if name == "clif_s1" else CustomDiffusion
+        module_class = CLIFTextTuning if name == "clif_s1" else baseline_for(model)
         self.module = module_class(
             pretrained_model_name_or_path=model,
             concepts=PersonalizationDataModule(resolution=8).concepts,
@@ -218,7 +226,7 @@ def main() -> None:
     variants = build(list(VARIANTS), args.model, args.batch_size, args.resolution)
     results = step_ratios(variants, args.steps)
     print(
-        f"Custom Diffusion on {args.model}, batch {args.batch_size}, resolution "
+        f"{baseline_for(args.model).__name__} on {args.model}, batch {args.batch_size}, resolution "
         f"{args.resolution or 'native'}, {args.steps} interleaved rounds, "
         f"{torch.get_num_threads()} threads"
     )

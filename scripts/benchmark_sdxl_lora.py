@@ -28,7 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmark_steps
 
-from benchmark_steps import WARMUP, lightning_step_seconds  # noqa: E402
+from benchmark_steps import WARMUP, report_against_plain  # noqa: E402
 
 from pretrained.resolve import resolve_pretrained  # noqa: E402
 
@@ -94,18 +94,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements")
     args = parser.parse_args()
     torch.manual_seed(0)
-    ours, plain = [], []
-    for _ in range(args.repeats):
-        ours.append(lightning_step_seconds("lora", args.model, args.steps))
-        plain.append(plain_sdxl_lora_step_seconds(args.model, args.steps))
-    ratios = [a / b for a, b in zip(ours, plain)]
-    print(
-        f"LoRA on {args.model}, batch {BATCH}, {RESOLUTION} px, {args.steps} steps x {args.repeats}"
-    )
-    print(f"project (Lightning) ms: {[round(x * 1e3, 1) for x in ours]}")
-    print(f"plain diffusers loop ms: {[round(x * 1e3, 1) for x in plain]}")
-    spread = f"min {min(ratios):.2f}, max {max(ratios):.2f}"
-    print(f"ratio median {statistics.median(ratios):.2f} ({spread})")
+    title = f"LoRA on {args.model}, batch {BATCH}, {RESOLUTION} px"
+    report_against_plain(title, args.model, args.steps, args.repeats, plain_sdxl_lora_step_seconds)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,23 @@ def lightning_step_seconds(name: str, model: str, steps: int) -> float:
     trainer.fit(module, datamodule=data)
     gaps = [b - a for a, b in zip(timer.ends[WARMUP - 1 :], timer.ends[WARMUP:])]
     return statistics.median(gaps)
+
+
+def report_against_plain(
+    title: str, model: str, steps: int, repeats: int, plain: Callable[[str, int], float]
+) -> None:
+    """Alternating medians of the project's LoRA step and ``plain(model, steps)``; prints
+    both and the ratio's median and spread."""
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(lightning_step_seconds("lora", model, steps))
+        theirs.append(plain(model, steps))
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    print(f"{title}, {steps} steps x {repeats}")
+    print(f"project (Lightning) ms: {[round(x * 1e3, 1) for x in ours]}")
+    print(f"plain diffusers loop ms: {[round(x * 1e3, 1) for x in theirs]}")
+    spread = f"min {min(ratios):.2f}, max {max(ratios):.2f}"
+    print(f"ratio median {statistics.median(ratios):.2f} ({spread})")
 
 
 def reference_step_seconds(name: str, model: str, steps: int) -> float:
