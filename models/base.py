@@ -64,6 +64,7 @@ from training.memory import (
     store_frozen_in,
 )
 from training.optimization import OptimizationMixin
+from training.quantization import quantize_frozen_linears
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -503,6 +504,8 @@ class PersonalizationModule(
         settings = self.memory
         if self._trainer is not None:
             check_mixed_precision(settings, self.trainer.precision)
+        if settings.quantize_denoiser is not None:  # from fp32 weights, before any half cast
+            quantize_frozen_linears(self.unet, settings.quantize_denoiser)
         if settings.half is not None:
             called = self.frozen_components()
             store_frozen_in(called, settings.half)

@@ -7,7 +7,8 @@
 # pinned by requirements/constraints.txt to the versions the tests ran with.
 #
 # `install.sh --newest FOLDER`: a venv in FOLDER with the newest versions setup.cfg allows
-# (no constraints file, the test extra only), as a plain `pip install -e .` resolves them.
+# (no constraints file, the test and quantization extras), as a plain `pip install -e .`
+# resolves them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv
@@ -16,7 +17,7 @@ extras="test,video,benchmark"
 if [ "${1:-}" = "--newest" ]; then
   venv=${2:?usage: install.sh --newest FOLDER}
   constraints=()
-  extras="test"
+  extras="test,quantization"  # its smoke tier runs the torchao tests (slower imports there)
 fi
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"

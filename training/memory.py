@@ -1,6 +1,6 @@
 """Memory switches every baseline and regularizer honours (``model.init_args.memory``).
 
-SD 1.5 at 512 px has to fit the 8-24 GB cards the field trains on. Four switches, each
+SD 1.5 at 512 px has to fit the 8-24 GB cards the field trains on. Five switches, each
 independent, measured by ``scripts/benchmark_memory.py``:
 
 - ``frozen_dtype: bf16 | fp16``: the weights that do not train are *stored* in half precision
@@ -14,6 +14,8 @@ independent, measured by ``scripts/benchmark_memory.py``:
   learning rates, betas, eps and weight decay (the optimizer state in 8 bits).
 - ``compile_unet``: ``torch.compile`` of the UNet in place (state-dict names unchanged, so
   checkpoints and exports are as without).
+- ``quantize_denoiser: fp8 | nf4``: the denoiser's frozen linear weights stored quantized
+  (training/quantization.py, torchao); what FLUX's 12B transformer needs on a 12-16 GB card.
 
 Attention is always SDPA (``F.scaled_dot_product_attention``, diffusers' ``AttnProcessor2_0``
 and its Custom Diffusion / XTI counterparts): PyTorch picks its flash or memory-efficient kernel
@@ -29,6 +31,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from training.quantization import QUANTIZED_KINDS, is_quantized
 
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 BITSANDBYTES_MISSING = (
@@ -46,8 +50,14 @@ class MemorySettings:
     adam_8bit: bool = False
     compile_unet: bool = False
     compile_backend: str = "inductor"
+    quantize_denoiser: str | None = None
 
     def __post_init__(self) -> None:
+        if self.quantize_denoiser is not None and self.quantize_denoiser not in QUANTIZED_KINDS:
+            raise ValueError(
+                f"memory.quantize_denoiser must be one of {', '.join(QUANTIZED_KINDS)} or null "
+                f"(not quantized), got {self.quantize_denoiser!r}."
+            )
         if self.frozen_dtype is not None and self.frozen_dtype not in HALF_DTYPES:
             raise ValueError(
                 f"memory.frozen_dtype must be one of {sorted(HALF_DTYPES)} or null (fp32), "
@@ -67,6 +77,8 @@ def store_frozen_in(modules: Iterable[nn.Module], dtype: torch.dtype) -> int:
         tensors = [p for p in module.parameters() if not p.requires_grad]
         tensors += list(module.buffers())
         for tensor in tensors:
+            if is_quantized(tensor):  # memory.quantize_denoiser's: casting would dequantize
+                continue
             if tensor.is_floating_point() and tensor.dtype != dtype:
                 before = tensor.element_size() * tensor.numel()
                 tensor.data = tensor.data.to(dtype)
