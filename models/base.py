@@ -43,6 +43,7 @@ from generation.sampling import SamplingMixin
 from generation.schedulers import check_sampler_fits
 from losses.base import Regularizer
 from models.text.concept_tokens import ConceptTokens
+from models.text.text_cache import ConstantTextCache, check_text_is_frozen
 from models.text.text_path import TextPathMixin
 from pretrained.stable_diffusion import load_vae
 from step.draws import (
@@ -205,6 +206,7 @@ class PersonalizationModule(
         self.evaluation = evaluation
         self.memory = memory
         self._memory_applied = False
+        self.text_cache: ConstantTextCache | None = None  # memory.cache_text, set in setup
         self.strict_loading = False  # checkpoints hold only what trains
         self._latent_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -514,6 +516,9 @@ class PersonalizationModule(
             autocast_calls(parts, settings.half)
         if settings.gradient_checkpointing:
             enable_gradient_checkpointing(self.unet, *self.text_encoders)
+        if settings.cache_text:
+            check_text_is_frozen(self)
+            self.text_cache = ConstantTextCache()
         if settings.compile_unet:
             self.unet.compile(backend=settings.compile_backend)
         self._memory_applied = True
@@ -554,6 +559,13 @@ class PersonalizationModule(
         module sits on its training device, so the encodings are made there)."""
         for regularizer in self.regularizers:
             regularizer.prefill(self, datamodule)
+
+    def on_fit_start(self) -> None:
+        """memory.cache_text: the text encoders go back to the CPU once Lightning has moved
+        the module to its device (encoding runs there; outputs come to the device)."""
+        if self.memory.cache_text:
+            for encoder in self.text_encoders:
+                encoder.to("cpu")
 
     def on_train_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

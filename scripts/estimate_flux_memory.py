@@ -125,8 +125,10 @@ def main() -> None:
           "checkpointing, 8-bit AdamW; text encoders off the device; GiB, no CUDA context")  # fmt: skip
     print("| LoRA params | frozen | trained + grads + optimizer | activations | total |")
     print("| --- | --- | --- | --- | --- |")
-    print(f"| {row['lora_params']:,} | {row['frozen_gib']:.2f} | {row['trained_state_gib']:.3f} | "
-          f"{row['activations_gib']:.2f} | {row['total_gib']:.2f} |")  # fmt: skip
+    cells = (f"{row['lora_params']:,}", f"{row['frozen_gib']:.2f}",
+             f"{row['trained_state_gib']:.3f}", f"{row['activations_gib']:.2f}",
+             f"{row['total_gib']:.2f}")  # fmt: skip
+    print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Memory switches every baseline and regularizer honours (``model.init_args.memory``).
 
-SD 1.5 at 512 px has to fit the 8-24 GB cards the field trains on. Five switches, each
+SD 1.5 at 512 px has to fit the 8-24 GB cards the field trains on. Six switches, each
 independent, measured by ``scripts/benchmark_memory.py``:
 
 - ``frozen_dtype: bf16 | fp16``: the weights that do not train are *stored* in half precision
@@ -16,6 +16,8 @@ independent, measured by ``scripts/benchmark_memory.py``:
   checkpoints and exports are as without).
 - ``quantize_denoiser: fp8 | nf4``: the denoiser's frozen linear weights stored quantized
   (training/quantization.py, torchao); what FLUX's 12B transformer needs on a 12-16 GB card.
+- ``cache_text``: where nothing in the text path trains, each prompt is encoded once and the
+  text encoders stay on the CPU (models/text/text_cache.py; FLUX's T5-XXL is 9.5 GB).
 
 Attention is always SDPA (``F.scaled_dot_product_attention``, diffusers' ``AttnProcessor2_0``
 and its Custom Diffusion / XTI counterparts): PyTorch picks its flash or memory-efficient kernel
@@ -51,6 +53,7 @@ class MemorySettings:
     compile_unet: bool = False
     compile_backend: str = "inductor"
     quantize_denoiser: str | None = None
+    cache_text: bool = False
 
     def __post_init__(self) -> None:
         if self.quantize_denoiser is not None and self.quantize_denoiser not in QUANTIZED_KINDS:

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import CLIPTextModel
 
 from models.text.extra_vectors import extra_vectors_in
+from models.text.text_cache import moved
 from step.encoding import TextEncoding, tokenize_padded
 from step.requests import (
     TextRequest,
@@ -46,7 +47,10 @@ class TextPathMixin:
         return plain
 
     def encode_text(self, prompts: list[str]) -> TextEncoding:
-        """Encode prompts with the concept tokens injected (gradients reach trained vectors)."""
+        """Encode prompts with the concept tokens injected (gradients reach trained vectors);
+        under ``memory.cache_text`` from the cache of the frozen text path."""
+        if self.text_cache is not None:
+            return self.text_cache.encode_prompts(self, prompts)
         return self.encode_token_ids(self.tokenize(prompts))
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
@@ -65,6 +69,11 @@ class TextPathMixin:
         further encoder embeds those ids as zero vectors, so its states stay defined.
         """
         encoders = self.text_encoders
+        where = encoders[0].get_input_embeddings().weight.device
+        if where != input_ids.device:  # memory.cache_text: the encoders stay on the CPU
+            vectors = None if extra_vectors is None else extra_vectors.to(where)
+            encoded = self.encode_token_ids(input_ids.to(where), vectors)
+            return moved(encoded, input_ids.device)
         pad_ids = [getattr(self, name).pad_token_id for name in self.family.tokenizer_names]
         end_id = self.tokenizer.eos_token_id
         tokenizers = [getattr(self, name) for name in self.family.tokenizer_names]
@@ -98,6 +107,7 @@ class TextPathMixin:
         own_path = (
             type(self).encode_text is not TextPathMixin.encode_text
             or type(self).encode_token_ids is not TextPathMixin.encode_token_ids
+            or self.text_cache is not None  # the prompts come from the cache
         )
         if not requests or own_path:
             return self.encode_text(prompts), [encode_request(self, r) for r in requests]
