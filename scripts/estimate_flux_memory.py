@@ -122,7 +122,8 @@ def main() -> None:
     row = estimate(args.resolution, args.storage)
     print(f"FLUX.1-dev LoRA at {args.resolution} px, batch 1, frozen transformer in "
           f"{args.storage} ({row['bytes_per_weight']:.3f} bytes a weight), bf16 autocast, "
-          "checkpointing, 8-bit AdamW; text encoders off the device; GiB, no CUDA context")  # fmt: skip
+          "checkpointing, 8-bit AdamW; text encoders off the device; GiB, no CUDA "
+          "context")  # fmt: skip
     print("| LoRA params | frozen | trained + grads + optimizer | activations | total |")
     print("| --- | --- | --- | --- | --- |")
     cells = (f"{row['lora_params']:,}", f"{row['frozen_gib']:.2f}",
