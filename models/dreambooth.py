@@ -1,4 +1,5 @@
-"""DreamBooth (Ruiz et al. 2023): the whole UNet trains, the text encoder optionally.
+"""DreamBooth (Ruiz et al. 2023): the whole denoiser trains (the UNet; FLUX's transformer),
+the text encoder optionally.
 
 Prior preservation (the paper's class-specific prior loss) is the base module's
 ``prior_loss_weight``; the configs turn it on. The concept token is the paper's identifier: it
@@ -25,14 +26,12 @@ from models.base import PersonalizationModule
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
-# The components a DreamBooth export replaces in a pipeline (the scheduler is the user's).
-PIPELINE_MODELS = ("unet", "text_encoder", "vae")
 
 
 class DreamBooth(PersonalizationModule):
     """Fine-tunes the UNet (and, if asked, the text encoder) on the subject's photos."""
 
-    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl", "flux"})
     EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
         (SINGLE_FILE, Format.SINGLE_FILE_CHECKPOINT),
         (f"{A1111_FOLDER}/*", Format.A1111_EMBEDDING),
@@ -122,11 +121,11 @@ class DreamBooth(PersonalizationModule):
         pipeline's scheduler stays."""
         folder = Path(folder)
         parts: dict[str, Any] = {}
-        xl = family_of_pipeline(pipeline).name == "sdxl"
-        for name in (*PIPELINE_MODELS, *(("text_encoder_2",) if xl else ())):
+        family = family_of_pipeline(pipeline)
+        for name in (family.denoiser_name, *family.text_encoder_names, "vae"):
             current = getattr(pipeline, name)
             loaded = type(current).from_pretrained(folder, subfolder=name, dtype=current.dtype)
             parts[name] = loaded.to(current.device)
-        for name in ("tokenizer", "tokenizer_2") if xl else ("tokenizer",):
+        for name in family.tokenizer_names:
             parts[name] = type(getattr(pipeline, name)).from_pretrained(folder, subfolder=name)
         pipeline.register_modules(**parts)

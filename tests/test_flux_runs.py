@@ -130,3 +130,34 @@ def test_the_recipes_and_callbacks_run_through_train_py(
         )
         assert list(root.rglob("events.out.tfevents*"))
         assert list(root.rglob(LORA_WEIGHTS))
+
+
+def test_dreambooth_on_flux_exports_a_pipeline_that_samples_the_same(
+    tmp_path: Path, tiny_flux_path: Path
+) -> None:
+    """The whole transformer trains; the export is a FluxPipeline folder whose T5 and CLIP
+    hold the identifier's rows at its ids (T5's inside its padded matrix)."""
+    from models import DreamBooth, load_export
+    from models.exports_loading import export_with_manifest
+
+    module = DreamBooth(
+        pretrained_model_name_or_path="tiny-flux", concepts=[ConceptSpec("<v1>", "toy")],
+        train_tokens=True,
+    )  # fmt: skip
+    assert all(p.requires_grad for p in module.unet.parameters())
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tokens in module.encoder_concept_tokens:
+            tokens.embedding.vectors.normal_(generator=generator)
+        for param in module.unet.parameters():
+            param.add_(0.01 * torch.randn(param.shape, generator=generator))
+    folder = tmp_path / "export"
+    export_with_manifest(module, folder)
+    ours = module.generate([PROMPT], seed=0, num_inference_steps=STEPS, guidance_scale=GUIDANCE)
+    with torch.no_grad():
+        alone = pipe_sample(FluxPipeline.from_pretrained(folder))
+        into = FluxPipeline.from_pretrained(tiny_flux_path)
+        load_export(into, folder)
+        loaded = pipe_sample(into)
+    assert torch.allclose(ours, alone, atol=1e-4, rtol=0), (ours - alone).abs().max()
+    assert torch.allclose(ours, loaded, atol=1e-4, rtol=0), (ours - loaded).abs().max()

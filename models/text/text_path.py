@@ -41,7 +41,13 @@ class TextPathMixin:
         plain = copy.deepcopy(self.text_encoders[index])
         base = embedding.base.weight.detach()
         rows = embedding.vectors.detach().to(base.dtype)
-        merged = nn.Embedding.from_pretrained(torch.cat([base, rows]), freeze=False)
+        # The concept ids start at the tokenizer's size: past SD's matrix, inside T5's (its
+        # 32,128 rows hold 32,100 tokens), so the rows go to their ids, growing the matrix.
+        first = embedding.base_vocab_size
+        size = max(base.shape[0], first + rows.shape[0])
+        merged_rows = torch.cat([base, base.new_zeros(size - base.shape[0], base.shape[1])])
+        merged_rows[first : first + rows.shape[0]] = rows
+        merged = nn.Embedding.from_pretrained(merged_rows, freeze=False)
         plain.set_input_embeddings(merged)
         plain.config.vocab_size = merged.num_embeddings
         return plain
