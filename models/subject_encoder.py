@@ -32,6 +32,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from core.images import resize_and_crop, to_tensor
 from pretrained.resolve import resolve_pretrained
+from pretrained.tiny_flux import TINY_FLUX_NAME
 from pretrained.tiny_sd import TINY_CLIP_NAME, TINY_MODEL_NAME
 from pretrained.tiny_sdxl import TINY_SDXL_NAME
 
@@ -39,14 +40,18 @@ from pretrained.tiny_sdxl import TINY_SDXL_NAME
 # and for SDXL (OpenCLIP ViT-bigG/14, IP-Adapter's sdxl_models).
 IP_ADAPTER_ENCODER = ("h94/IP-Adapter", "models/image_encoder")
 IP_ADAPTER_SDXL_ENCODER = ("h94/IP-Adapter", "sdxl_models/image_encoder")
+FLUX_IMAGE_ENCODER = ("openai/clip-vit-large-patch14", None)  # XLabs' FLUX IP-Adapter's
 
 
 def default_image_encoder(
     pretrained_model_name_or_path: str, family: str = "sd1"
 ) -> tuple[str, str | None]:
-    """tiny-clip for a tiny pipeline (offline), else IP-Adapter's encoder of the family."""
-    if pretrained_model_name_or_path in (TINY_MODEL_NAME, TINY_SDXL_NAME):
+    """tiny-clip for a tiny pipeline (offline), else IP-Adapter's encoder of the family
+    (FLUX's IP-Adapter, XLabs', reads CLIP ViT-L/14's image features)."""
+    if pretrained_model_name_or_path in (TINY_MODEL_NAME, TINY_SDXL_NAME, TINY_FLUX_NAME):
         return TINY_CLIP_NAME, None
+    if family == "flux":
+        return FLUX_IMAGE_ENCODER
     return IP_ADAPTER_SDXL_ENCODER if family == "sdxl" else IP_ADAPTER_ENCODER
 
 

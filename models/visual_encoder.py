@@ -56,7 +56,7 @@ REFERENCE_KEY = "reference_pixel_values"
 class VisualEncoder(PersonalizationModule):
     """Trains only the image-to-token mapper; CLIP, the text encoder and the UNet stay frozen."""
 
-    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl", "flux"})
     EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
         (VISUAL_ENCODER_WEIGHTS, Format.VISUAL_ENCODER_MAPPER),
     )

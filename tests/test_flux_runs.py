@@ -161,3 +161,37 @@ def test_dreambooth_on_flux_exports_a_pipeline_that_samples_the_same(
         loaded = pipe_sample(into)
     assert torch.allclose(ours, alone, atol=1e-4, rtol=0), (ours - alone).abs().max()
     assert torch.allclose(ours, loaded, atol=1e-4, rtol=0), (ours - loaded).abs().max()
+
+
+def test_visual_encoder_maps_photos_to_clip_and_t5_vectors(
+    tmp_path: Path, tiny_flux_path: Path
+) -> None:
+    """The mapper writes one vector of CLIP's and T5's widths side by side, each encoder's
+    lookup reading its part; installed into FluxPipeline, the subject's token conditions as in
+    the module."""
+    from models import VisualEncoder
+    from models.exports_loading import export_with_manifest
+    from models.visual_encoder import install_subject, load_subject_encoder
+
+    module = VisualEncoder(
+        pretrained_model_name_or_path="tiny-flux", concepts=[ConceptSpec("<v1>", "toy")]
+    )
+    references = torch.rand(2, 3, 32, 32) * 2 - 1
+    batch = {"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1, "prompts": [PROMPT] * 2,
+             "reference_pixel_values": references}  # fmt: skip
+    module.compute_losses(batch, module.sample_draws(batch, 0))["total"].backward()
+    grads = {n: p.grad for n, p in module.named_parameters() if p.requires_grad}
+    assert grads and all(".mapper." in n for n in grads)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads.values())
+    export_with_manifest(module, tmp_path)
+    encoder, token = load_subject_encoder(tmp_path)
+    vectors = encoder.embed_subject(references)
+    clip_width = module.text_encoder.config.hidden_size
+    assert vectors.shape == (4, clip_width + module.text_encoder_2.config.d_model)
+    module.set_subject(vectors)
+    pipe = FluxPipeline.from_pretrained(tiny_flux_path)
+    install_subject(pipe, vectors, token)
+    ours = module.generate([PROMPT], seed=0, num_inference_steps=STEPS, guidance_scale=GUIDANCE)
+    with torch.no_grad():
+        theirs = pipe_sample(pipe)
+    assert torch.allclose(ours, theirs, atol=1e-4, rtol=0), (ours - theirs).abs().max()
