@@ -82,7 +82,7 @@ class BackboneFamily(ABC):
             tokenizers=[loaded[name] for name in self.tokenizer_names],
             text_encoders=[loaded[name] for name in self.text_encoder_names],
             vae=loaded["vae"],
-            unet=loaded["unet"],
+            unet=loaded[self.denoiser_name],
             noise_scheduler=loaded["scheduler"],
         )
 

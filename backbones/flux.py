@@ -30,7 +30,6 @@ from backbones.base import BackboneComponents
 from backbones.flow_matching import FlowMatchingFamily
 from backbones.flow_matching_settings import DEFAULT_TRAINING_GUIDANCE
 from pretrained.flux_random import FLUX_RANDOM_NAME
-from pretrained.stable_diffusion import load_parts
 from pretrained.tiny_flux import TINY_FLUX_NAME, TINY_FLUX_SCHNELL_NAME
 from step.encoding import TextEncoding
 
@@ -117,16 +116,6 @@ class Flux(FlowMatchingFamily):
     )
     lora_text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder",)
     embedding_keys: ClassVar[tuple[str, ...]] = ("clip_l", "t5")  # diffusers' advanced script
-
-    def load(self, path: str, revision: str | None, variant: str | None) -> BackboneComponents:
-        loaded = load_parts(path, self.parts, revision, variant, self.display_name, self.tiny_name)
-        return BackboneComponents(
-            tokenizers=[loaded[name] for name in self.tokenizer_names],
-            text_encoders=[loaded[name] for name in self.text_encoder_names],
-            vae=loaded["vae"],
-            unet=loaded["transformer"],
-            noise_scheduler=loaded["scheduler"],
-        )
 
     def check_components(self, components: BackboneComponents) -> None:
         guided = components.unet.config.guidance_embeds
