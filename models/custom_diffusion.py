@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0, CustomDiffusionAttnProcessor2_0
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from exports.external_formats import load_embedding
@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
 CUSTOM_DIFFUSION_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
+# FLUX: the joint attention's text-side projections, by the transformer's own parameter names
+# (diffusers has no Custom Diffusion loader for FLUX; `load_custom_diffusion` installs them).
+CUSTOM_DIFFUSION_FLUX = "custom_diffusion_text_kv.safetensors"
+FLUX_TEXT_KV = ("attn.add_k_proj", "attn.add_v_proj")
+FLUX_TEXT_Q_OUT = ("attn.add_q_proj", "attn.to_add_out")
 
 
 def load_custom_diffusion(pipe: StableDiffusionPipeline, folder: str | Path) -> None:
@@ -36,9 +41,16 @@ def load_custom_diffusion(pipe: StableDiffusionPipeline, folder: str | Path) -> 
     installs the processors.
     """
     folder = Path(folder)
-    pipe.unet.load_attn_procs(folder, weight_name=CUSTOM_DIFFUSION_WEIGHTS, _pipeline=pipe)
+    if (folder / CUSTOM_DIFFUSION_FLUX).is_file():  # FLUX: the trained projections in place
+        weights = load_file(str(folder / CUSTOM_DIFFUSION_FLUX))
+        missing = set(weights) - set(pipe.transformer.state_dict())
+        if missing:
+            raise ValueError(f"{folder} names layers this transformer lacks: {sorted(missing)[:3]}")
+        pipe.transformer.load_state_dict(weights, strict=False)
+    else:
+        pipe.unet.load_attn_procs(folder, weight_name=CUSTOM_DIFFUSION_WEIGHTS, _pipeline=pipe)
     for token_file in sorted(folder.glob("*.safetensors")):
-        if token_file.name not in (CUSTOM_DIFFUSION_WEIGHTS, SINGLE_FILE):
+        if token_file.name not in (CUSTOM_DIFFUSION_WEIGHTS, CUSTOM_DIFFUSION_FLUX, SINGLE_FILE):
             load_embedding(pipe, token_file)
 
 
@@ -62,9 +74,10 @@ def merge_custom_diffusion(unet: UNet2DConditionModel) -> UNet2DConditionModel:
 class CustomDiffusion(PersonalizationModule):
     """Trains K/V of every cross-attention layer (optionally Q and out too) and the tokens."""
 
-    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl", "flux"})
     EXPORT_FORMATS: ClassVar[tuple[tuple[str, str], ...]] = (
         (CUSTOM_DIFFUSION_WEIGHTS, Format.CUSTOM_DIFFUSION),
+        (CUSTOM_DIFFUSION_FLUX, Format.CUSTOM_DIFFUSION),
         (SINGLE_FILE, Format.SINGLE_FILE_CHECKPOINT),
         *TOKEN_FILE_FORMATS,
     )
@@ -84,7 +97,23 @@ class CustomDiffusion(PersonalizationModule):
         super().__init__(**kwargs)
         check_single_file_family(export_single_file, self.family.name)
         self.train_q_out, self.export_single_file = train_q_out, export_single_file
-        self.unet.set_attn_processor(self._custom_processors())
+        if self.family.denoiser_name == "unet":
+            self.unet.set_attn_processor(self._custom_processors())
+        else:  # FLUX's joint attention: its text-side projections train in place
+            for param in self._text_projections():
+                param.requires_grad_(True)
+
+    def _text_projections(self) -> list[nn.Parameter]:
+        """FLUX: the double-stream blocks' projections of the text tokens (K/V; with
+        ``train_q_out`` their query and output too). The image tokens' projections and the
+        single-stream blocks, which project text and image with one weight, stay frozen: as
+        on a UNet, only what the text is turned into trains."""
+        layers = FLUX_TEXT_KV + (FLUX_TEXT_Q_OUT if self.train_q_out else ())
+        return [
+            param
+            for name, param in self.unet.named_parameters()
+            if name.startswith("transformer_blocks.") and name.rsplit(".", 1)[0].endswith(layers)
+        ]
 
     def _custom_processors(self) -> dict[str, nn.Module]:
         """One trainable processor per cross-attention layer, initialised from its K/V."""
@@ -118,6 +147,9 @@ class CustomDiffusion(PersonalizationModule):
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = super().trainable_groups()
+        if self.family.denoiser_name != "unet":
+            groups["kv"] = self._text_projections()
+            return groups
         processors = [p for p in self.unet.attn_processors.values() if isinstance(p, nn.Module)]
         groups["kv"] = [param for proc in processors for param in proc.parameters()]
         return groups
@@ -125,6 +157,16 @@ class CustomDiffusion(PersonalizationModule):
     def export(self, folder: Path) -> list[Path]:
         """``pytorch_custom_diffusion_weights.safetensors`` and one ``<token>.safetensors`` each."""
         folder.mkdir(parents=True, exist_ok=True)
+        paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
+        if self.family.denoiser_name != "unet":
+            names = {id(p) for p in self._text_projections()}
+            weights = {
+                name: param.detach().float().cpu().contiguous()
+                for name, param in self.unet.named_parameters()
+                if id(param) in names
+            }
+            save_file(weights, str(folder / CUSTOM_DIFFUSION_FLUX))
+            return [folder / CUSTOM_DIFFUSION_FLUX, *self.export_token_embeddings(paths)]
         # Keys as diffusers' loader reads them: "<layer>.processor.to_k_custom_diffusion.weight",
         # and an empty entry per weightless self-attention processor, because the loader sets
         # one processor per attention layer and reads the weightless ones from those entries.
@@ -148,7 +190,6 @@ class CustomDiffusion(PersonalizationModule):
                     folder / SINGLE_FILE, self.merged_unet(), self.vae, encoders, vocabulary
                 )
             )
-        paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
         return [*written, *self.export_token_embeddings(paths)]
 
     def merged_unet(self) -> UNet2DConditionModel:

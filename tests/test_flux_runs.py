@@ -195,3 +195,36 @@ def test_visual_encoder_maps_photos_to_clip_and_t5_vectors(
     with torch.no_grad():
         theirs = pipe_sample(pipe)
     assert torch.allclose(ours, theirs, atol=1e-4, rtol=0), (ours - theirs).abs().max()
+
+
+def test_custom_diffusion_trains_the_text_side_projections_and_loads_back(
+    tmp_path: Path, tiny_flux_path: Path
+) -> None:
+    """On FLUX, Custom Diffusion's K/V are the double-stream blocks' projections of the text
+    tokens (add_k_proj, add_v_proj); its export installs into FluxPipeline and samples the
+    module's images."""
+    from models import CustomDiffusion, load_export
+    from models.exports_loading import export_with_manifest
+
+    module = CustomDiffusion(
+        pretrained_model_name_or_path="tiny-flux", concepts=[ConceptSpec("<v1>", "toy")]
+    )
+    trained = [n for n, p in module.named_parameters() if p.requires_grad]
+    kv = [n for n in trained if n.startswith("unet.")]
+    blocks = len(module.unet.transformer_blocks)
+    assert len(kv) == blocks * 2 * 2  # add_k_proj, add_v_proj: weight and bias, each block
+    assert all(".add_k_proj." in n or ".add_v_proj." in n for n in kv)
+    tokens = set(trained) - set(kv)  # the concept's vectors in CLIP and T5
+    assert len(tokens) == 2 and all(n.endswith(".vectors") for n in tokens)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.requires_grad:
+                param.add_(0.3 * torch.randn(param.shape, generator=generator))
+    export_with_manifest(module, tmp_path)
+    ours = module.generate([PROMPT], seed=0, num_inference_steps=STEPS, guidance_scale=GUIDANCE)
+    pipe = FluxPipeline.from_pretrained(tiny_flux_path)
+    load_export(pipe, tmp_path)
+    with torch.no_grad():
+        theirs = pipe_sample(pipe)
+    assert torch.allclose(ours, theirs, atol=1e-4, rtol=0), (ours - theirs).abs().max()
