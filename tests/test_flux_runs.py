@@ -218,7 +218,7 @@ def test_custom_diffusion_trains_the_text_side_projections_and_loads_back(
     assert len(tokens) == 2 and all(n.endswith(".vectors") for n in tokens)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, param in module.named_parameters():
+        for param in module.parameters():
             if param.requires_grad:
                 param.add_(0.3 * torch.randn(param.shape, generator=generator))
     export_with_manifest(module, tmp_path)
