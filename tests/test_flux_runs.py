@@ -113,6 +113,7 @@ def test_the_recipes_and_callbacks_run_through_train_py(
         "pivotal": ["configs/flux/pivotal_tuning.yaml"],
         "accord": ["configs/accord/lora.yaml", "configs/accord/flux/lora.yaml"],
         "spl": ["configs/flux/lora.yaml", "configs/classdiffusion/flux_lora.yaml"],
+        "classdiffusion": ["configs/classdiffusion/custom_diffusion.yaml", FLUX[1]],
     }
     for name, configs in recipes.items():
         root = tmp_path / name
@@ -125,11 +126,10 @@ def test_the_recipes_and_callbacks_run_through_train_py(
             ]
         )  # fmt: skip
         assert cli.model.family.name == "flux"
-        assert [r.name for r in cli.model.regularizers] == {"accord": ["dd"], "spl": ["spl"]}.get(
-            name, []
-        )
+        expected = {"accord": ["dd"], "spl": ["spl"], "classdiffusion": ["spl"]}.get(name, [])
+        assert [r.name for r in cli.model.regularizers] == expected
         assert list(root.rglob("events.out.tfevents*"))
-        assert list(root.rglob(LORA_WEIGHTS))
+        assert list(root.rglob("export.json"))
 
 
 def test_dreambooth_on_flux_exports_a_pipeline_that_samples_the_same(
