@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file
 
-from exports.external_formats import SDXL_EMBEDDING_KEYS
+from exports.external_formats import FLUX_EMBEDDING_KEYS, SDXL_EMBEDDING_KEYS
 from models.lora import LoRA
 from models.lora_adapters import LORA_WEIGHTS
 
@@ -35,13 +35,11 @@ def stage1_digest(folder: Path) -> str:
 
 def stage1_vectors(path: Path, token: str, encoders: int) -> list[torch.Tensor]:
     """Each text encoder's vectors in one of stage 1's token files (SD 1.x ``{token: ...}``,
-    SDXL ``{"clip_l": ..., "clip_g": ...}``), refusing a file of the other family."""
+    SDXL ``{"clip_l": ..., "clip_g": ...}``, FLUX ``{"clip_l": ..., "t5": ...}``), refusing a
+    file of another family."""
     state = load_file(str(path))
-    per_encoder = (
-        [state[key] for key in SDXL_EMBEDDING_KEYS]
-        if set(SDXL_EMBEDDING_KEYS) <= set(state)
-        else [state[token]] if token in state else []
-    )
+    keys = next((k for k in (SDXL_EMBEDDING_KEYS, FLUX_EMBEDDING_KEYS) if set(k) <= set(state)), ())
+    per_encoder = [state[key] for key in keys] if keys else [state[token]] if token in state else []
     if len(per_encoder) != encoders:
         raise ValueError(
             f"{path} holds vectors for {len(per_encoder)} text encoder(s) (keys "
@@ -81,8 +79,10 @@ def load_stage1_text_lora(module: LoRA, folder: Path) -> bool:
     loader = getattr(diffusers, module.family.pipeline_class_names[0])
     # The file's peft config (metadata) carries stage 1's rank and alpha; without it diffusers
     # would take alpha = rank and scale the text encoder differently from stage 1's.
+    # FLUX's reader returns the alphas only when asked (its return_alphas).
+    asked = {"return_alphas": True} if module.family.name == "flux" else {}
     state, alphas, metadata = loader.lora_state_dict(
-        str(folder), weight_name=LORA_WEIGHTS, return_lora_metadata=True
+        str(folder), weight_name=LORA_WEIGHTS, return_lora_metadata=True, **asked
     )
     if not any(key.startswith("text_encoder.") for key in state):
         return False
@@ -97,7 +97,7 @@ def load_stage1_text_lora(module: LoRA, folder: Path) -> bool:
 class CLIFMultiConceptLoRA(LoRA):
     """LoRA on the UNet (shared by the concepts) + tokens, text encoder frozen from stage 1."""
 
-    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl", "flux"})
 
     def __init__(self, stage1: str, **kwargs: Any) -> None:
         """

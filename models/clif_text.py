@@ -47,7 +47,7 @@ class CLIFTextTuning(PersonalizationModule):
         *TOKEN_FILE_FORMATS,
     )
     load_into = staticmethod(load_lora)  # the text-encoder LoRA when there is one, the tokens
-    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl"})
+    families: ClassVar[frozenset[str]] = frozenset({"sd1", "sdxl", "flux"})
 
     def __init__(
         self,

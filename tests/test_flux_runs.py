@@ -228,3 +228,34 @@ def test_custom_diffusion_trains_the_text_side_projections_and_loads_back(
     with torch.no_grad():
         theirs = pipe_sample(pipe)
     assert torch.allclose(ours, theirs, atol=1e-4, rtol=0), (ours - theirs).abs().max()
+
+
+def test_clifs_two_stages_run_on_flux(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 1's InfoNCE tunes the tokens (and a LoRA) of CLIP ViT-L, the encoder CLIF's
+    official code compares; stage 2 starts each encoder's vectors, T5's too, from stage 1's
+    {"clip_l", "t5"} file and trains a transformer LoRA."""
+    monkeypatch.chdir(REPO_ROOT)
+    common = [
+        *FLUX, "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks", "[]",
+        "--data.init_args.augmentation.g_aug", "0", "--data.init_args.augmentation.r_aug", "4",
+        "--data.init_args.augmentation.cache_dir", str(tmp_path / "augmented"),
+    ]  # fmt: skip
+    one = main(["fit", "--config", "configs/clif/stage1_text.yaml", *common,
+                "--trainer.default_root_dir", str(tmp_path / "one")])  # fmt: skip
+    assert one.model.family.name == "flux"
+    stage1 = tmp_path / "stage1"
+    one.model.export(stage1)
+    two = main(["fit", "--config", "configs/clif/stage2_lora.yaml", *common,
+                "--model.init_args.stage1", str(stage1),
+                "--data.init_args.augmentation.m_aug", "2",
+                "--trainer.default_root_dir", str(tmp_path / "two")])  # fmt: skip
+    assert two.model.family.name == "flux" and two.trainer.global_step == 2
+    for ours, theirs in zip(two.model.encoder_concept_tokens, one.model.encoder_concept_tokens):
+        assert ours.embedding.vectors.shape == theirs.embedding.vectors.shape
+    # Stage 1's CLIP LoRA, frozen in stage 2, with stage 1's scale: the same CLIP states.
+    assert two.model.text_lora_from_stage1
+    prompt = ["a photo of a dog on the beach"]  # no concept token: stage 2 trains those
+    with torch.no_grad():
+        states = [m.text_encoder(m.tokenize(prompt)).last_hidden_state for m in (one.model, two.model)]
+    torch.testing.assert_close(states[1], states[0], rtol=0, atol=1e-5)
