@@ -257,5 +257,7 @@ def test_clifs_two_stages_run_on_flux(tmp_path: Path, monkeypatch: pytest.Monkey
     assert two.model.text_lora_from_stage1
     prompt = ["a photo of a dog on the beach"]  # no concept token: stage 2 trains those
     with torch.no_grad():
-        states = [m.text_encoder(m.tokenize(prompt)).last_hidden_state for m in (one.model, two.model)]
+        states = [
+            m.text_encoder(m.tokenize(prompt)).last_hidden_state for m in (one.model, two.model)
+        ]
     torch.testing.assert_close(states[1], states[0], rtol=0, atol=1e-5)
