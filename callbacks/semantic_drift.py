@@ -15,6 +15,8 @@ feature SPL works on, without the text projection.
   quantity SPL minimises.
 - ``drift/tsne``: the t-SNE plane with the adjective phrases, the class phrase "a dog", the class
   centre (embedded along with the phrases, as the paper's Algorithm 1 does) and the concept.
+- On FLUX the three again as ``drift/t5/...`` for T5's side (the states the transformer reads,
+  averaged over each prompt's tokens); ``drift/...`` is CLIP ViT-L's, its pooled text.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ from models.base import PersonalizationModule
 
 def pooled_features(
     module: PersonalizationModule, prompts: Sequence[str], input_ids: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(N, D) fp32 end-of-text features of the prompts through the module's text path.
+) -> dict[str, torch.Tensor]:
+    """(N, D) fp32 features of the prompts through the module's text path, by side: ``""``
+    the end-of-text feature of the encoder whose ids these are (CLIP's), and on a family whose
+    conditioning is another encoder's (FLUX's T5) ``"t5"``: the mean of its states over the
+    prompt's own tokens (T5 has no end-of-text summary of the prompt).
 
     ``input_ids``: the prompts' ``module.tokenize`` ids if already at hand (they never change
     for a module). They are cut after the last end-of-text: the causal text encoder's feature
@@ -46,8 +51,16 @@ def pooled_features(
     """
     ids = module.tokenize(list(prompts)) if input_ids is None else input_ids
     eos = module.tokenizer.eos_token_id
-    encoding = module.encode_token_ids(trim_padding(ids, eos))
-    return encoding.pooled(eos).float()
+    ids = trim_padding(ids, eos)
+    encoding = module.encode_token_ids(ids)
+    features = {"": encoding.pooled(eos).float()}
+    if not encoding.states_follow_ids:
+        tokenizers = [getattr(module, name) for name in module.family.tokenizer_names]
+        attended = module.family.attended_ids(ids, tokenizers)
+        own = (attended != tokenizers[-1].pad_token_id).float()[..., None]
+        states = encoding.hidden_states.float()
+        features["t5"] = (states * own).sum(dim=1) / own.sum(dim=1).clamp(min=1.0)
+    return features
 
 
 def class_centre(adjective_features: torch.Tensor) -> torch.Tensor:
@@ -154,20 +167,37 @@ class SemanticDrift(AnalysisCallback):
         )
         if self._token_ids is None or self._token_ids[0] != (id(module), prompts):
             self._token_ids = ((id(module), prompts), module.tokenize(list(prompts)))
-        features = pooled_features(module, prompts, self._token_ids[1])
-        count = len(adjective_prompts)
+        metrics: dict[str, float] = {}
+        for side, features in pooled_features(module, prompts, self._token_ids[1]).items():
+            name = f"{self.name}/{side}" if side else self.name
+            phrases = (concept_phrase, class_phrase, concept.class_word)
+            metrics.update(self._side(trainer, name, features, phrases, step))
+        return metrics
+
+    def _side(
+        self,
+        trainer: L.Trainer,
+        name: str,
+        features: torch.Tensor,
+        phrases: tuple[str, str, str],
+        step: int,
+    ) -> dict[str, float]:
+        """``<name>/rank``, ``<name>/cosine`` and the ``<name>/tsne`` figure of one side
+        (``phrases``: the concept phrase, the class phrase, the class word)."""
+        concept_phrase, class_phrase, class_word = phrases
+        count = len(self.adjectives)
         adjective_features, concept_feature = features[:count], features[count]
         rank = drift_rank(adjective_features, concept_feature)
         cosine = cosine_distance(features[count + 2], features[count + 3])
         plane_input = torch.cat([features[: count + 2], class_centre(adjective_features)[None]])
         title = (
             f"step {step}: '{concept_phrase}' ranks {rank}/{count + 1} by distance to the class "
-            f"centre\ncosine distance to '{self.cosine_template.format(concept.class_word)}': "
+            f"centre\ncosine distance to '{self.cosine_template.format(class_word)}': "
             f"{cosine:.4f}"
         )
         plane = tsne_plane(plane_input, self.perplexity, self.random_state, self.max_iter)
         if self._plot is None:
             self._plot = DriftPlot(len(self.adjectives))
         image = self._plot.image(plane, self.adjectives, concept_phrase, class_phrase, title)
-        self.log_image(trainer, f"{self.name}/tsne", image, step)
-        return {f"{self.name}/rank": float(rank), f"{self.name}/cosine": cosine}
+        self.log_image(trainer, f"{name}/tsne", image, step)
+        return {f"{name}/rank": float(rank), f"{name}/cosine": cosine}

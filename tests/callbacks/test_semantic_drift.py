@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -149,3 +150,42 @@ def test_a_redrawn_plot_is_the_plot_drawn_afresh() -> None:
     assert np.array_equal(redrawn, fresh)
     with pytest.raises(ValueError, match="Expected 15 points"):
         plot.show(first[:-1], "a dog", "step 9")
+
+
+def test_on_flux_both_sides_drift_clip_and_t5(tiny_flux_path: object) -> None:
+    """drift/* is CLIP ViT-L's end-of-text feature, drift/t5/* T5's states averaged over the
+    prompt's own tokens (pads left out), each checked against FluxPipeline's encoders."""
+    from diffusers import FluxPipeline
+
+    from models import load_export
+    from models.exports_loading import export_with_manifest
+
+    module = TextualInversion(
+        pretrained_model_name_or_path="tiny-flux", concepts=[ConceptSpec("<v1>", "toy")]
+    )
+    with torch.no_grad():
+        for tokens in module.encoder_concept_tokens:
+            tokens.embedding.vectors.normal_(generator=torch.Generator().manual_seed(2))
+    drift = SemanticDrift(perplexity=10)
+    with torch.no_grad():
+        metrics = drift.measure(NO_LOGGERS, module, step=0)
+    assert {"drift/rank", "drift/cosine", "drift/t5/rank", "drift/t5/cosine"} <= set(metrics)
+    assert "drift/t5/tsne" in drift.last_images
+    with tempfile.TemporaryDirectory() as folder:
+        export_with_manifest(module, Path(folder))
+        pipe = FluxPipeline.from_pretrained(tiny_flux_path)
+        load_export(pipe, folder)
+    prompts = ["a photo of a <v1> toy", "a photo of a toy"]
+    t5 = pipe.tokenizer_2(prompts, padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = pipe.text_encoder_2(t5)[0]
+        own = (t5 != pipe.tokenizer_2.pad_token_id).float()[..., None]
+        mean = (states * own).sum(1) / own.sum(1)
+        clip_ids = pipe.tokenizer(prompts, padding="max_length", return_tensors="pt").input_ids
+        last = pipe.text_encoder(clip_ids).last_hidden_state
+        ends = (clip_ids == pipe.tokenizer.eos_token_id).int().argmax(-1)
+        clip = last[torch.arange(2), ends]
+    cos = torch.nn.functional.cosine_similarity
+    t5_cosine = 1 - float(cos(mean[0], mean[1], 0))
+    assert metrics["drift/t5/cosine"] == pytest.approx(t5_cosine, abs=1e-5)
+    assert metrics["drift/cosine"] == pytest.approx(1 - float(cos(clip[0], clip[1], 0)), abs=1e-5)
