@@ -181,7 +181,7 @@ class Flux(FlowMatchingFamily):
         guidance = None
         if denoiser.config.guidance_embeds:
             guidance = torch.full((batch,), self.training_guidance(), device=states.device)
-        sigma = self.sigmas_of(timesteps).to(dtype)
+        sigma = (timesteps.float() / 1000.0).to(dtype)  # the pipeline's and scripts' t / 1000
         output = denoiser(
             hidden_states=pack_latents(noisy_latents),
             timestep=sigma,
@@ -193,11 +193,6 @@ class Flux(FlowMatchingFamily):
             return_dict=False,
         )[0]
         return unpack_latents(output, height, width)
-
-    @staticmethod
-    def sigmas_of(timesteps: torch.Tensor) -> torch.Tensor:
-        """The transformer's timestep input: t / 1000, as the pipeline and scripts pass it."""
-        return timesteps.float() / 1000.0
 
     def attention_layers(self, denoiser: nn.Module) -> dict[str, nn.Module]:
         """Every joint attention (double-stream and single-stream blocks): text and image

@@ -12,6 +12,7 @@ encoders' vectors (``clip_l`` / ``clip_g``) and each encoder starts from its own
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -79,8 +80,9 @@ def load_stage1_text_lora(module: LoRA, folder: Path) -> bool:
     loader = getattr(diffusers, module.family.pipeline_class_names[0])
     # The file's peft config (metadata) carries stage 1's rank and alpha; without it diffusers
     # would take alpha = rank and scale the text encoder differently from stage 1's.
-    # FLUX's reader returns the alphas only when asked (its return_alphas).
-    asked = {"return_alphas": True} if module.family.name == "flux" else {}
+    # Some readers (FLUX's) return the alphas only when asked for them.
+    takes = inspect.signature(loader.lora_state_dict).parameters
+    asked = {"return_alphas": True} if "return_alphas" in takes else {}
     state, alphas, metadata = loader.lora_state_dict(
         str(folder), weight_name=LORA_WEIGHTS, return_lora_metadata=True, **asked
     )

@@ -65,6 +65,7 @@ def pipe_sample(pipe: FluxPipeline) -> torch.Tensor:
     ).images  # fmt: skip
 
 
+@pytest.mark.smoke  # on the newest versions setup.cfg allows too
 def test_the_export_loads_into_flux_pipeline_and_samples_the_same(
     exported: tuple[LoRA, Path], tiny_flux_path: Path
 ) -> None:

@@ -98,6 +98,7 @@ def test_timesteps_and_weights_are_the_scripts(module: TextualInversion, scheme:
     )
 
 
+@pytest.mark.smoke  # on the newest versions setup.cfg allows too
 def test_a_training_step_is_the_scripts_loss(module: TextualInversion, pipe: FluxPipeline) -> None:
     """Our denoising loss on a batch equals diffusers' FLUX script's, computed from the same
     latents, noise and timesteps by hand: pack, transformer(timestep / 1000, guidance 3.5),

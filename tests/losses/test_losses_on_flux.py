@@ -126,6 +126,7 @@ def levels_of(module, record) -> list[tuple[float, float]]:
     return pairs
 
 
+@pytest.mark.smoke  # on the newest versions setup.cfg allows too
 def test_dd_loss_is_the_written_flow_form(setting) -> None:
     module, pipe, record = setting
     loss = DenoisingDecoupleLoss(weight=0.2)
@@ -145,6 +146,7 @@ def test_dd_loss_is_the_written_flow_form(setting) -> None:
     assert float(ours) == pytest.approx(float(np.mean(expected)), rel=2e-4)
 
 
+@pytest.mark.smoke  # on the newest versions setup.cfg allows too
 def test_sude_is_its_formula_on_flow_posterior_means(setting) -> None:
     module, pipe, record = setting
     loss = SubjectDerivedLoss(weight=0.4, truncation="none", clamp_x0=False)
