@@ -52,6 +52,23 @@ def _text(error: BaseException) -> str:
     return str(message).strip()
 
 
+def _union_reason(error: BaseException) -> str | None:
+    """The one bullet of a Union dump that is not a type mismatch: the message of the class
+    that did match the value but refused it (``Expected a <class 'str'>`` is the other)."""
+    text = _text(error)
+    if _UNION_DUMP not in text or "\nErrors:\n" not in text:
+        return None
+    listed = text.split("\nErrors:\n", 1)[1].split("\nGiven value", 1)[0]
+    bullets = [b.strip() for b in listed.split("\n  - ") if b.strip()]
+    reasons = [b.removeprefix("- ") for b in bullets]
+    reasons = [r for r in reasons if not r.startswith("Expected a ")]
+    if len(reasons) != 1:
+        return None
+    # "Problem with given class_path '...':" then, indented, what the class said
+    head, _, said = reasons[0].partition(":\n")
+    return said.strip() if head.startswith("Problem with given class_path") and said else reasons[0]
+
+
 def user_message(error: BaseException, config_files: list[str] | None = None) -> str | None:
     """The one-line message for a user error, or None when it is not one (a bug: traceback)."""
     links = exception_chain(error)
@@ -60,7 +77,8 @@ def user_message(error: BaseException, config_files: list[str] | None = None) ->
     chain = [e for e in links if isinstance(e, kinds) and _text(e)]
     if not chain:
         return None
-    message = _text(chain[-1])  # the innermost: what actually went wrong
+    reason = next((r for r in map(_union_reason, chain) if r), None)
+    message = reason or _text(chain[-1])  # else the innermost: what actually went wrong
     for outer in reversed(chain[:-1]):  # outward while the wrapper only adds context
         text = _text(outer)
         if message in text and _UNION_DUMP not in text and len(text) < len(message) + 200:

@@ -23,6 +23,7 @@ from exports.external_formats import (
     load_embedding,
     write_kohya_lora,
 )
+from exports.kohya_flux import write_kohya_flux_lora
 from exports.manifest import TOKEN_FILE_FORMATS, Format
 from models.base import PersonalizationModule
 from models.lora_adapters import (
@@ -132,11 +133,13 @@ class LoRA(PersonalizationModule):
         xl = len(self.text_encoders) > 1
         lora_file = save_lora_layers(folder, self._adapted(), self.family.lora_writer)
         paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
-        if self.family.denoiser_name != "unet":  # kohya's names below are the UNet's
-            return [lora_file, *self.export_token_embeddings(paths)]
         # The same adapters with kohya's keys and alphas, for A1111 / ComfyUI / kohya.
         alphas = {n: float(m.peft_config["default"].lora_alpha) for n, m in self._adapted().items()}
+        kohya_file = folder / KOHYA_LORA
+        if self.family.denoiser_name == "transformer":  # FLUX: its original fused layers
+            kohya = write_kohya_flux_lora(self._peft_states(), alphas, kohya_file, self.unet)
+            return [lora_file, kohya, *self.export_token_embeddings(paths)]
         prefixes = SDXL_KOHYA_PREFIXES if xl else KOHYA_PREFIXES
         layers = self.unet.config.layers_per_block if xl else None  # SDXL: original names
-        kohya = write_kohya_lora(self._peft_states(), alphas, folder / KOHYA_LORA, prefixes, layers)
+        kohya = write_kohya_lora(self._peft_states(), alphas, kohya_file, prefixes, layers)
         return [lora_file, kohya, *self.export_token_embeddings(paths)]

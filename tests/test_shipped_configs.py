@@ -76,6 +76,7 @@ def test_the_overlays_are_the_known_ones() -> None:
         "configs/backbones/sdxl.yaml",
         "configs/classdiffusion/flux_lora.yaml",
         "configs/clif/sdxl.yaml",
+        "configs/flux/fsdp.yaml",
         "configs/flux/low_memory.yaml",
         "configs/low_memory.yaml",
         "configs/tiny.yaml",
