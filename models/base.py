@@ -56,7 +56,9 @@ from step.encoding import TextEncoding
 from step.prior import PRIOR_BATCH_KEYS, PRIOR_REQUESTER, split_prior
 from step.record import StepRecord
 from step.requests import TextRequest
+from training.ema import AveragedWeightsMixin, EMASettings
 from training.finite_guard import check_loss_parts
+from training.loss_weighting import check_min_snr_gamma, min_snr_weights
 from training.memory import (
     MemorySettings,
     autocast_calls,
@@ -73,7 +75,12 @@ def _default_optimizer(params: Any) -> torch.optim.Optimizer:
 
 
 class PersonalizationModule(
-    TextPathMixin, OptimizationMixin, SamplingMixin, EvaluationMixin, L.LightningModule
+    TextPathMixin,
+    AveragedWeightsMixin,
+    OptimizationMixin,
+    SamplingMixin,
+    EvaluationMixin,
+    L.LightningModule,
 ):
     """Shared training step of all baselines; see the module docstring."""
 
@@ -96,6 +103,7 @@ class PersonalizationModule(
         lr_scheduler: LRSchedulerCallable | None = None,
         cache_latents: bool = True,
         noise_offset: float = 0.0,
+        min_snr_gamma: float | None = None,
         prior_loss_weight: float = 0.0,
         seed: int = 0,
         revision: str | None = None,
@@ -105,6 +113,7 @@ class PersonalizationModule(
         evaluation: EvaluationSettings = EvaluationSettings(),  # noqa: B008 (never mutated)
         memory: MemorySettings = MemorySettings(),  # noqa: B008 (frozen)
         flow_matching: FlowMatchingSettings = FlowMatchingSettings(),  # noqa: B008 (frozen)
+        ema: EMASettings | None = None,
     ) -> None:
         """
         Args:
@@ -125,6 +134,11 @@ class PersonalizationModule(
                 torch.optim.lr_scheduler.CosineAnnealingLR); stepped every optimizer step.
             cache_latents: encode each deterministic instance image once (the VAE is frozen).
             noise_offset: offset noise strength (0 disables).
+            min_snr_gamma: Min-SNR-gamma loss weighting (Hang et al. 2023) on DDPM families:
+                each sample's denoising loss times min(SNR(t), gamma) / SNR(t) (epsilon
+                prediction; / (SNR(t) + 1) for v-prediction), diffusers' ``--snr_gamma``;
+                5.0 is the paper's. None: plain MSE. Flow matching weighs with
+                ``flow_matching.weighting_scheme`` instead.
             prior_loss_weight: DreamBooth's prior preservation (0 disables): class images go
                 through the same UNet call and their denoising loss is added with this weight;
                 the DataModule then needs data.init_args.class_images.folder.
@@ -142,6 +156,8 @@ class PersonalizationModule(
             flow_matching: the objective's options on a flow-matching backbone (FLUX):
                 timestep density, loss weighting, training guidance
                 (backbones/flow_matching.py); a DDPM backbone refuses changed ones.
+            ema: an exponential moving average of the trained weights (training/ema.py),
+                used for sampling, ``test`` and the export; None: off.
         """
         super().__init__()
         if not concepts:
@@ -202,6 +218,9 @@ class PersonalizationModule(
         if prior_loss_weight < 0:
             raise ValueError(f"prior_loss_weight must be >= 0 (0 off), got {prior_loss_weight}.")
         self.prior_loss_weight = prior_loss_weight
+        check_min_snr_gamma(min_snr_gamma, flow, self.family.display_name)
+        self.min_snr_gamma = min_snr_gamma
+        self.ema = ema
         self.seed = seed
         self.evaluation = evaluation
         self.memory = memory
@@ -425,9 +444,16 @@ class PersonalizationModule(
             clip_states=text.clip_states,
             states_follow_ids=text.states_follow_ids,
             requested_text=requested_text,
-            loss_weights=self.family.loss_weights(self.noise_scheduler, timesteps),
+            loss_weights=self.loss_weights(timesteps),
         )
         return split_prior(record, num_instances) if len(latents) > num_instances else record
+
+    def loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor | None:
+        """Each sample's weight in the denoising loss: the flow-matching scheme's, or
+        Min-SNR's on DDPM when ``min_snr_gamma`` is set (None: all 1)."""
+        if self.min_snr_gamma is not None:
+            return min_snr_weights(self.noise_scheduler, timesteps, self.min_snr_gamma)
+        return self.family.loss_weights(self.noise_scheduler, timesteps)
 
     def denoising_loss(self, record: StepRecord) -> torch.Tensor:
         """Mean squared error over the valid (mask = 1) latent elements of each sample, times

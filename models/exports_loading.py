@@ -9,6 +9,7 @@ among ``models``' names and lets that class's ``load_into`` install the export i
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,9 @@ def export_with_manifest(module: Any, folder: str | Path, step: int | None = Non
     """``module.export(folder)``, then ``folder/export.json`` describing it; returns the
     manifest's path. ``step``: the global step the weights are from, when known."""
     folder = Path(folder)
-    module.export(folder)
+    averaged = getattr(module, "averaged_weights", nullcontext)
+    with averaged():  # the EMA of the weights, when the module keeps one
+        module.export(folder)
     return write_manifest(folder, manifest_of(module, folder, step))
 
 

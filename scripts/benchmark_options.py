@@ -1,0 +1,87 @@
+"""Cost of each training option: the LoRA step with it over the same LoRA step without it.
+
+    .venv/bin/python scripts/benchmark_options.py [--steps 30] [--model tiny-sd]
+
+Each option is one LoRA module (tokens and adapters training) built with it; all run in this
+one process on their own DataModules of the same seed, interleaved in rotating rounds as in
+scripts/benchmark_regularizers.py (whose timing loop this reuses): the ratio is the median
+over rounds of option / plain. A step is compute_losses, backward, AdamW, and what the option
+adds after the optimizer step (the EMA's update). Not a test: measured, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmark_regularizers import step_ratios  # noqa: E402  (a script beside this one)
+
+from datamodules.personalization import PersonalizationDataModule  # noqa: E402
+from models import LoRA  # noqa: E402
+from training.ema import EMASettings  # noqa: E402
+
+OPTIONS: dict[str, Callable[[], dict[str, Any]]] = {
+    "plain": dict,
+    "ema": lambda: {"ema": EMASettings()},
+    "min_snr": lambda: {"min_snr_gamma": 5.0},
+}
+
+
+class OptionStep:
+    """One LoRA module with one option, its optimizer and batch stream."""
+
+    def __init__(self, name: str, model: str, batch_size: int) -> None:
+        concepts = PersonalizationDataModule(resolution=8).concepts
+        self.module = LoRA(
+            pretrained_model_name_or_path=model, concepts=concepts, train_tokens=True,
+            **OPTIONS[name](),
+        )  # fmt: skip
+        side = self.module.family.default_resolution(self.module.unet, self.module.vae)
+        data = PersonalizationDataModule(resolution=side, batch_size=batch_size, repeats=10_000)
+        self.module.attach_datamodule(data)
+        self.module.train()
+        self.optimizer = self.module.configure_optimizers()["optimizer"]
+        self.average = self.module.weights_average()
+        self.batches = iter(data.train_dataloader())
+        self.steps = 0
+
+    def step(self) -> float:
+        batch = next(self.batches)
+        start = time.perf_counter()
+        draws = self.module.sample_draws(batch, self.steps)
+        self.module.compute_losses(batch, draws)["total"].backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.average is not None:
+            self.average.update()
+        self.steps += 1
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--model", default="tiny-sd")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    steps = {name: OptionStep(name, args.model, args.batch_size) for name in OPTIONS}
+    print(f"{args.model}, LoRA, batch {args.batch_size}, {args.steps} rounds")
+    for name, (seconds, ratio) in step_ratios(steps, args.steps).items():  # type: ignore[arg-type]
+        print(f"{name:10s} {seconds * 1000:8.1f} ms/step   x{ratio:.3f} of plain")
+
+
+if __name__ == "__main__":
+    main()
