@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from core.concept import ConceptSpec
 from core.images import crop_origin, resize_short_side, to_tensor
 from datamodules.extras.base import SampleExtra
-from datamodules.transforms import random_rescale
+from datamodules.transforms import PhotoTransform, apply_rescale, draw_rescale
 from prompts.templates import FAR_AWAY_WORDS, ZOOMED_IN_WORDS
 
 SYNTHETIC_CLASS_WORD = "toy"
@@ -105,6 +105,7 @@ class InstanceDataset(Dataset):
             return self._composed_sample(index, -1 - image_index)
         scaled = self.scaled_photo(concept_index, image_index)
         left, top = crop_origin(scaled.size, self.resolution, self.random_crop, rng)
+        crop = (left, top)
         image = scaled.crop((left, top, left + self.resolution, top + self.resolution))
         flipped = rng.random() < self.flip_probability
         if flipped:
@@ -113,10 +114,11 @@ class InstanceDataset(Dataset):
         prompt = rng.choice(self.templates).format(self.concepts[concept_index].spec.phrase)
         mask = torch.ones(1, self.resolution, self.resolution)
         cache_key = "" if self.random_crop else f"{concept_index}/{image_index}/{int(flipped)}"
-        if self.rescale_augmentation:
-            image, mask_array, prefix = random_rescale(image, self.resolution, rng)
+        rescale = draw_rescale(self.resolution, rng) if self.rescale_augmentation else None
+        if rescale is not None:
+            image, mask_array = apply_rescale(image, self.resolution, rescale, (127, 127, 127))
             mask = torch.from_numpy(mask_array)[None]
-            prompt, cache_key = prefix + prompt, ""
+            prompt, cache_key = rescale.prefix + prompt, ""
         sample = {
             "pixel_values": to_tensor(image),
             "prompts": prompt,
@@ -131,9 +133,11 @@ class InstanceDataset(Dataset):
         # (SDXL's size conditioning: original height, width, crop top, left); not batch keys.
         width, height = self.images[concept_index][image_index].size
         sample["image_index"], sample["image_geometry"] = image_index, (height, width, top, left)
+        # How the training image came from the photo, for extras that follow it (a mask).
+        sample["photo_transform"] = PhotoTransform(scaled.size, crop, flipped, rescale)
         for extra in self.extras:
             extra.add(sample, concept_index, extras_rng)
-        del sample["image_index"], sample["image_geometry"]
+        del sample["image_index"], sample["image_geometry"], sample["photo_transform"]
         return sample
 
     def _composed_sample(self, index: int, composed_index: int) -> dict[str, Any]:
@@ -150,9 +154,10 @@ class InstanceDataset(Dataset):
             "sample_key": index,
             "image_index": 0,
             "image_geometry": (self.resolution, self.resolution, 0, 0),
+            "photo_transform": None,  # no photo: made at the training size
         }
         extras_rng = random.Random(f"{self.seed}/{index}/extras")
         for extra in self.extras:
             extra.add(sample, item.concept_index, extras_rng)
-        del sample["image_index"], sample["image_geometry"]
+        del sample["image_index"], sample["image_geometry"], sample["photo_transform"]
         return sample

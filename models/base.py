@@ -69,6 +69,8 @@ from training.memory import (
 from training.optimization import OptimizationMixin
 from training.quantization import quantize_frozen_linears
 
+MASKED_LOSS_REQUESTER = "model.init_args.background_loss_weight (the subject-masked loss)"
+
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4)
@@ -104,6 +106,7 @@ class PersonalizationModule(
         cache_latents: bool = True,
         noise_offset: float = 0.0,
         min_snr_gamma: float | None = None,
+        background_loss_weight: float | None = None,
         prior_loss_weight: float = 0.0,
         seed: int = 0,
         revision: str | None = None,
@@ -139,6 +142,11 @@ class PersonalizationModule(
                 prediction; / (SNR(t) + 1) for v-prediction), diffusers' ``--snr_gamma``;
                 5.0 is the paper's. None: plain MSE. Flow matching weighs with
                 ``flow_matching.weighting_scheme`` instead.
+            background_loss_weight: the subject-masked loss: each instance sample's
+                denoising loss weighted 1 on the concept's mask and this weight elsewhere (0:
+                the background gets no gradient), normalised by the weights; the masks come
+                from data.init_args.mask_dir or the augmentation's segmenter
+                (datamodules/extras/subject_mask.py). Class images stay unweighted. None: off.
             prior_loss_weight: DreamBooth's prior preservation (0 disables): class images go
                 through the same UNet call and their denoising loss is added with this weight;
                 the DataModule then needs data.init_args.class_images.folder.
@@ -219,6 +227,12 @@ class PersonalizationModule(
             raise ValueError(f"prior_loss_weight must be >= 0 (0 off), got {prior_loss_weight}.")
         self.prior_loss_weight = prior_loss_weight
         check_min_snr_gamma(min_snr_gamma, flow, self.family.display_name)
+        if background_loss_weight is not None and not 0.0 <= background_loss_weight <= 1.0:
+            raise ValueError(
+                f"background_loss_weight is a weight in [0, 1] (0: no loss on the background; "
+                f"null: no masked loss), got {background_loss_weight}."
+            )
+        self.background_loss_weight = background_loss_weight
         self.min_snr_gamma = min_snr_gamma
         self.ema = ema
         self.seed = seed
@@ -455,11 +469,26 @@ class PersonalizationModule(
             return min_snr_weights(self.noise_scheduler, timesteps, self.min_snr_gamma)
         return self.family.loss_weights(self.noise_scheduler, timesteps)
 
-    def denoising_loss(self, record: StepRecord) -> torch.Tensor:
-        """Mean squared error over the valid (mask = 1) latent elements of each sample, times
-        the sample's weight where the objective weights them (flow matching's scheme)."""
+    def subject_weights(self, record: StepRecord) -> torch.Tensor | None:
+        """The masked loss's per-latent-cell weights of the instance samples: 1 on the
+        subject, ``background_loss_weight`` elsewhere, by the share of each cell's pixels that
+        are subject (None when the masked loss is off)."""
+        if self.background_loss_weight is None:
+            return None
+        subject = record.batch["subject_mask"].to(record.latents)
+        share = F.adaptive_avg_pool2d(subject, record.latents.shape[-2:])
+        return share + self.background_loss_weight * (1 - share)
+
+    def denoising_loss(
+        self, record: StepRecord, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean squared error over the valid (mask = 1) latent elements of each sample,
+        weighted per latent cell by ``weights`` (the masked loss) and per sample where the
+        objective weights them (flow matching's scheme, Min-SNR)."""
         error = F.mse_loss(record.model_pred.float(), record.target.float(), reduction="none")
         mask = record.loss_mask.float()
+        if weights is not None:
+            mask = mask * weights.float()
         valid = (mask.sum(dim=(1, 2, 3)) * error.shape[1]).clamp(min=1.0)
         per_sample = (error * mask).sum(dim=(1, 2, 3)) / valid
         if record.loss_weights is not None:
@@ -470,7 +499,7 @@ class PersonalizationModule(
         """Unweighted parts by name plus ``total`` = denoise + sum of weight x regularizer."""
         requests = {id(r): r.text_requests(batch, self) for r in self.regularizers}
         record = self.denoise(batch, draws, text_requests=requests)
-        parts = {"denoise": self.denoising_loss(record)}
+        parts = {"denoise": self.denoising_loss(record, self.subject_weights(record))}
         total = parts["denoise"]
         if record.prior is not None:
             parts["prior"] = self.denoising_loss(record.prior)
@@ -508,6 +537,8 @@ class PersonalizationModule(
         }
         if self.prior_loss_weight > 0:
             needs[PRIOR_REQUESTER] = PRIOR_BATCH_KEYS
+        if self.background_loss_weight is not None:
+            needs[MASKED_LOSS_REQUESTER] = frozenset({"subject_mask"})
         if self.family.batch_keys():
             needs[f"The {self.family.name} backbone's conditioning"] = self.family.batch_keys()
         return needs
@@ -566,6 +597,7 @@ class PersonalizationModule(
         requirements = self.batch_requirements()
         if stage != "fit":
             requirements.pop(PRIOR_REQUESTER, None)
+            requirements.pop(MASKED_LOSS_REQUESTER, None)
         return requirements
 
     def image_pipeline(self) -> ModuleImagePipeline:

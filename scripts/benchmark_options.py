@@ -6,7 +6,8 @@ Each option is one LoRA module (tokens and adapters training) built with it; all
 one process on their own DataModules of the same seed, interleaved in rotating rounds as in
 scripts/benchmark_regularizers.py (whose timing loop this reuses): the ratio is the median
 over rounds of option / plain. A step is compute_losses, backward, AdamW, and what the option
-adds after the optimizer step (the EMA's update). Not a test: measured, not asserted.
+adds after the optimizer step (the EMA's update); the masked loss's masks come from
+the fallback segmenter on the synthetic toy. Not a test: measured, not asserted.
 """
 
 from __future__ import annotations
@@ -27,12 +28,18 @@ from benchmark_regularizers import step_ratios  # noqa: E402  (a script beside t
 
 from datamodules.personalization import PersonalizationDataModule  # noqa: E402
 from models import LoRA  # noqa: E402
+from preparation.augmentation.settings import AugmentationSettings  # noqa: E402
 from training.ema import EMASettings  # noqa: E402
 
 OPTIONS: dict[str, Callable[[], dict[str, Any]]] = {
     "plain": dict,
     "ema": lambda: {"ema": EMASettings()},
     "min_snr": lambda: {"min_snr_gamma": 5.0},
+    "masked": lambda: {"background_loss_weight": 0.1},
+}
+# The masked loss's masks: the synthetic toy segmented by the weight-free fallback segmenter.
+DATA_OPTIONS: dict[str, dict[str, Any]] = {
+    "masked": {"augmentation": AugmentationSettings(g_aug=0, r_aug=0, m_aug=0)},
 }
 
 
@@ -46,7 +53,9 @@ class OptionStep:
             **OPTIONS[name](),
         )  # fmt: skip
         side = self.module.family.default_resolution(self.module.unet, self.module.vae)
-        data = PersonalizationDataModule(resolution=side, batch_size=batch_size, repeats=10_000)
+        data = PersonalizationDataModule(
+            resolution=side, batch_size=batch_size, repeats=10_000, **DATA_OPTIONS.get(name, {})
+        )
         self.module.attach_datamodule(data)
         self.module.train()
         self.optimizer = self.module.configure_optimizers()["optimizer"]

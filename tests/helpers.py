@@ -124,3 +124,22 @@ class SignalAt(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
+
+
+RED = (220, 30, 30)
+
+
+def write_photos_and_masks(root: Path, count: int = 3) -> tuple[Path, Path]:
+    """Photos of a red square (a different place each) on grey, and its masks."""
+    photos, masks = root / "photos", root / "masks"
+    photos.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    for index in range(count):
+        photo = Image.new("RGB", (96, 72), (120, 120, 120))
+        mask = Image.new("L", (96, 72), 0)
+        box = (10 + 20 * index, 12, 40 + 20 * index, 50)
+        photo.paste(RED, box)
+        mask.paste(255, box)
+        photo.save(photos / f"{index:02d}.png")
+        mask.save(masks / f"{index:02d}.png")
+    return photos, masks

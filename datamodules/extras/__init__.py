@@ -12,6 +12,7 @@ from datamodules.extras import (  # noqa: F401  (each import registers its extra
     context_prompts,
     reference_image,
     size_conditioning,
+    subject_mask,
     superclass,
 )
 from datamodules.extras.base import SampleExtra, extra_for, known_keys

@@ -1,0 +1,47 @@
+"""The training options (EMA, Min-SNR, the subject-masked loss) together on every baseline's
+recipe through train.py with the tiny overlay: the run trains, logs, and exports the average."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import REPO_ROOT, write_photos_and_masks
+from test_cli import cli_args, run_folder
+
+from callbacks.sample_images import SampleImages
+from train import main
+
+pytestmark = pytest.mark.slow
+
+RECIPES = ["lora", "textual_inversion", "dreambooth", "custom_diffusion", "xti", "visual_encoder"]
+
+
+def more_subjects(recipe: str, photos: Path, masks: Path) -> list[str]:
+    """VisualEncoder's recipe trains on several subjects: each needs its masks too."""
+    if recipe != "visual_encoder":
+        return []
+    second = f"{{token: <v1>, class_word: robot, instance_data_dir: {photos}, mask_dir: {masks}}}"
+    return ["--data.init_args.additional_concepts", f"[{second}]"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_options_run_on_each_baseline(
+    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(SampleImages, "_log_samples", lambda self, *args: None)
+    photos, masks = write_photos_and_masks(tmp_path / "data")
+    cli = main([
+        *cli_args(recipe, tmp_path / "runs", steps=2),
+        "--data.init_args.instance_data_dir", str(photos), "--data.init_args.class_word", "robot",
+        "--data.init_args.mask_dir", str(masks),
+        "--model.init_args.background_loss_weight", "0.1",
+        "--model.init_args.min_snr_gamma", "5.0",
+        "--model.init_args.ema", "{decay: 0.9}",
+        *more_subjects(recipe, photos, masks),
+    ])  # fmt: skip
+    assert cli.trainer.global_step == 2
+    average = cli.model.weights_average()
+    assert average is not None and average.average.optimization_step == 2
+    assert (run_folder(tmp_path / "runs") / "export" / "export.json").is_file()
