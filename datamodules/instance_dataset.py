@@ -45,6 +45,26 @@ class ConceptData:
         return ConceptSpec(self.token, self.class_word, self.initializer_word)
 
 
+def split_photos(
+    images: list[list[Image.Image]], held_out: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """(training, held-out) photo indices per concept: the last ``held_out`` of each concept's
+    photos (ordered by file name) are held out for the validation loss."""
+    if held_out < 0:
+        raise ValueError(f"data.init_args.validation_split must be >= 0, got {held_out}.")
+    for index, photos in enumerate(images):
+        if held_out and len(photos) <= held_out:
+            raise ValueError(
+                f"data.init_args.validation_split is {held_out} but concept {index} has "
+                f"{len(photos)} photos: at least one must stay for training; lower it."
+            )
+    cut = [len(photos) - held_out for photos in images]
+    return (
+        [list(range(c)) for c in cut],
+        [list(range(c, len(photos))) for c, photos in zip(cut, images)],
+    )
+
+
 class InstanceDataset(Dataset):
     """Samples (image, prompt, loss mask) of the concepts; index i seeds its augmentation."""
 
@@ -61,9 +81,13 @@ class InstanceDataset(Dataset):
         seed: int,
         extras: list[SampleExtra] | None = None,
         composed: list[ComposedImage] | None = None,
+        photos: list[list[int]] | None = None,
     ) -> None:
+        """``photos``: which of each concept's ``images`` give samples (None: all); a
+        sample's ``image_index`` is always the photo's place in ``images``."""
         self.extras = list(extras or [])
-        self.items = [(c, i) for c, imgs in enumerate(images) for i in range(len(imgs))]
+        photos = photos if photos is not None else [list(range(len(i))) for i in images]
+        self.items = [(c, i) for c, indices in enumerate(photos) for i in indices]
         # Images that come with their own prompt (CLIF's M-Aug), after the photos; they are
         # never flipped or rescaled (the prompt says which concept is on the left).
         self.composed = list(composed or [])

@@ -25,6 +25,7 @@ from datamodules.instance_dataset import (
     ComposedImage,
     ConceptData,
     InstanceDataset,
+    split_photos,
 )
 from datamodules.sampler import ResumableDataLoader, batches_done, resumable_loader
 from preparation.augmentation.build import AugmentedSet
@@ -71,6 +72,7 @@ class PersonalizationDataModule(L.LightningDataModule):
         shared_tokens: bool = False,
         mask_dir: str | None = None,
         augmentation: AugmentationSettings | None = None,
+        validation_split: int = 0,
     ) -> None:
         """
         Args:
@@ -104,6 +106,9 @@ class PersonalizationDataModule(L.LightningDataModule):
                 for the augmented data; other concepts give theirs in additional_concepts.
             augmentation: CLIF's G/R/M-Aug data (preparation/augmentation/settings.py), built
                 once and cached; None builds none (the ``clif`` pairs then cannot be asked for).
+            validation_split: photos per concept held out of training (the last ones by file
+                name): the validation loss is measured on them. 0: none held out, and the
+                validation loss is measured on the training photos.
         """
         super().__init__()
         if class_word is not None and not class_word.strip():
@@ -155,6 +160,7 @@ class PersonalizationDataModule(L.LightningDataModule):
         self.images = [self._load_images(c, i) for i, c in enumerate(self.concept_data)]
         for concept, images in zip(self.concept_data, self.images):
             check_photo_sizes(images, concept.instance_data_dir, self.resolution)
+        self.training_photos, self.held_out_photos = split_photos(self.images, validation_split)
         # The test/predict prompts; a bad prompt file fails here, before any model is built.
         self.eval_prompts = eval_prompts
         self.eval_prompt_set, self.eval_templates = self.eval_prompts.templates(
@@ -180,11 +186,15 @@ class PersonalizationDataModule(L.LightningDataModule):
         side = max(self.resolution, _SYNTHETIC_MIN_SIDE)
         return draw_synthetic_concept(self.synthetic_num_images, side, self.seed + index)
 
-    def _concept_photos(self) -> list[ConceptPhotos]:
-        return [
-            ConceptPhotos(c.spec, images, photo_names(c.instance_data_dir, len(images)), c.mask_dir)
-            for c, images in zip(self.concept_data, self.images)
-        ]
+    def _concept_photos(self, held_out_too: bool = False) -> list[ConceptPhotos]:
+        """Each concept's photos (the training ones; all with ``held_out_too``)."""
+        chosen = [range(len(i)) for i in self.images] if held_out_too else self.training_photos
+        concepts = []
+        for concept, images, indices in zip(self.concept_data, self.images, chosen):
+            names = photo_names(concept.instance_data_dir, len(images))
+            photos, names = [images[i] for i in indices], [names[i] for i in indices]
+            concepts.append(ConceptPhotos(concept.spec, photos, names, concept.mask_dir))
+        return concepts
 
     def images_to_generate(self) -> list[tuple[str, str, int, int]]:
         """(folder, prompt, count, side) of images the base model must make before training
@@ -304,7 +314,9 @@ class PersonalizationDataModule(L.LightningDataModule):
             ]
         return self._composed_images
 
-    def _dataset(self, augment: bool, repeats: int) -> InstanceDataset:
+    def _dataset(
+        self, augment: bool, repeats: int, photos: list[list[int]] | None = None
+    ) -> InstanceDataset:
         return InstanceDataset(
             self.images,
             self.concept_data,
@@ -317,6 +329,7 @@ class PersonalizationDataModule(L.LightningDataModule):
             seed=self.seed,
             extras=self.extras,
             composed=self._composed(augment),
+            photos=self.training_photos if photos is None else photos,
         )
 
     def _loader(self, dataset: InstanceDataset, training: bool) -> ResumableDataLoader:
@@ -335,7 +348,10 @@ class PersonalizationDataModule(L.LightningDataModule):
         return self._loader(self._dataset(augment=True, repeats=self.repeats), training=True)
 
     def val_dataloader(self) -> ResumableDataLoader:
-        return self._loader(self._dataset(augment=False, repeats=1), training=False)
+        """The held-out photos (``validation_split``), else the training ones, unaugmented."""
+        held_out = self.held_out_photos if any(self.held_out_photos) else None
+        dataset = self._dataset(augment=False, repeats=1, photos=held_out)
+        return self._loader(dataset, training=False)
 
     def test_dataloader(self) -> Any:
         """The evaluation prompts x images, fixed seeds (see eval_prompts): the first concept's,

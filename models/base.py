@@ -72,6 +72,11 @@ from training.quantization import quantize_frozen_linears
 MASKED_LOSS_REQUESTER = "model.init_args.background_loss_weight (the subject-masked loss)"
 
 
+# Where the validation loss is measured, as fractions of the training schedule: spread over
+# it, as the fixed timestep set of kohya's validation loss is.
+VALIDATION_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4)
 
@@ -117,6 +122,7 @@ class PersonalizationModule(
         memory: MemorySettings = MemorySettings(),  # noqa: B008 (frozen)
         flow_matching: FlowMatchingSettings = FlowMatchingSettings(),  # noqa: B008 (frozen)
         ema: EMASettings | None = None,
+        validation_timesteps: tuple[float, ...] = VALIDATION_TIMESTEPS,
     ) -> None:
         """
         Args:
@@ -166,6 +172,10 @@ class PersonalizationModule(
                 (backbones/flow_matching.py); a DDPM backbone refuses changed ones.
             ema: an exponential moving average of the trained weights (training/ema.py),
                 used for sampling, ``test`` and the export; None: off.
+            validation_timesteps: the validation loss's fixed timesteps, as fractions of the
+                training schedule (t = fraction x its length): every validation measures the
+                plain denoising MSE at each of them with noise fixed per photo, and logs their
+                mean (``val/loss``), so runs and steps compare on the same draws.
         """
         super().__init__()
         if not concepts:
@@ -235,6 +245,12 @@ class PersonalizationModule(
         self.background_loss_weight = background_loss_weight
         self.min_snr_gamma = min_snr_gamma
         self.ema = ema
+        if not validation_timesteps or not all(0 <= f < 1 for f in validation_timesteps):
+            raise ValueError(
+                f"validation_timesteps are fractions of the schedule in [0, 1), got "
+                f"{list(validation_timesteps)}."
+            )
+        self.validation_timesteps = tuple(validation_timesteps)
         self.seed = seed
         self.evaluation = evaluation
         self.memory = memory
@@ -343,7 +359,7 @@ class PersonalizationModule(
 
     # ----- the training step ------------------------------------------------------------------
     def sample_draws(
-        self, batch: dict[str, Any], step: int, salt: int = INSTANCE_SALT
+        self, batch: dict[str, Any], step: int, salt: int = INSTANCE_SALT, seed: int | None = None
     ) -> SampleDraws:
         """Each sample's own random draws, keyed by its ``sample_key`` (step/draws.py).
 
@@ -354,7 +370,7 @@ class PersonalizationModule(
             rank = self.global_rank if self._trainer is not None else 0
             base = (step * 1009 + rank) * 4096
             keys = [-1 - (base + i) for i in range(len(batch["prompts"]))]  # never a stream key
-        return SampleDraws(self.seed, keys, salt, self.device)
+        return SampleDraws(self.seed if seed is None else seed, keys, salt, self.device)
 
     def step_generator(self, step: int, salt: int = 0) -> torch.Generator:
         """One generator for draws not tied to a sample (MLM's captions), seeded by (step, rank)."""
@@ -394,6 +410,7 @@ class PersonalizationModule(
         draws: SampleDraws,
         with_prior: bool = True,
         text_requests: dict[int, list[TextRequest]] | None = None,
+        timesteps: torch.Tensor | None = None,
     ) -> StepRecord:
         """Noise the latents, run the UNet once on the prompts, and record everything.
 
@@ -420,7 +437,8 @@ class PersonalizationModule(
         if self.noise_offset:
             offset = draws.randn(latents.shape[1:2])
             noise = noise + self.noise_offset * offset[..., None, None]
-        timesteps = self.family.draw_timesteps(draws, self.noise_scheduler)
+        if timesteps is None:  # (given: the validation loss's fixed ones)
+            timesteps = self.family.draw_timesteps(draws, self.noise_scheduler)
         noisy_latents, target = self.family.noised_and_target(
             self.noise_scheduler, latents, noise, timesteps
         )
@@ -521,11 +539,24 @@ class PersonalizationModule(
         return losses["total"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Denoising loss on the instance images with noise fixed by batch index."""
-        draws = self.sample_draws(batch, batch_idx, VALIDATION_SALT)
-        record = self.denoise(batch, draws, with_prior=False)
-        loss = self.denoising_loss(record)
-        self.log("val/loss/denoise", loss, batch_size=len(batch["prompts"]))
+        """The plain denoising MSE at each of ``validation_timesteps`` with each photo's own
+        fixed noise, with the weights sampling uses (the EMA's when on); logged per timestep
+        (``val/loss/t<t>``) and as their mean (``val/loss``)."""
+        # The same noise whatever the run's seed, so runs compare on the same draws.
+        draws = self.sample_draws(batch, batch_idx, VALIDATION_SALT, seed=0)
+        size = len(batch["prompts"])
+        steps = self.noise_scheduler.config.num_train_timesteps
+        losses = []
+        with self.averaged_weights():
+            for fraction in self.validation_timesteps:
+                t = fraction * steps
+                t = t if isinstance(self.family, FlowMatchingFamily) else round(t)
+                fixed = torch.full((size,), t, device=self.device)
+                record = self.denoise(batch, draws, with_prior=False, timesteps=fixed)
+                record.loss_weights = None  # the plain MSE, comparable across options
+                losses.append(self.denoising_loss(record))
+                self.log(f"val/loss/t{round(fraction * steps)}", losses[-1], batch_size=size)
+        self.log("val/loss", torch.stack(losses).mean(), batch_size=size, prog_bar=True)
 
     # ----- lifecycle --------------------------------------------------------------------------
     def batch_requirements(self) -> dict[str, frozenset[str]]:

@@ -90,7 +90,7 @@ def test_validate_subcommand_reports_the_denoising_loss(
     monkeypatch.chdir(REPO_ROOT)
     args = cli_args("textual_inversion", tmp_path)[1:]
     cli = main(["validate", *args, "--trainer.limit_val_batches", "2"])
-    assert "val/loss/denoise" in cli.trainer.callback_metrics
+    assert "val/loss" in cli.trainer.callback_metrics
 
 
 def test_bad_image_folder_fails_before_any_model_is_built(

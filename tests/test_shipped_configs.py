@@ -80,6 +80,7 @@ def test_the_overlays_are_the_known_ones() -> None:
         "configs/flux/low_memory.yaml",
         "configs/low_memory.yaml",
         "configs/tiny.yaml",
+        "configs/validation.yaml",
     ]
 
 

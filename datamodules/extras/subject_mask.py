@@ -38,7 +38,7 @@ def photo_masks(datamodule: PersonalizationDataModule) -> list[list[Image.Image]
     from preparation.augmentation.sources import build_backends, segmenter_miss, working_photo
     from preparation.segmentation.masks import MaskFolder
 
-    photos = datamodule._concept_photos()
+    photos = datamodule._concept_photos(held_out_too=True)  # by the photos' own index
     if any(p.mask_dir is None for p in photos) and datamodule.augmentation is None:
         raise ValueError(NO_MASKS)
     segmenter = None
