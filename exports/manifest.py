@@ -50,6 +50,7 @@ class Format:
     CUSTOM_DIFFUSION = "diffusers-custom-diffusion"  # unet.load_attn_procs(..., _pipeline=pipe)
     DIFFUSERS_LORA = "diffusers-lora"  # pipe.load_lora_weights
     KOHYA_LORA = "kohya-lora"  # A1111, ComfyUI, kohya's sd-scripts (and load_lora_weights)
+    LYCORIS = "lycoris"  # LoHa / LoKr: ComfyUI, A1111, kohya's sd-scripts (not diffusers)
     A1111_EMBEDDING = "a1111-embedding"  # {"emb_params": vectors}: A1111 / ComfyUI embeddings/
     DIFFUSERS_PIPELINE = "diffusers-pipeline"  # a file of a save_pretrained pipeline folder
     SINGLE_FILE_CHECKPOINT = "single-file-checkpoint"  # original (LDM) layout: from_single_file

@@ -12,11 +12,18 @@ from typing import Any
 
 import torch
 from diffusers.utils import convert_state_dict_to_diffusers
-from peft import LoraConfig
+from peft import LoHaConfig, LoKrConfig, LoraConfig
+from peft.config import PeftConfig
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+# The adapter kinds the LoRA baseline trains (peft's tuners): LoRA, DoRA (LoRA with a learned
+# magnitude per output, Liu et al. 2024), LoHa (Hadamard product of two low-rank pairs) and
+# LoKr (Kronecker product), the last two as LyCORIS defines them.
+ADAPTER_KINDS = ("lora", "dora", "loha", "lokr")
+# Name pieces of the trained adapter weights, any kind.
+ADAPTER_PARAMETER_MARKS = ("lora_", "hada_", "lokr_")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
@@ -29,14 +36,32 @@ def check_lora_options(rank: int, alpha: float | None) -> float:
     return float(alpha if alpha is not None else rank)
 
 
-def lora_config(rank: int, alpha: float, targets: tuple[str, ...]) -> LoraConfig:
+def check_adapter_kind(kind: str) -> None:
+    if kind not in ADAPTER_KINDS:
+        raise ValueError(f"adapter must be one of {', '.join(ADAPTER_KINDS)}, got {kind!r}.")
+
+
+def lora_config(
+    rank: int, alpha: float, targets: tuple[str, ...], kind: str = "lora"
+) -> PeftConfig:
+    """peft's config of one adapter kind; each starts from the unchanged model (LoRA's and
+    DoRA's B, LoHa's second pair's and LoKr's second factor's weights are zero)."""
+    if kind == "loha":
+        return LoHaConfig(r=rank, alpha=alpha, target_modules=list(targets), init_weights=True)
+    if kind == "lokr":
+        return LoKrConfig(r=rank, alpha=alpha, target_modules=list(targets), init_weights=True)
     return LoraConfig(
-        r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets)
-    )
+        r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets),
+        use_dora=kind == "dora",
+    )  # fmt: skip
 
 
 def add_seeded_adapters(
-    targets: list[tuple[nn.Module, tuple[str, ...]]], rank: int, alpha: float, seed: int
+    targets: list[tuple[nn.Module, tuple[str, ...]]],
+    rank: int,
+    alpha: float,
+    seed: int,
+    kind: str = "lora",
 ) -> None:
     """A LoRA on each (module, target layers), in order. A's Gaussian init comes from `seed`,
     not the global RNG: the same config starts from the same adapters (and a resumed run
@@ -44,12 +69,16 @@ def add_seeded_adapters(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for module, layers in targets:
-            module.add_adapter(lora_config(rank, alpha, layers))
+            module.add_adapter(lora_config(rank, alpha, layers, kind))
 
 
 def lora_parameters(module: nn.Module) -> list[nn.Parameter]:
     """The module's trainable LoRA weights."""
-    return [p for name, p in module.named_parameters() if "lora_" in name and p.requires_grad]
+    return [
+        p
+        for name, p in module.named_parameters()
+        if any(mark in name for mark in ADAPTER_PARAMETER_MARKS) and p.requires_grad
+    ]
 
 
 def has_adapters(module: nn.Module) -> bool:

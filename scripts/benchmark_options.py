@@ -36,6 +36,9 @@ OPTIONS: dict[str, Callable[[], dict[str, Any]]] = {
     "ema": lambda: {"ema": EMASettings()},
     "min_snr": lambda: {"min_snr_gamma": 5.0},
     "masked": lambda: {"background_loss_weight": 0.1},
+    "dora": lambda: {"adapter": "dora"},
+    "loha": lambda: {"adapter": "loha"},
+    "lokr": lambda: {"adapter": "lokr"},
 }
 # The masked loss's masks: the synthetic toy segmented by the weight-free fallback segmenter.
 DATA_OPTIONS: dict[str, dict[str, Any]] = {
