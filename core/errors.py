@@ -30,6 +30,8 @@ FIXES = {
     "--trainer.accelerator cpu (or auto), or install a CUDA build of torch",
     "GPUAccelerator can not run on your system": "this machine has no usable GPU; pass "
     "--trainer.accelerator cpu (or auto)",
+    "Option 'adapter' is not accepted": "adapter (dora, loha, lokr) is an option of the LoRA "
+    "baseline: train with configs/lora.yaml (models.LoRA)",
 }
 # The parser reports a bad option value as a TypeError inside its ArgumentError.
 PARSER_ERRORS: tuple[type[BaseException], ...] = (ArgumentError, TypeError)

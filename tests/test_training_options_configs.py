@@ -1,16 +1,19 @@
 """The training options (EMA, Min-SNR, the subject-masked loss) together on every baseline's
-recipe through train.py with the tiny overlay: the run trains, logs, and exports the average."""
+recipe through train.py with the tiny overlay: the run trains, logs, and exports the average;
+each LoRA kind runs and exports; an adapter kind on another baseline is one line."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 from helpers import REPO_ROOT, write_photos_and_masks
 from test_cli import cli_args, run_folder
+from test_user_errors import assert_one_clear_line
 
 from callbacks.sample_images import SampleImages
-from train import main
+from train import main, run_from_command_line
 
 pytestmark = pytest.mark.slow
 
@@ -45,3 +48,27 @@ def test_the_options_run_on_each_baseline(
     average = cli.model.weights_average()
     assert average is not None and average.average.optimization_step == 2
     assert (run_folder(tmp_path / "runs") / "export" / "export.json").is_file()
+
+
+@pytest.mark.parametrize("kind", ["dora", "loha", "lokr"])
+def test_each_lora_kind_runs_and_exports_through_train_py(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(SampleImages, "_log_samples", lambda self, *args: None)
+    cli = main([*cli_args("lora", tmp_path, steps=2), "--model.init_args.adapter", kind])
+    assert cli.model.adapter == kind and cli.trainer.global_step == 2
+    written = {p.name for p in (run_folder(tmp_path) / "export").iterdir()}
+    lycoris = kind in ("loha", "lokr")
+    assert ("lycoris.safetensors" if lycoris else "pytorch_lora_weights.safetensors") in written
+
+
+def test_an_adapter_kind_on_a_baseline_without_lora_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    code = run_from_command_line(
+        [*cli_args("textual_inversion", tmp_path), "--model.init_args.adapter", "dora"]
+    )
+    assert_one_clear_line(code, capsys.readouterr().err, "train with configs/lora.yaml")
