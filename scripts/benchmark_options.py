@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark_regularizers import step_ratios  # noqa: E402  (a script beside this one)
+from benchmark_regularizers import Stepper, step_ratios  # noqa: E402  (a script beside this one)
 
 from datamodules.personalization import PersonalizationDataModule  # noqa: E402
 from models import LoRA  # noqa: E402
@@ -46,7 +45,7 @@ DATA_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-class OptionStep:
+class OptionStep(Stepper):
     """One LoRA module with one option, its optimizer and batch stream."""
 
     def __init__(self, name: str, model: str, batch_size: int) -> None:
@@ -60,23 +59,7 @@ class OptionStep:
             resolution=side, batch_size=batch_size, repeats=10_000, **DATA_OPTIONS.get(name, {})
         )
         self.module.attach_datamodule(data)
-        self.module.train()
-        self.optimizer = self.module.configure_optimizers()["optimizer"]
-        self.average = self.module.weights_average()
-        self.batches = iter(data.train_dataloader())
-        self.steps = 0
-
-    def step(self) -> float:
-        batch = next(self.batches)
-        start = time.perf_counter()
-        draws = self.module.sample_draws(batch, self.steps)
-        self.module.compute_losses(batch, draws)["total"].backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.average is not None:
-            self.average.update()
-        self.steps += 1
-        return time.perf_counter() - start
+        self.start_stepping(data)
 
 
 def main() -> None:

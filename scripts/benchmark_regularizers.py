@@ -79,7 +79,25 @@ def baseline_for(model: str) -> type:
     return CustomDiffusion if choose_family(model)[0].name in CustomDiffusion.families else LoRA
 
 
-class Variant:
+class Stepper:
+    """A module's optimizer and batch stream, timed one step at a time."""
+
+    module: Any
+
+    def start_stepping(self, data: PersonalizationDataModule) -> None:
+        self.module.train()
+        self.optimizer = self.module.configure_optimizers()["optimizer"]
+        self.batches = iter(data.train_dataloader())
+        self.steps = 0
+
+    def step(self) -> float:
+        """Seconds of one optimisation step on the next batch."""
+        seconds = timed_step(self.module, self.optimizer, next(self.batches), self.steps)
+        self.steps += 1
+        return seconds
+
+
+class Variant(Stepper):
     """One Custom Diffusion module with its regularizers, optimizer and batch stream."""
 
     def __init__(self, name: str, model: str, batch_size: int, resolution: int | None) -> None:
@@ -104,22 +122,23 @@ class Variant:
             regularizer.prepare(self.module)
         self.module.attach_datamodule(data)
         self.module.prefill_regularizers(data)
-        self.module.train()
-        self.optimizer = self.module.configure_optimizers()["optimizer"]
-        self.batches = iter(data.train_dataloader())
-        self.steps = 0
+        self.start_stepping(data)
 
-    def step(self) -> float:
-        """Seconds of one optimisation step on the next batch."""
-        batch = next(self.batches)
-        start = time.perf_counter()
-        draws = self.module.sample_draws(batch, self.steps)
-        loss = self.module.compute_losses(batch, draws)["total"]
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.steps += 1
-        return time.perf_counter() - start
+
+def timed_step(
+    module: Any, optimizer: torch.optim.Optimizer, batch: dict[str, Any], step: int
+) -> float:
+    """Seconds of one optimisation step (losses, backward, optimizer, and the EMA's update
+    when the module keeps one) on a batch fetched before the clock starts."""
+    start = time.perf_counter()
+    draws = module.sample_draws(batch, step)
+    module.compute_losses(batch, draws)["total"].backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    average = module.weights_average()
+    if average is not None:
+        average.update()
+    return time.perf_counter() - start
 
 
 def build(
