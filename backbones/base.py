@@ -229,9 +229,14 @@ class BackboneFamily(ABC):
         return frozenset()
 
     def time_ids(
-        self, batch: dict[str, Any] | None, rows: int, resolution: int, device: torch.device
+        self,
+        batch: dict[str, Any] | None,
+        rows: int,
+        resolution: int | tuple[int, int],
+        device: torch.device,
     ) -> torch.Tensor | None:
-        """Per-row size conditioning of the denoiser (None: the family has none)."""
+        """Per-row size conditioning of the denoiser (None: the family has none);
+        ``resolution``: the training size, a side or (height, width)."""
         return None
 
     def added_conditioning(

@@ -86,11 +86,16 @@ class StableDiffusionXL(BackboneFamily):
         return SIZE_KEYS
 
     def time_ids(
-        self, batch: dict[str, Any] | None, rows: int, resolution: int, device: torch.device
+        self,
+        batch: dict[str, Any] | None,
+        rows: int,
+        resolution: int | tuple[int, int],
+        device: torch.device,
     ) -> torch.Tensor:
         """(rows, 6): a row the batch gives no sizes for (class images, a batch built by hand)
-        is an uncropped image of the training size."""
-        ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], device=device)
+        is an uncropped image of the training size (height, width; an aspect bucket's)."""
+        height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
+        ids = torch.tensor([[height, width, 0, 0, height, width]], device=device)
         ids = ids.repeat(rows, 1)
         if batch is not None and "original_size" in batch:
             given = len(batch["original_size"])

@@ -31,6 +31,13 @@ def resize_short_side(image: Image.Image, resolution: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
+def resize_to_cover(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The image scaled (bicubic, aspect kept) so that it covers a (width, height) crop."""
+    scale = max(size[0] / image.width, size[1] / image.height)
+    scaled = (max(size[0], round(image.width * scale)), max(size[1], round(image.height * scale)))
+    return image.resize(scaled, Image.Resampling.BICUBIC)
+
+
 def crop_square(
     image: Image.Image, resolution: int, random_crop: bool, rng: random.Random
 ) -> Image.Image:
@@ -40,10 +47,15 @@ def crop_square(
 
 
 def crop_origin(
-    size: tuple[int, int], resolution: int, random_crop: bool, rng: random.Random
+    size: tuple[int, int],
+    resolution: int | tuple[int, int],
+    random_crop: bool,
+    rng: random.Random,
 ) -> tuple[int, int]:
-    """(left, top) of `crop_square`'s square in an image of ``size`` (its draws, in order)."""
-    spare_x, spare_y = size[0] - resolution, size[1] - resolution
+    """(left, top) of `crop_square`'s square (or a (width, height) crop) in an image of
+    ``size`` (its draws, in order)."""
+    width, height = (resolution, resolution) if isinstance(resolution, int) else resolution
+    spare_x, spare_y = size[0] - width, size[1] - height
     left = rng.randint(0, spare_x) if random_crop else spare_x // 2
     top = rng.randint(0, spare_y) if random_crop else spare_y // 2
     return left, top

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from core.concept import ConceptSpec
-from core.images import crop_origin, resize_short_side, to_tensor
+from core.images import crop_origin, resize_short_side, resize_to_cover, to_tensor
 from datamodules.extras.base import SampleExtra
 from datamodules.transforms import PhotoTransform, apply_rescale, draw_rescale
 from prompts.templates import FAR_AWAY_WORDS, ZOOMED_IN_WORDS
@@ -82,9 +82,12 @@ class InstanceDataset(Dataset):
         extras: list[SampleExtra] | None = None,
         composed: list[ComposedImage] | None = None,
         photos: list[list[int]] | None = None,
+        sizes: dict[tuple[int, int], tuple[int, int]] | None = None,
     ) -> None:
         """``photos``: which of each concept's ``images`` give samples (None: all); a
-        sample's ``image_index`` is always the photo's place in ``images``."""
+        sample's ``image_index`` is always the photo's place in ``images``. ``sizes``: a
+        photo's (width, height) crop by (concept, photo) (its aspect bucket; else square)."""
+        self.sizes = dict(sizes or {})
         self.extras = list(extras or [])
         photos = photos if photos is not None else [list(range(len(i))) for i in images]
         self.items = [(c, i) for c, indices in enumerate(photos) for i in indices]
@@ -102,11 +105,18 @@ class InstanceDataset(Dataset):
         # the scaling draws nothing at random); the crop and flips still happen per sample.
         self._scaled: dict[tuple[int, int], Image.Image] = {}
 
+    def crop_size(self, concept_index: int, image_index: int) -> tuple[int, int]:
+        """The (width, height) a photo trains at: its bucket's, or the square resolution."""
+        return self.sizes.get((concept_index, image_index), (self.resolution, self.resolution))
+
     def scaled_photo(self, concept_index: int, image_index: int) -> Image.Image:
         key = (concept_index, image_index)
         if key not in self._scaled:
             photo = self.images[concept_index][image_index]
-            self._scaled[key] = resize_short_side(photo, self.resolution)
+            if key in self.sizes:
+                self._scaled[key] = resize_to_cover(photo, self.sizes[key])
+            else:
+                self._scaled[key] = resize_short_side(photo, self.resolution)
         return self._scaled[key]
 
     def __len__(self) -> int:
@@ -128,15 +138,16 @@ class InstanceDataset(Dataset):
         if image_index < 0:
             return self._composed_sample(index, -1 - image_index)
         scaled = self.scaled_photo(concept_index, image_index)
-        left, top = crop_origin(scaled.size, self.resolution, self.random_crop, rng)
+        width, height = self.crop_size(concept_index, image_index)
+        left, top = crop_origin(scaled.size, (width, height), self.random_crop, rng)
         crop = (left, top)
-        image = scaled.crop((left, top, left + self.resolution, top + self.resolution))
+        image = scaled.crop((left, top, left + width, top + height))
         flipped = rng.random() < self.flip_probability
         if flipped:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            left = scaled.size[0] - self.resolution - left  # where the crop sits once mirrored
+            left = scaled.size[0] - width - left  # where the crop sits once mirrored
         prompt = rng.choice(self.templates).format(self.concepts[concept_index].spec.phrase)
-        mask = torch.ones(1, self.resolution, self.resolution)
+        mask = torch.ones(1, height, width)
         cache_key = "" if self.random_crop else f"{concept_index}/{image_index}/{int(flipped)}"
         rescale = draw_rescale(self.resolution, rng) if self.rescale_augmentation else None
         if rescale is not None:
@@ -158,7 +169,9 @@ class InstanceDataset(Dataset):
         width, height = self.images[concept_index][image_index].size
         sample["image_index"], sample["image_geometry"] = image_index, (height, width, top, left)
         # How the training image came from the photo, for extras that follow it (a mask).
-        sample["photo_transform"] = PhotoTransform(scaled.size, crop, flipped, rescale)
+        sample["photo_transform"] = PhotoTransform(
+            scaled.size, crop, flipped, rescale, (width, height)
+        )
         for extra in self.extras:
             extra.add(sample, concept_index, extras_rng)
         del sample["image_index"], sample["image_geometry"], sample["photo_transform"]

@@ -15,6 +15,12 @@ from PIL import Image
 
 from core.concept import ConceptSpec
 from datamodules.augmented_data import AugmentedData
+from datamodules.buckets import (
+    BucketSettings,
+    bucket_sizes,
+    check_buckets_fill,
+    nearest_bucket,
+)
 from datamodules.extras import SampleExtra, extra_for, known_keys
 from datamodules.extras.captions import CaptionOptions
 from datamodules.extras.class_images import ClassImageOptions
@@ -73,6 +79,7 @@ class PersonalizationDataModule(L.LightningDataModule):
         mask_dir: str | None = None,
         augmentation: AugmentationSettings | None = None,
         validation_split: int = 0,
+        buckets: BucketSettings | None = None,
     ) -> None:
         """
         Args:
@@ -109,6 +116,9 @@ class PersonalizationDataModule(L.LightningDataModule):
             validation_split: photos per concept held out of training (the last ones by file
                 name): the validation loss is measured on them. 0: none held out, and the
                 validation loss is measured on the training photos.
+            buckets: aspect-ratio buckets (datamodules/buckets.py): each photo trains at the
+                size of about resolution² pixels nearest its aspect ratio, batches within one
+                bucket; None: square crops.
         """
         super().__init__()
         if class_word is not None and not class_word.strip():
@@ -161,6 +171,7 @@ class PersonalizationDataModule(L.LightningDataModule):
         for concept, images in zip(self.concept_data, self.images):
             check_photo_sizes(images, concept.instance_data_dir, self.resolution)
         self.training_photos, self.held_out_photos = split_photos(self.images, validation_split)
+        self.buckets, self.photo_sizes = buckets, self._bucket_sizes(buckets, augmentation)
         # The test/predict prompts; a bad prompt file fails here, before any model is built.
         self.eval_prompts = eval_prompts
         self.eval_prompt_set, self.eval_templates = self.eval_prompts.templates(
@@ -173,6 +184,29 @@ class PersonalizationDataModule(L.LightningDataModule):
             if augmentation is None
             else AugmentedData(augmentation, self._concept_photos(), self.resolution, self.seed)
         )
+
+    def _bucket_sizes(
+        self, buckets: BucketSettings | None, augmentation: AugmentationSettings | None
+    ) -> dict[tuple[int, int], tuple[int, int]]:
+        """Each photo's (width, height) bucket by (concept, photo); {} without buckets."""
+        if buckets is None:
+            return {}
+        if self.rescale_augmentation:
+            raise ValueError(
+                "data.init_args.buckets and rescale_augmentation do not go together (the "
+                "rescale pastes onto a square canvas); turn one of them off."
+            )
+        if augmentation is not None and augmentation.train_on_m_aug:
+            raise ValueError(
+                "data.init_args.buckets and augmentation.train_on_m_aug do not go together "
+                "(M-Aug's composed images are square); set train_on_m_aug: false."
+            )
+        sizes = bucket_sizes(self.resolution, buckets)
+        return {
+            (c, i): sizes[nearest_bucket(photo.size, sizes)]
+            for c, photos in enumerate(self.images)
+            for i, photo in enumerate(photos)
+        }
 
     @property
     def concepts(self) -> list[ConceptSpec]:
@@ -330,13 +364,24 @@ class PersonalizationDataModule(L.LightningDataModule):
             extras=self.extras,
             composed=self._composed(augment),
             photos=self.training_photos if photos is None else photos,
+            sizes=self.photo_sizes,
         )
 
     def _loader(self, dataset: InstanceDataset, training: bool) -> ResumableDataLoader:
+        bucket_of = None
+        if self.buckets is not None and training:  # batches of one bucket each
+            sizes = [dataset.crop_size(*dataset.items[i % len(dataset.items)])
+                     for i in range(len(dataset))]  # fmt: skip
+            known = sorted(set(sizes))
+            bucket_of = [known.index(size) for size in sizes]
+            world = self.trainer.world_size if self.trainer is not None else 1
+            check_buckets_fill(bucket_of, self.batch_size * world, known)
         return resumable_loader(
             dataset,
             self.trainer,
-            batch_size=self.batch_size,
+            # validation with buckets: one image a batch (its photos' sizes differ)
+            batch_size=self.batch_size if training or self.buckets is None else 1,
+            bucket_of=bucket_of,
             num_workers=self.num_workers,
             seed=self.seed,
             shuffle=training,

@@ -15,6 +15,8 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from datamodules.buckets import bucket_order
+
 
 class ResumableSampler(DistributedSampler):
     """Seeded per-epoch shuffle over this rank's share, skipping already-consumed batches."""
@@ -40,6 +42,27 @@ class ResumableSampler(DistributedSampler):
         epoch = self.epoch if self.offset_by_epoch else 0
         offset = epoch * len(self.dataset)  # type: ignore[arg-type]
         return iter([offset + i for i in indices[skip:]])
+
+
+class BucketSampler(ResumableSampler):
+    """`ResumableSampler` over `bucket_order`'s epoch order: whole global batches of one
+    bucket, rank r taking every world-th sample of it (datamodules/buckets.py)."""
+
+    def __init__(
+        self, dataset: Sized, bucket_of: list[int], batch_size: int, **kwargs: Any
+    ) -> None:
+        super().__init__(dataset, **kwargs)
+        self.bucket_of, self.group = bucket_of, batch_size * self.num_replicas
+        kept = len(bucket_order(bucket_of, self.group, self.seed, 0, shuffle=False))
+        self.num_samples, self.total_size = kept // self.num_replicas, kept
+
+    def __iter__(self) -> Iterator[int]:
+        order = bucket_order(self.bucket_of, self.group, self.seed, self.epoch, self.shuffle)
+        share = order[self.rank :: self.num_replicas]
+        skip, self.skip_samples = self.skip_samples, 0
+        epoch = self.epoch if self.offset_by_epoch else 0
+        offset = epoch * len(self.dataset)  # type: ignore[arg-type]
+        return iter([offset + i for i in share[skip:]])
 
 
 class ResumableDataLoader(DataLoader):
@@ -71,19 +94,25 @@ def resumable_loader(
     shuffle: bool,
     skip_batches: int,
     offset_by_epoch: bool = True,
+    bucket_of: list[int] | None = None,
 ) -> ResumableDataLoader:
     """A resumable loader over this rank's share, so every datamodule shards and resumes alike.
 
     Under DDP each rank takes every world_size-th sample of the epoch's order, so global
     batch k holds the same samples as one process's batch k at the same global batch size.
+    ``bucket_of`` (each dataset index's aspect bucket): batches of one bucket each.
     """
-    sampler = ResumableSampler(
-        dataset,
-        num_replicas=trainer.world_size if trainer else 1,
-        rank=trainer.global_rank if trainer else 0,
-        seed=seed,
-        shuffle=shuffle,
-        offset_by_epoch=offset_by_epoch,
+    shares = {
+        "num_replicas": trainer.world_size if trainer else 1,
+        "rank": trainer.global_rank if trainer else 0,
+        "seed": seed,
+        "shuffle": shuffle,
+        "offset_by_epoch": offset_by_epoch,
+    }
+    sampler = (
+        ResumableSampler(dataset, **shares)
+        if bucket_of is None
+        else BucketSampler(dataset, bucket_of, batch_size, **shares)
     )
     # A checkpoint taken on the epoch's last batch restores a finished epoch, which Lightning
     # rolls over into the next one only after it has asked for this loader: skipping the

@@ -81,14 +81,16 @@ class PhotoTransform:
     crop: tuple[int, int]
     flipped: bool
     rescale: Rescale | None
+    crop_size: tuple[int, int] | None = None  # (width, height); None: the square resolution
 
 
 def transformed_like(mask: Image.Image, transform: PhotoTransform, resolution: int) -> np.ndarray:
     """A photo-sized mask (mode L) through the same scaling, crop, flip and rescale as the
-    training image: (resolution, resolution) floats in [0, 1]."""
+    training image: (height, width) floats in [0, 1]."""
     scaled = mask.resize(transform.scaled_size, Image.Resampling.NEAREST)
     left, top = transform.crop
-    image = scaled.crop((left, top, left + resolution, top + resolution))
+    width, height = transform.crop_size or (resolution, resolution)
+    image = scaled.crop((left, top, left + width, top + height))
     if transform.flipped:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if transform.rescale is not None:

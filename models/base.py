@@ -306,8 +306,9 @@ class PersonalizationModule(
 
     def size_ids(self, batch: dict[str, Any] | None, latents: torch.Tensor) -> torch.Tensor | None:
         """The family's size conditioning of these latents' rows (None for SD 1.x)."""
-        side = latents.shape[-1] * self.vae_scale_factor
-        return self.family.time_ids(batch, latents.shape[0], side, latents.device)
+        factor = self.vae_scale_factor
+        size = (latents.shape[-2] * factor, latents.shape[-1] * factor)  # (height, width)
+        return self.family.time_ids(batch, latents.shape[0], size, latents.device)
 
     def text_projection(self, clip_model: str | None = None) -> nn.Linear:
         """CLIP's frozen text projection for this text encoder's pooled features (PDLoss, SPL).

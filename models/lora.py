@@ -158,8 +158,9 @@ class LoRA(PersonalizationModule):
         folder.mkdir(parents=True, exist_ok=True)
         xl = len(self.text_encoders) > 1
         paths = {c.token: folder / f"{c.token}.safetensors" for c in self.concepts}
+        unet = self.family.denoiser_name == "unet"
         prefixes = SDXL_KOHYA_PREFIXES if xl else KOHYA_PREFIXES
-        layers = self.unet.config.layers_per_block if xl else None  # SDXL: original names
+        layers = self.unet.config.layers_per_block if xl and unet else None  # SDXL: original
         if self.adapter in ("loha", "lokr"):  # no diffusers loader: LyCORIS's file only
             states, file = self._peft_states(), folder / LYCORIS_FILE
             lycoris = write_lycoris(states, self.rank, self.alpha, file, prefixes, layers)

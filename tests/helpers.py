@@ -143,3 +143,15 @@ def write_photos_and_masks(root: Path, count: int = 3) -> tuple[Path, Path]:
         photo.save(photos / f"{index:02d}.png")
         mask.save(masks / f"{index:02d}.png")
     return photos, masks
+
+
+ASPECT_SIZES = [(96, 48), (60, 90), (64, 64), (100, 52), (48, 80), (70, 70)]
+
+
+def write_photos(folder: Path) -> Path:
+    """Plain photos of several aspect ratios (ASPECT_SIZES), one shade each."""
+    folder.mkdir(parents=True)
+    for index, (width, height) in enumerate(ASPECT_SIZES):
+        shade = 40 * index
+        Image.new("RGB", (width, height), (shade, 255 - shade, 90)).save(folder / f"{index}.png")
+    return folder

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT, write_photos_and_masks
+from helpers import REPO_ROOT, write_photos, write_photos_and_masks
 from test_cli import cli_args, run_folder
 from test_user_errors import assert_one_clear_line
 
@@ -72,3 +72,25 @@ def test_an_adapter_kind_on_a_baseline_without_lora_is_one_line(
         [*cli_args("textual_inversion", tmp_path), "--model.init_args.adapter", "dora"]
     )
     assert_one_clear_line(code, capsys.readouterr().err, "train with configs/lora.yaml")
+
+
+@pytest.mark.parametrize("backbone", [[], ["--config", "configs/backbones/flux.yaml"]])
+def test_buckets_run_through_train_py_and_an_unfillable_batch_is_one_line(
+    backbone: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    monkeypatch.setattr(SampleImages, "_log_samples", lambda self, *args: None)
+    photos = write_photos(tmp_path / "photos")
+    common = cli_args("lora", tmp_path / "runs", steps=2)
+    args = [
+        *common[:3], *backbone, *common[3:],  # the backbone before the tiny overlay
+        "--data.init_args.instance_data_dir", str(photos), "--data.init_args.class_word", "robot",
+        "--data.init_args.buckets", "{step: 8}", "--data.init_args.batch_size", "2",
+    ]  # fmt: skip
+    cli = main(args)
+    assert cli.trainer.global_step == 2
+    unfillable = ["--data.init_args.repeats", "1", "--data.init_args.batch_size", "4"]
+    code = run_from_command_line([*args, *unfillable])
+    assert_one_clear_line(code, capsys.readouterr().err, "fewer than the global batch of 4")
