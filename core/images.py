@@ -74,3 +74,17 @@ def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2
         top, left = padding + row * (height + padding), padding + column * (width + padding)
         grid[:, top : top + height, left : left + width] = images[index].float().cpu()
     return grid
+
+
+def cover_crop(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, h, w) images scaled (bicubic, aspect kept) to cover (height, width), centre
+    cropped to it: class images of an aspect bucket's shape."""
+    height, width = size
+    scale = max(height / pixels.shape[-2], width / pixels.shape[-1])
+    scaled_h = max(height, round(pixels.shape[-2] * scale))
+    scaled_w = max(width, round(pixels.shape[-1] * scale))
+    scaled = torch.nn.functional.interpolate(
+        pixels, size=(scaled_h, scaled_w), mode="bicubic", align_corners=False
+    ).clamp(-1, 1)
+    top, left = (scaled_h - height) // 2, (scaled_w - width) // 2
+    return scaled[..., top : top + height, left : left + width]

@@ -31,6 +31,7 @@ from backbones.flow_matching import FlowMatchingFamily
 from backbones.flow_matching_settings import FlowMatchingSettings
 from components.text_projection import default_clip_for, load_text_projection
 from core.concept import ConceptSpec
+from core.images import cover_crop
 from exports.external_formats import (
     A1111_FOLDER,
     a1111_name,
@@ -428,9 +429,12 @@ class PersonalizationModule(
                     "builds them when the module's setup requests them (fit with a datamodule)."
                 )
             prior_draws = draws.with_salt(PRIOR_SALT)
-            class_latents = self.encode_latents(
-                batch["class_pixel_values"], batch.get("class_cache_key"), prior_draws
-            )
+            class_pixels, class_keys = batch["class_pixel_values"], batch.get("class_cache_key")
+            size = tuple(batch["pixel_values"].shape[-2:])
+            if tuple(class_pixels.shape[-2:]) != size:  # an aspect bucket: the same shape
+                class_pixels = cover_crop(class_pixels, size)
+                class_keys = class_keys and [f"{k}@{size[1]}x{size[0]}" for k in class_keys]
+            class_latents = self.encode_latents(class_pixels, class_keys, prior_draws)
             draws = draws + prior_draws
             latents = torch.cat([latents, class_latents])
             prompts += list(batch["class_prompts"])

@@ -43,9 +43,19 @@ METHOD_CONFIGS: dict[str, str | tuple[str, ...]] = {
     # FLUX: flow matching's per-sample sigma draws, T5 + CLIP tokens (pivotal tuning) and
     # DDLoss's velocity-space weight, each rank's share as in the one process's batch.
     "flux_accord": ("configs/accord/lora.yaml", "configs/accord/flux/lora.yaml"),
+    # The training options together: buckets' epoch order in whole global batches, Min-SNR's
+    # per-sample weights, the masked loss's per-sample masks, the EMA updated per step.
+    "lora_options": "configs/lora.yaml",
 }
 # Options a method needs beyond the shared ones: folders under the test's own directory.
 EXTRA_OPTIONS = {
+    "lora_options": lambda out: [
+        "--model.init_args.min_snr_gamma", "5.0",
+        "--model.init_args.background_loss_weight", "0.2",
+        "--model.init_args.ema", "{decay: 0.9}",
+        "--data.init_args.buckets", "{step: 8}",
+        "--data.init_args.augmentation", "{g_aug: 0, r_aug: 0, m_aug: 0, segmenter: fallback}",
+    ],
     "clif_stage1": lambda out: [
         "--data.init_args.augmentation.general_data_dir", str(out / "general_images"),
         "--data.init_args.augmentation.general_images_per_concept", "1",

@@ -1,6 +1,7 @@
-"""The training options (EMA, Min-SNR, the subject-masked loss) together on every baseline's
-recipe through train.py with the tiny overlay: the run trains, logs, and exports the average;
-each LoRA kind runs and exports; an adapter kind on another baseline is one line."""
+"""The training options (EMA, Min-SNR, the subject-masked loss, buckets) together on every
+baseline's recipe through train.py with the tiny overlay: the run trains, logs, and exports
+the average; each LoRA kind runs and exports; an adapter kind on another baseline is one line;
+buckets run on SD and FLUX, and a batch no bucket can fill is one line."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def test_the_options_run_on_each_baseline(
         "--model.init_args.background_loss_weight", "0.1",
         "--model.init_args.min_snr_gamma", "5.0",
         "--model.init_args.ema", "{decay: 0.9}",
+        # buckets (Custom Diffusion's square rescale augmentation does not go with them)
+        "--data.init_args.buckets", "{step: 8}", "--data.init_args.rescale_augmentation", "false",
         *more_subjects(recipe, photos, masks),
     ])  # fmt: skip
     assert cli.trainer.global_step == 2
