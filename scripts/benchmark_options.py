@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmark_regularizers import Stepper, step_ratios  # noqa: E402  (a script beside this one)
 
+from datamodules.buckets import BucketSettings  # noqa: E402
 from datamodules.personalization import PersonalizationDataModule  # noqa: E402
 from models import LoRA  # noqa: E402
 from preparation.augmentation.settings import AugmentationSettings  # noqa: E402
@@ -38,10 +39,12 @@ OPTIONS: dict[str, Callable[[], dict[str, Any]]] = {
     "dora": lambda: {"adapter": "dora"},
     "loha": lambda: {"adapter": "loha"},
     "lokr": lambda: {"adapter": "lokr"},
+    "buckets": dict,  # the data option below; the synthetic toy's square photos: one bucket
 }
 # The masked loss's masks: the synthetic toy segmented by the weight-free fallback segmenter.
 DATA_OPTIONS: dict[str, dict[str, Any]] = {
     "masked": {"augmentation": AugmentationSettings(g_aug=0, r_aug=0, m_aug=0)},
+    "buckets": {"buckets": BucketSettings(step=8)},
 }
 
 
