@@ -166,8 +166,9 @@ class InstanceDataset(Dataset):
         extras_rng = random.Random(f"{self.seed}/{index}/extras")
         # Which photo this is (extras keyed by photo: captions) and where the crop came from
         # (SDXL's size conditioning: original height, width, crop top, left); not batch keys.
-        width, height = self.images[concept_index][image_index].size
-        sample["image_index"], sample["image_geometry"] = image_index, (height, width, top, left)
+        photo_width, photo_height = self.images[concept_index][image_index].size
+        geometry = (photo_height, photo_width, top, left)
+        sample["image_index"], sample["image_geometry"] = image_index, geometry
         # How the training image came from the photo, for extras that follow it (a mask).
         sample["photo_transform"] = PhotoTransform(
             scaled.size, crop, flipped, rescale, (width, height)
