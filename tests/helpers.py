@@ -155,3 +155,14 @@ def write_photos(folder: Path) -> Path:
         shade = 40 * index
         Image.new("RGB", (width, height), (shade, 255 - shade, 90)).save(folder / f"{index}.png")
     return folder
+
+
+def clif_two_step_options(root: Path) -> list[str]:
+    """A two-step CLIF stage on the tiny overlay: no callbacks, R-Aug pairs only, cached
+    under ``root`` (the options both CLIF stage tests pass)."""
+    return [
+        "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks", "[]",
+        "--data.init_args.augmentation.g_aug", "0", "--data.init_args.augmentation.r_aug", "4",
+        "--data.init_args.augmentation.cache_dir", str(root / "augmented"),
+    ]  # fmt: skip

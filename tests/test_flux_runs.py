@@ -11,7 +11,7 @@ import pytest
 import torch
 from baseline_checks import assert_resume_is_exact
 from diffusers import FluxPipeline
-from helpers import REPO_ROOT, optimizer_with_lr, tiny_datamodule
+from helpers import REPO_ROOT, clif_two_step_options, optimizer_with_lr, tiny_datamodule
 
 from backbones.flow_matching_settings import FlowMatchingSettings
 from callbacks.attention_capture import AttentionCapture
@@ -236,12 +236,7 @@ def test_clifs_two_stages_run_on_flux(tmp_path: Path, monkeypatch: pytest.Monkey
     official code compares; stage 2 starts each encoder's vectors, T5's too, from stage 1's
     {"clip_l", "t5"} file and trains a transformer LoRA."""
     monkeypatch.chdir(REPO_ROOT)
-    common = [
-        *FLUX, "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks", "[]",
-        "--data.init_args.augmentation.g_aug", "0", "--data.init_args.augmentation.r_aug", "4",
-        "--data.init_args.augmentation.cache_dir", str(tmp_path / "augmented"),
-    ]  # fmt: skip
+    common = [*FLUX, *clif_two_step_options(tmp_path)]
     one = main(["fit", "--config", "configs/clif/stage1_text.yaml", *common,
                 "--trainer.default_root_dir", str(tmp_path / "one")])  # fmt: skip
     assert one.model.family.name == "flux"

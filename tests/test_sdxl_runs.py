@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 from baseline_checks import assert_resume_is_exact
-from helpers import REPO_ROOT, optimizer_with_lr, tiny_datamodule
+from helpers import REPO_ROOT, clif_two_step_options, optimizer_with_lr, tiny_datamodule
 
 from models import LoRA, TextualInversion
 from models.base import PersonalizationModule
@@ -127,10 +127,7 @@ def test_clifs_official_sdxl_setting_runs_both_stages(
     common = [
         "--config", "configs/clif/sdxl.yaml", "--config", "configs/tiny.yaml",
         "--model.init_args.memory.adam_8bit", "false",  # bitsandbytes is an optional extra
-        "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks", "[]",
-        "--data.init_args.augmentation.g_aug", "0", "--data.init_args.augmentation.r_aug", "4",
-        "--data.init_args.augmentation.cache_dir", str(tmp_path / "augmented"),
+        *clif_two_step_options(tmp_path),
     ]  # fmt: skip
     one = main(["fit", "--config", "configs/clif/stage1_text.yaml", *common,
                 "--trainer.default_root_dir", str(tmp_path / "one")])  # fmt: skip

@@ -55,6 +55,7 @@ def test_every_batch_holds_one_bucket_and_covers_the_photos(tmp_path: Path) -> N
     assert seen == expected and len(seen) >= 3
 
 
+@pytest.mark.smoke  # the newest allowed versions too
 def test_two_ranks_batch_k_is_one_process_batch_k(tmp_path: Path) -> None:
     data = bucketed(tmp_path, batch_size=2, repeats=8)
     dataset = data._dataset(augment=True, repeats=8)

@@ -65,6 +65,7 @@ def module_images(module: LoRA) -> tuple[torch.Tensor, torch.Tensor]:
     return ours, sample(plain)
 
 
+@pytest.mark.smoke  # the newest allowed versions too
 def test_dora_export_loads_with_diffusers_and_samples_the_same(
     tmp_path: Path
 ) -> None:
@@ -97,6 +98,7 @@ def comfy_update(weights: dict[str, torch.Tensor], shape: torch.Size) -> torch.T
     return torch.kron(*factors).reshape(shape) * scale
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("kind", ["loha", "lokr"])
 def test_the_lycoris_file_merged_as_comfyui_does_samples_the_same(
     kind: str, tmp_path: Path

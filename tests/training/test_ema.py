@@ -51,6 +51,7 @@ def lora_with_ema(**overrides: Any) -> tuple[LoRA, Any]:
     return module, datamodule
 
 
+@pytest.mark.smoke  # the newest allowed versions too
 def test_the_average_is_diffusers_schedule_over_the_trained_weights_only(tmp_path: Path) -> None:
     module, datamodule = lora_with_ema()
     snapshots = Snapshots()

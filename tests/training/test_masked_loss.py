@@ -61,6 +61,7 @@ def masked() -> LoRA:
     return LoRA(concepts=concepts, optimizer=optimizer_with_lr(1e-2), background_loss_weight=0.0)
 
 
+@pytest.mark.smoke  # the newest allowed versions too
 def test_at_weight_zero_the_background_gets_no_gradient(tmp_path: Path, masked: LoRA) -> None:
     module = masked
     data = datamodule(tmp_path)

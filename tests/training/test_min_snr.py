@@ -36,6 +36,7 @@ def test_the_weights_are_the_papers(prediction: str) -> None:
         assert weights[0] < 0.01 and weights[-1] == pytest.approx(1.0)
 
 
+@pytest.mark.smoke  # the newest allowed versions too
 def test_the_denoising_loss_weighs_each_sample_by_its_timestep() -> None:
     datamodule = tiny_datamodule()
     module = LoRA(
