@@ -35,12 +35,14 @@ from core.concept import vector_token_names
 from exports.manifest import Format, not_loadable
 from models.base import PersonalizationModule
 from models.xti_layers import (
+    LAYER_SUFFIX,
     LayerTokenBlocks,
     check_layers,
     cross_attention_layers,
     default_text_layer,
     encode_per_layer,
     install_processors,
+    install_token_copies,
     pack,
     reserve_layer_tokens,
 )
@@ -114,22 +116,22 @@ class XTI(PersonalizationModule):
         """
         kwargs.setdefault("train_tokens", True)
         if not kwargs["train_tokens"]:
-            raise ValueError("XTI trains the per-layer concept tokens; set train_tokens: true.")
+            raise ValueError(
+                f"{type(self).__name__} trains the concept tokens' copies; set train_tokens: true."
+            )
         super().__init__(**kwargs)
-        self.layer_names = cross_attention_layers(self.unet)
+        self.layer_names = self.variant_names()
         num_layers = len(self.layer_names)
-        if num_layers == 0:
-            raise ValueError("This UNet has no cross-attention layers; XTI needs them.")
         names = [n for c in self.concepts for n in vector_token_names(c.token, self.num_vectors)]
         for name, tokens in zip(self.family.tokenizer_names, self.encoder_concept_tokens):
-            reserve_layer_tokens(getattr(self, name), names, num_layers)
+            reserve_layer_tokens(getattr(self, name), names, num_layers, self.COPY_SUFFIX)
             # Layer-major rows: layer l's copy of token entry k is row l * K + k; every layer
             # starts from the initializer word, as Textual Inversion does.
             vectors = tokens.embedding.vectors.detach().repeat(num_layers, 1)
             tokens.embedding.vectors = nn.Parameter(vectors)
         first_id = self.concept_tokens.embedding.base_vocab_size
         self.blocks = LayerTokenBlocks([(first_id, len(names))])
-        install_processors(self.unet, self.layer_names, self.tokenizer.model_max_length)
+        self.route_variants()
         if text_layer is None:
             text_layer = default_text_layer(self.layer_names)
         if not 0 <= text_layer < num_layers:
@@ -137,6 +139,20 @@ class XTI(PersonalizationModule):
         self.text_layer = text_layer
         if init_embeddings is not None:
             self.load_embeddings(init_embeddings)
+
+    # ----- what the token copies condition (ProSpect overrides both: stages of the schedule) --
+    COPY_SUFFIX: ClassVar[str] = LAYER_SUFFIX
+
+    def variant_names(self) -> list[str]:
+        """One name per copy of the concept tokens: P+'s cross-attention layers."""
+        names = cross_attention_layers(self.unet)
+        if not names:
+            raise ValueError("This UNet has no cross-attention layers; XTI needs them.")
+        return names
+
+    def route_variants(self) -> None:
+        """Make each UNet layer read its own copy's states from the packed conditioning."""
+        install_processors(self.unet, self.layer_names, self.tokenizer.model_max_length)
 
     @property
     def num_vectors(self) -> int:
@@ -260,31 +276,9 @@ def load_xti(
     check_encoder_count(len(per_encoder), family_of_pipeline(pipe), source)
     check_layers(layers, cross_attention_layers(pipe.unet), source)
     layers = cross_attention_layers(pipe.unet)
-    parts = pipeline_text_parts(pipe)
-    num_vectors = {t: v.shape[1] for t, v in per_encoder[0].items()}
-    names = [n for t in per_encoder[0] for n in vector_token_names(t, num_vectors[t])]
-    for tokenizer, text_encoder in parts:  # every check before anything changes
-        vocab = tokenizer.get_vocab()
-        taken = [n for n in names if n in vocab or f"{n}</w>" in vocab]
-        if taken:
-            raise ValueError(f"Tokens {taken} are already in the pipeline's tokenizer.")
-        rows = text_encoder.get_input_embeddings().num_embeddings
-        if rows != len(tokenizer) or len(tokenizer) != len(parts[0][0]):
-            raise ValueError(
-                f"The text encoder has {rows} token embeddings but the tokenizer "
-                f"{len(tokenizer)} tokens; load_xti needs them (and both tokenizers) to agree."
-            )
-    first = len(parts[0][0])
-    for (tokenizer, text_encoder), vectors in zip(parts, per_encoder):
-        tokenizer.add_tokens(names)
-        reserve_layer_tokens(tokenizer, names, len(layers))
-        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        rows = torch.cat([v.reshape(len(layers), -1, v.shape[-1]) for v in vectors.values()], 1)
-        weight = text_encoder.get_input_embeddings().weight
-        with torch.no_grad():
-            weight[first:] = rows.reshape(-1, rows.shape[-1]).to(weight.dtype)
+    first = install_token_copies(pipeline_text_parts(pipe), per_encoder, len(layers))
     blocks = getattr(pipe, "xti_blocks", None) or LayerTokenBlocks()
-    blocks.blocks.append((first, len(names)))
+    blocks.blocks.append((first, sum(v.shape[1] for v in per_encoder[0].values())))
     pipe.xti_blocks, pipe.xti_layers = blocks, layers
     pipe.xti_text_layer = default_text_layer(layers) if text_layer is None else text_layer
     install_processors(pipe.unet, layers, pipe.tokenizer.model_max_length)

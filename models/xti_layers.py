@@ -27,6 +27,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTokenizer
 
+from core.concept import vector_token_names
 from step.encoding import TextEncoding
 
 _STAGES = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
@@ -85,16 +86,19 @@ def check_layers(saved: list[str], current: list[str], source: str) -> None:
     )
 
 
-def reserve_layer_tokens(tokenizer: CLIPTokenizer, names: list[str], num_layers: int) -> None:
-    """Add tokenizer entries for layers 1.. of the just-added ``names`` (ids must follow them).
+def reserve_layer_tokens(
+    tokenizer: CLIPTokenizer, names: list[str], num_layers: int, suffix: str = LAYER_SUFFIX
+) -> None:
+    """Add tokenizer entries for copies 1.. of the just-added ``names`` (ids must follow them).
 
-    The entries are never typed in prompts; they keep the ids of layer copies from being handed
-    out again (to a textual-inversion token loaded later, say).
+    The entries are never typed in prompts; they keep the ids of layer copies (ProSpect: stage
+    copies, ``suffix`` names which) from being handed out again (to a textual-inversion token
+    loaded later, say).
     """
     first = tokenizer.convert_tokens_to_ids(names[0])
     if tokenizer.convert_tokens_to_ids(names) != list(range(first, first + len(names))):
         raise ValueError(f"XTI tokens {names} did not get consecutive tokenizer ids.")
-    layer_names = [f"{n}{LAYER_SUFFIX}{layer}" for layer in range(1, num_layers) for n in names]
+    layer_names = [f"{n}{suffix}{layer}" for layer in range(1, num_layers) for n in names]
     tokenizer.add_tokens(layer_names)
     expected = list(range(first + len(names), first + len(names) * num_layers))
     if tokenizer.convert_tokens_to_ids(layer_names) != expected:
@@ -102,6 +106,41 @@ def reserve_layer_tokens(tokenizer: CLIPTokenizer, names: list[str], num_layers:
             f"Could not reserve consecutive ids for the per-layer copies of {names}; were some "
             "of these tokens added to the tokenizer before?"
         )
+
+
+def install_token_copies(
+    parts: list[tuple[CLIPTokenizer, Any]],
+    per_encoder: list[dict[str, torch.Tensor]],
+    num_copies: int,
+    suffix: str = LAYER_SUFFIX,
+) -> int:
+    """Add saved tokens with ``num_copies`` copies each to a pipeline's (tokenizer, text
+    encoder) pairs; ``per_encoder[e][token]`` is (num_copies, num_vectors, dim). Every check
+    runs before anything changes; returns the first new id (the block's start)."""
+    first_vectors = per_encoder[0]
+    names = [n for t, v in first_vectors.items() for n in vector_token_names(t, v.shape[1])]
+    for tokenizer, text_encoder in parts:
+        vocab = tokenizer.get_vocab()
+        taken = [n for n in names if n in vocab or f"{n}</w>" in vocab]
+        if taken:
+            raise ValueError(f"Tokens {taken} are already in the pipeline's tokenizer.")
+        rows = text_encoder.get_input_embeddings().num_embeddings
+        if rows != len(tokenizer) or len(tokenizer) != len(parts[0][0]):
+            raise ValueError(
+                f"The text encoder has {rows} token embeddings but the tokenizer "
+                f"{len(tokenizer)} tokens; loading per-copy tokens needs them (and every "
+                "tokenizer) to agree."
+            )
+    first = len(parts[0][0])
+    for (tokenizer, text_encoder), vectors in zip(parts, per_encoder):
+        tokenizer.add_tokens(names)
+        reserve_layer_tokens(tokenizer, names, num_copies, suffix)
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        rows = torch.cat([v.reshape(num_copies, -1, v.shape[-1]) for v in vectors.values()], 1)
+        weight = text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            weight[first:] = rows.reshape(-1, rows.shape[-1]).to(weight.dtype)
+    return first
 
 
 @dataclass
