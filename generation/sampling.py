@@ -9,7 +9,7 @@ they agree on the sampler and its settings.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -51,8 +51,6 @@ class SamplingMixin:
         ``scheduler`` names a sampler of generation/schedulers.py (None: the pipeline's DDIM).
         """
         size = resolution or self.family.default_resolution(self.unet, self.vae)
-        positive = self.encode_text(prompts)
-        negative = self.encode_text([negative_prompt] * len(prompts))
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one each.")
         seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
@@ -60,8 +58,11 @@ class SamplingMixin:
         pipe = self.pipeline()
         if scheduler is not None:
             pipe.scheduler = make_scheduler(scheduler, self.noise_scheduler.config)
+        prompt_kwargs = self.prompt_call_kwargs(
+            pipe, prompts, negative_prompt, size, num_inference_steps
+        )
         images = pipe(
-            **self.family.prompt_kwargs(positive, negative, size),
+            **prompt_kwargs,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             height=size,
@@ -70,6 +71,20 @@ class SamplingMixin:
             output_type="pt",
         ).images
         return images.float().clamp(0, 1)
+
+    def prompt_call_kwargs(
+        self,
+        pipe: DiffusionPipeline,
+        prompts: list[str],
+        negative_prompt: str,
+        resolution: int,
+        num_inference_steps: int,
+    ) -> dict[str, Any]:
+        """The pipeline call's prompt arguments: the encoded prompts (a baseline whose text
+        changes with the timestep, NeTI, adds a per-step callback here)."""
+        positive = self.encode_text(prompts)
+        negative = self.encode_text([negative_prompt] * len(prompts))
+        return self.family.prompt_kwargs(positive, negative, resolution)
 
     @property
     def vae_scale_factor(self) -> int:

@@ -40,6 +40,7 @@ from safetensors.torch import save_file
 
 from backbones import pipeline_text_parts
 from exports.manifest import Format, not_loadable
+from generation.step_states import StepStates
 from models.xti import XTI
 from models.xti_layers import LayerTokenBlocks, encode_per_layer, install_token_copies
 from step.encoding import TextEncoding, tokenize_padded
@@ -276,12 +277,8 @@ def prospect_stage_states(pipe: StableDiffusionPipeline, prompts: list[str]) -> 
     return torch.stack([stage.hidden_states for stage in stages])
 
 
-class ProSpectStepStates:
-    """``callback_on_step_end`` that hands the next denoising step its own stage's prompt
-    states (with classifier-free guidance: the negative prompts' first, as the pipeline
-    concatenates them)."""
-
-    tensor_inputs: ClassVar[list[str]] = ["prompt_embeds"]
+class ProSpectStepStates(StepStates):
+    """Each denoising step's stage states for a pipeline `load_prospect` prepared."""
 
     def __init__(
         self, pipe: StableDiffusionPipeline, prompts: list[str], negative_prompt: str = ""
@@ -290,21 +287,10 @@ class ProSpectStepStates:
         self.negative = prospect_stage_states(pipe, [negative_prompt] * len(prompts))
         self.num_timesteps = int(pipe.scheduler.config.num_train_timesteps)
 
-    def stage(self, timestep: Any) -> int:
+    def states_at(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(timestep).reshape(1)
-        return int(stage_of(t, len(self.positive), self.num_timesteps)[0])
-
-    def __call__(
-        self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]
-    ) -> dict[str, torch.Tensor]:
-        timesteps = pipe.scheduler.timesteps
-        if step + 1 >= len(timesteps):
-            return {}
-        stage = self.stage(timesteps[step + 1])
-        states = self.positive[stage]
-        if pipe.do_classifier_free_guidance:
-            states = torch.cat([self.negative[stage], states])
-        return {"prompt_embeds": states.to(kwargs["prompt_embeds"].dtype)}
+        stage = int(stage_of(t, len(self.positive), self.num_timesteps)[0])
+        return self.positive[stage], self.negative[stage]
 
 
 def prospect_call_kwargs(
@@ -316,11 +302,4 @@ def prospect_call_kwargs(
     """Keyword arguments for ``pipe(...)`` (with the same ``num_inference_steps``): the first
     step's stage states and the callback that moves each later step to its stage."""
     callback = ProSpectStepStates(pipe, prompts, negative_prompt)
-    pipe.scheduler.set_timesteps(num_inference_steps)  # what the call will set: its first t
-    stage = callback.stage(pipe.scheduler.timesteps[0])
-    return {
-        "prompt_embeds": callback.positive[stage],
-        "negative_prompt_embeds": callback.negative[stage],
-        "callback_on_step_end": callback,
-        "callback_on_step_end_tensor_inputs": ProSpectStepStates.tensor_inputs,
-    }
+    return callback.call_kwargs(pipe, num_inference_steps)
