@@ -55,6 +55,7 @@ class Format:
     DIFFUSERS_PIPELINE = "diffusers-pipeline"  # a file of a save_pretrained pipeline folder
     SINGLE_FILE_CHECKPOINT = "single-file-checkpoint"  # original (LDM) layout: from_single_file
     XTI_EMBEDDINGS = "xti-embeddings"  # per-layer tokens: models.xti.load_xti / xti_pipeline
+    NETI_MAPPER = "neti-mapper"  # (t, layer) -> token embedding: models.neti.load_neti
     PROSPECT_EMBEDDINGS = "prospect-embeddings"  # per-stage tokens: models.prospect.load_prospect
     VISUAL_ENCODER_MAPPER = "visual-encoder-mapper"  # models.visual_encoder.load_subject_encoder
     MLM_CONTEXTUALIZER = "mlm-contextualizer"  # psi and [MASK], which the mlm regularizer reads

@@ -16,6 +16,7 @@ _HOMES = {
     "CustomDiffusion": "models.custom_diffusion",
     "DreamBooth": "models.dreambooth",
     "LoRA": "models.lora",
+    "NeTI": "models.neti",
     "ProSpect": "models.prospect",
     "TextualInversion": "models.textual_inversion",
     "VisualEncoder": "models.visual_encoder",
