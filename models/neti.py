@@ -100,7 +100,8 @@ class NeTIText:
         first_extra = max(first_extra, int(ids.max()) + 1)
         row_ids = torch.arange(ids.shape[0], device=ids.device)[:, None] + first_extra
         with extra_vectors_in(self.text_encoder, first_extra, word):
-            output = self.text_encoder(torch.where(is_token, row_ids, ids), output_hidden_states=True)
+            swapped = torch.where(is_token, row_ids, ids)
+            output = self.text_encoder(swapped, output_hidden_states=True)
         last = output.hidden_states[-1]  # the encoder's output, before the final layer norm
         if bypass is not None:
             last = last + self.bypass_scale * is_token[..., None] * rescaled_bypass(bypass, last)
@@ -340,7 +341,7 @@ def read_neti(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         metadata = handle.metadata() or {}
         if "neti_config" not in metadata:
             raise ValueError(f"{str(path)!r} has no 'neti_config' metadata; not a NeTI export.")
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        tensors = {key: handle.get_tensor(key) for key in list(handle.keys())}  # noqa: SIM118
     config = json.loads(metadata["neti_config"])
     return tensors, config, metadata["neti_token"], json.loads(metadata["neti_layers"])
 

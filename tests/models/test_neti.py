@@ -47,7 +47,7 @@ def test_the_input_encoding_and_its_anchors(neti: NeTI) -> None:
     fresh = NeTI(concepts=[ConceptSpec("<v1>", "toy")]).neti_mapper
     # The first layer starts as the anchors' encodings: t in {0, 100, ..., 900} x l in 0..3.
     assert fresh.input_layer.weight.shape == (10 * LAYERS, 2048)
-    for row, (t, layer) in enumerate([(t, l) for t in range(0, 1000, 100) for l in range(4)]):
+    for row, (t, layer) in enumerate([(t, k) for t in range(0, 1000, 100) for k in range(4)]):
         expected = _encoding_by_hand(frequencies, t, layer)
         assert torch.allclose(fresh.input_layer.weight[row], expected, atol=1e-5), (t, layer)
 
