@@ -66,8 +66,9 @@ def run_conditions(
     count = states.shape[0] // record.noisy_latents.shape[0]
     latents = record.noisy_latents.repeat(count, 1, 1, 1)
     timesteps = record.timesteps.repeat(count)
-    if text.text_embeds is None:  # SD 1.x: the states are the whole condition
-        return list(module.predict_noise(latents, timesteps, states).chunk(count))
+    if text.text_embeds is None:  # SD 1.x: no size ids (the encoding itself goes, so a
+        # baseline whose states follow the timestep, NeTI, re-encodes its prompts)
+        return list(module.predict_noise(latents, timesteps, text).chunk(count))
     time_ids = None if record.time_ids is None else record.time_ids.repeat(count, 1)
     return list(module.predict_noise(latents, timesteps, text, time_ids).chunk(count))
 

@@ -151,6 +151,7 @@ class NeTI(PersonalizationModule):
         sigma_t: float = 0.03,
         sigma_l: float = 2.0,
         normalize_output: bool = True,
+        train_tokens: bool = False,
         **kwargs: Any,
     ) -> None:
         """
@@ -162,16 +163,16 @@ class NeTI(PersonalizationModule):
             num_time_anchors: time anchors of the mapper's first layer (x the UNet's layers).
             sigma_t, sigma_l: the Fourier features' scales for the timestep and the layer.
             normalize_output: rescale the mapper's output to the class word's embedding norm.
+            train_tokens: must stay false: the token's own row is never read.
         """
-        kwargs.setdefault("train_tokens", False)
-        if kwargs["train_tokens"] or kwargs.get("num_vectors", 1) != 1:
+        if train_tokens or kwargs.get("num_vectors", 1) != 1:
             raise ValueError(
                 "NeTI's concept embedding comes from its mapper: set train_tokens: false and "
                 "num_vectors: 1."
             )
         if not 0.0 <= nested_dropout <= 1.0:
             raise ValueError(f"nested_dropout is a probability in [0, 1], got {nested_dropout}.")
-        super().__init__(**kwargs)
+        super().__init__(train_tokens=False, **kwargs)
         if len(self.concepts) != 1:
             raise ValueError(
                 f"NeTI learns one concept per mapper (the paper's setting); got "

@@ -96,8 +96,14 @@ class FakeModule:
         return TextEncoding(hidden_states=hidden, input_ids=input_ids)
 
     def predict_noise(
-        self, latents: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        states: torch.Tensor | TextEncoding,
     ) -> torch.Tensor:
+        """The base's contract: the states, or the `TextEncoding` itself (its conditioning)."""
+        if isinstance(states, TextEncoding):
+            states = states.conditioning
         out = self.scale * latents + states[:, 0, : latents.shape[1], None, None]
         self.unet_calls.append({"size": latents.shape[0], "grad": out.requires_grad})
         return out
