@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ import yaml
 
 from backbones import TINY_NAMES
 from core.concept import ConceptSpec
-from core.errors import user_message
+from core.errors import run_command
 from core.run_config import RUN_CONFIG, next_numbered
 from exports.manifest import SD1, ExportManifest, Format, NotLoadableError
 from generation.video import (
@@ -247,19 +245,7 @@ def generate(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str]) -> int:
     """``error: ...`` and exit code 2 for what the user can fix; --debug shows tracebacks."""
-    debug = "--debug" in argv or os.environ.get("PERSONALIZE_DEBUG", "") not in ("", "0")
-    args = parse_args([a for a in argv if a != "--debug"])
-    try:
-        output = generate(args)
-    except Exception as error:
-        message = None if debug else user_message(error)
-        if message is None:
-            traceback.print_exc()
-            return 1
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    print(f"video: {output}")
-    return 0
+    return run_command(lambda args: f"video: {generate(parse_args(args))}", argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,11 @@ what is wrong, keeping the parser's "Parser key ..." prefix where it adds the op
 from __future__ import annotations
 
 import errno
+import os
+import sys
+import traceback
 from argparse import ArgumentError
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -154,3 +158,21 @@ def config_files(argv: list[str]) -> list[str]:
         elif arg.startswith("--config="):
             files.append(arg.split("=", 1)[1])
     return files
+
+
+def run_command(action: Callable[[list[str]], str], argv: list[str]) -> int:
+    """A script's ``main``: ``action(argv)`` (``--debug`` taken out), its result line printed,
+    exit 0; what the user can fix one ``error: ...`` line, exit 2; anything else its
+    traceback, exit 1. ``--debug`` or PERSONALIZE_DEBUG shows every traceback."""
+    debug = "--debug" in argv or os.environ.get("PERSONALIZE_DEBUG", "") not in ("", "0")
+    try:
+        line = action([a for a in argv if a != "--debug"])
+    except Exception as error:
+        message = None if debug else user_message(error)
+        if message is None:
+            traceback.print_exc()
+            return 1
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    print(line)
+    return 0

@@ -186,17 +186,7 @@ class ProSpect(XTI):
                 f"{self.num_stages} over {self.num_timesteps}. Set num_stages: {stages} or "
                 "start without init_embeddings."
             )
-        with torch.no_grad():
-            for index, concept in enumerate(self.concepts):
-                target = self.layer_vectors(index)
-                saved = vectors.get(concept.token)
-                if saved is None or saved.shape != target.shape:
-                    found = None if saved is None else tuple(saved.shape)
-                    raise ValueError(
-                        f"{str(path)!r} holds no {concept.token!r} of shape "
-                        f"{tuple(target.shape)} (found {found}); tokens {sorted(vectors)}."
-                    )
-                target.copy_(saved)
+        self.copy_saved_vectors(vectors, 0, path)
 
     def export(self, folder: Path) -> list[Path]:
         """``prospect_embeds.safetensors``: each concept's per-stage vectors, the stages."""

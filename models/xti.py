@@ -196,18 +196,25 @@ class XTI(PersonalizationModule):
         per_encoder, layers, _ = read_xti_encoders(path)
         check_encoder_count(len(per_encoder), self.family, repr(str(path)))
         check_layers(layers, self.layer_names, repr(str(path)))
+        for encoder, vectors in enumerate(per_encoder):
+            self.copy_saved_vectors(vectors, encoder, path)
+
+    def copy_saved_vectors(
+        self, vectors: dict[str, torch.Tensor], encoder: int, path: str | Path
+    ) -> None:
+        """Each concept's saved copies (n_copies, num_vectors, dim) into its rows of one
+        encoder; a missing token or another shape is refused, naming ``path``."""
         with torch.no_grad():
-            for encoder, vectors in enumerate(per_encoder):
-                for index, concept in enumerate(self.concepts):
-                    target = self.layer_vectors(index, encoder)
-                    saved = vectors.get(concept.token)
-                    if saved is None or saved.shape != target.shape:
-                        found = None if saved is None else tuple(saved.shape)
-                        raise ValueError(
-                            f"{str(path)!r} holds no {concept.token!r} of shape "
-                            f"{tuple(target.shape)} (found {found}); tokens {sorted(vectors)}."
-                        )
-                    target.copy_(saved)
+            for index, concept in enumerate(self.concepts):
+                target = self.layer_vectors(index, encoder)
+                saved = vectors.get(concept.token)
+                if saved is None or saved.shape != target.shape:
+                    found = None if saved is None else tuple(saved.shape)
+                    raise ValueError(
+                        f"{str(path)!r} holds no {concept.token!r} of shape "
+                        f"{tuple(target.shape)} (found {found}); tokens {sorted(vectors)}."
+                    )
+                target.copy_(saved)
 
     def export(self, folder: Path) -> list[Path]:
         """``xti_embeds.safetensors``: every concept's per-layer vectors and the layer names."""

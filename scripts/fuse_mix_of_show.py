@@ -14,9 +14,7 @@ code 2 (--debug: the traceback).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import traceback
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +26,7 @@ silence_library_noise()  # before transformers is imported: it logs its notices 
 
 import torch  # noqa: E402
 
-from core.errors import user_message  # noqa: E402
+from core.errors import run_command  # noqa: E402
 from models.mix_of_show_fusion import FusionSettings, fuse_runs  # noqa: E402
 
 
@@ -48,22 +46,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)  # fmt: skip
 
 
+def fuse(argv: list[str]) -> str:
+    args = parse_args(argv)
+    settings = FusionSettings(args.spatial_steps, args.ridge, args.seed, args.resolution)
+    manifest = fuse_runs(list(args.exports), args.output, settings, args.device)
+    return f"fused export: {manifest.parent}"
+
+
 def main(argv: list[str]) -> int:
     """``error: ...`` and exit code 2 for what the user can fix; --debug shows tracebacks."""
-    debug = "--debug" in argv or os.environ.get("PERSONALIZE_DEBUG", "") not in ("", "0")
-    args = parse_args([a for a in argv if a != "--debug"])
-    try:
-        settings = FusionSettings(args.spatial_steps, args.ridge, args.seed, args.resolution)
-        manifest = fuse_runs(list(args.exports), args.output, settings, args.device)
-    except Exception as error:
-        message = None if debug else user_message(error)
-        if message is None:
-            traceback.print_exc()
-            return 1
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    print(f"fused export: {manifest.parent}")
-    return 0
+    return run_command(fuse, argv)
 
 
 if __name__ == "__main__":

@@ -172,3 +172,16 @@ def test_only_the_stage_vectors_change(tmp_path: Path) -> None:
 
 def test_resume_is_exact(tmp_path: Path) -> None:
     assert_resume_is_exact(_build, tmp_path)
+
+
+def test_a_run_starts_from_an_export_with_the_same_stages(
+    prospect: ProSpect, tmp_path: Path
+) -> None:
+    prospect.export(tmp_path)
+    started = ProSpect(
+        concepts=[ConceptSpec("<v1>", "toy")], num_stages=STAGES, init_embeddings=str(tmp_path)
+    )
+    vectors = started.concept_tokens.embedding.vectors
+    assert torch.equal(vectors, prospect.concept_tokens.embedding.vectors)
+    with pytest.raises(ValueError, match="Set num_stages: 10"):
+        ProSpect(concepts=[ConceptSpec("<v1>", "toy")], num_stages=5, init_embeddings=str(tmp_path))
