@@ -31,9 +31,11 @@ from models import (  # noqa: E402
     XTI,
     CustomDiffusion,
     DreamBooth,
+    EDLoRA,
     LoRA,
     NeTI,
     ProSpect,
+    SVDiff,
     TextualInversion,
     VisualEncoder,
 )
@@ -47,6 +49,8 @@ BASELINES: dict[str, tuple[type[PersonalizationModule], dict[str, Any]]] = {
     "xti": (XTI, {}),
     "neti": (NeTI, {}),
     "prospect": (ProSpect, {}),
+    "svdiff": (SVDiff, {}),
+    "ed_lora": (EDLoRA, {}),  # Mix-of-Show's per-concept stage
     # Three synthetic subjects (other seeds) share the token: VisualEncoder trains across them.
     "visual_encoder": (
         VisualEncoder,
