@@ -42,16 +42,22 @@ def check_adapter_kind(kind: str) -> None:
 
 
 def lora_config(
-    rank: int, alpha: float, targets: tuple[str, ...], kind: str = "lora"
+    rank: int,
+    alpha: float,
+    targets: tuple[str, ...],
+    kind: str = "lora",
+    init: bool | str = "gaussian",
 ) -> PeftConfig:
     """peft's config of one adapter kind; each starts from the unchanged model (LoRA's and
-    DoRA's B, LoHa's second pair's and LoKr's second factor's weights are zero)."""
+    DoRA's B, LoHa's second pair's and LoKr's second factor's weights are zero). ``init``:
+    LoRA's A, ``gaussian`` (std 1 / r, diffusers' scripts) or True (peft's Kaiming-uniform, the
+    original LoRA's and Mix-of-Show's)."""
     if kind == "loha":
         return LoHaConfig(r=rank, alpha=alpha, target_modules=list(targets), init_weights=True)
     if kind == "lokr":
         return LoKrConfig(r=rank, alpha=alpha, target_modules=list(targets), init_weights=True)
     return LoraConfig(
-        r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets),
+        r=rank, lora_alpha=alpha, init_lora_weights=init, target_modules=list(targets),
         use_dora=kind == "dora",
     )  # fmt: skip
 
@@ -62,14 +68,15 @@ def add_seeded_adapters(
     alpha: float,
     seed: int,
     kind: str = "lora",
+    init: bool | str = "gaussian",
 ) -> None:
-    """A LoRA on each (module, target layers), in order. A's Gaussian init comes from `seed`,
+    """A LoRA on each (module, target layers), in order. A's random init comes from `seed`,
     not the global RNG: the same config starts from the same adapters (and a resumed run
     continues the run it came from)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for module, layers in targets:
-            module.add_adapter(lora_config(rank, alpha, layers, kind))
+            module.add_adapter(lora_config(rank, alpha, layers, kind, init))
 
 
 def lora_parameters(module: nn.Module) -> list[nn.Parameter]:

@@ -55,8 +55,11 @@ def load_edlora(pipe: Any, folder: str | Path) -> list[str]:
     """Install an ED-LoRA export: XTI's per-layer tokens and processors, then its LoRA with
     diffusers' ``load_lora_weights``. Generate with `models.xti.xti_prompt_embeds` (any
     pipeline) or through `edlora_pipeline`. Returns the tokens loaded."""
+    # diffusers parses the LoRA file first (a missing or foreign file changes nothing), then
+    # the tokens go in (load_xti checks everything before it changes the pipeline).
+    pipe.lora_state_dict(str(folder), weight_name=LORA_WEIGHTS)
     tokens = load_xti(pipe, folder)
-    pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHTS)
+    pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHTS)  # (with its alpha metadata)
     return tokens
 
 
@@ -124,9 +127,11 @@ class EDLoRA(XTI):
         self.rank, self.alpha = rank, alpha
         self.random_part_std = random_part_std
         self.embedding_norm_threshold = embedding_norm_threshold
-        self._randomise_first_part()
+        if kwargs.get("init_embeddings") is None:  # (saved vectors keep their random part)
+            self._randomise_first_part()
         targets = [(self.unet, self.family.lora_targets), (self.text_encoder, TEXT_ENCODER_TARGETS)]
-        add_seeded_adapters(targets, rank, alpha, self.seed)
+        # Their LoRA layers start A Kaiming-uniform (peft's default), not diffusers' Gaussian.
+        add_seeded_adapters(targets, rank, alpha, self.seed, init=True)
         # peft marks everything but its adapters as frozen, the concept vectors included.
         self.concept_tokens.embedding.vectors.requires_grad_(True)
         self._stopped_vectors: torch.Tensor | None = None
@@ -175,8 +180,8 @@ class EDLoRA(XTI):
         self._stopped_vectors = None
         self._check_norm_stop()
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
+    def on_weights_updated(self) -> None:
+        """After each optimizer step, before the EMA takes the weights in: the stop."""
         self._check_norm_stop()
 
     # ----- export -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from models.mix_of_show_fusion import (
     FUSED_BASELINE,
     FUSED_WEIGHTS,
     base_pipeline,
+    set_layer_weights,
 )
 from models.xti import XTI, XTI_EMBEDS, load_xti, read_xti_encoders
 
@@ -50,9 +51,11 @@ def read_fused_weights(folder: str | Path) -> dict[str, dict[str, torch.Tensor]]
     return weights
 
 
-def install_fused_weights(components: dict[str, nn.Module], folder: str | Path) -> int:
-    """Copy the fused weights into the components' layers (checked first: every layer exists
-    with the weight's shape); returns how many were set."""
+def checked_fused_weights(
+    components: dict[str, nn.Module], folder: str | Path
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The export's fused weights, each checked against its component (the layer exists
+    with the weight's shape); changes nothing."""
     weights = read_fused_weights(folder)
     for component, layers in weights.items():
         model = components[component]
@@ -69,20 +72,29 @@ def install_fused_weights(components: dict[str, nn.Module], folder: str | Path) 
                     f"{folder}'s fused {component} layer {name!r} is {list(weight.shape)}, the "
                     f"model's {list(target.shape)}: the export is of another base model."
                 )
-    with torch.no_grad():
-        for component, layers in weights.items():
-            model = components[component]
-            for name, weight in layers.items():
-                target = model.get_submodule(name).weight
-                target.copy_(weight.to(target.device, target.dtype))
+    return weights
+
+
+def install_fused_weights(components: dict[str, nn.Module], folder: str | Path) -> int:
+    """Copy the fused weights into the components' layers (all checked first); returns how
+    many were set."""
+    weights = checked_fused_weights(components, folder)
+    for component, layers in weights.items():
+        set_layer_weights(components[component], layers)
     return sum(len(layers) for layers in weights.values())
 
 
 def load_fused(pipe: Any, folder: str | Path) -> list[str]:
     """Install a fused export into a pipeline of its base model; returns the tokens. Generate
-    with `models.xti.xti_prompt_embeds`, or build the pipeline with `fused_pipeline`."""
-    install_fused_weights({"text_encoder": pipe.text_encoder, "unet": pipe.unet}, folder)
-    return load_xti(pipe, folder)
+    with `models.xti.xti_prompt_embeds`, or build the pipeline with `fused_pipeline`. The
+    weights are checked, then the tokens installed (their own checks first), then the weights
+    copied, so an export that does not fit changes nothing."""
+    components = {"text_encoder": pipe.text_encoder, "unet": pipe.unet}
+    weights = checked_fused_weights(components, folder)
+    tokens = load_xti(pipe, folder)
+    for component, layers in weights.items():
+        set_layer_weights(components[component], layers)
+    return tokens
 
 
 def fused_pipeline(folder: str | Path, device: str | torch.device = "cpu") -> Any:

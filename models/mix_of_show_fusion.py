@@ -35,9 +35,10 @@ XTI's format), ``mix_of_show_fused.safetensors`` (the fused weight of every fuse
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from backbones import choose_family, family_of_pipeline
+from core.atomic import swap_in
 from exports.manifest import (
+    MANIFEST,
     ExportManifest,
     Format,
     library_versions,
@@ -211,20 +214,23 @@ def concept_deltas(pipe: Any, runs: list[ConceptRun]) -> dict[str, dict[str, lis
     return deltas
 
 
+def set_layer_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Each named layer's weight replaced in place (in the layer's dtype and device)."""
+    with torch.no_grad():
+        for name, weight in weights.items():
+            target = model.get_submodule(name).weight
+            target.copy_(weight.to(target.device, target.dtype))
+
+
 @contextmanager
 def weights_set(model: nn.Module, weights: dict[str, torch.Tensor]) -> Iterator[None]:
     """The modules' weights replaced for the block, the originals put back after it."""
     saved = {name: model.get_submodule(name).weight.detach().clone() for name in weights}
     try:
-        with torch.no_grad():
-            for name, weight in weights.items():
-                target = model.get_submodule(name).weight
-                target.copy_(weight.to(target.device, target.dtype))
+        set_layer_weights(model, weights)
         yield
     finally:
-        with torch.no_grad():
-            for name, weight in saved.items():
-                model.get_submodule(name).weight.copy_(weight)
+        set_layer_weights(model, saved)
 
 
 @contextmanager
@@ -357,13 +363,6 @@ def fuse_spatial(
     return {n: _solve(base[n], stats[n].cross, stats[n].gram, settings.ridge) for n in names}
 
 
-def _set_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, weight in weights.items():
-            target = model.get_submodule(name).weight
-            target.copy_(weight.to(target.device, target.dtype))
-
-
 # ----- the command's work --------------------------------------------------------------------
 def base_pipeline(
     base_model: str, device: str | torch.device = "cpu"
@@ -401,9 +400,9 @@ def fuse_runs(
         load_xti(pipe, run.folder)  # every concept's tokens, as the fused model reads them
     deltas = concept_deltas(pipe, runs)
     text = fuse_text_encoder(pipe, runs, deltas["text_encoder"], settings.ridge)
-    _set_weights(pipe.text_encoder, text)
+    set_layer_weights(pipe.text_encoder, text)
     cross = fuse_cross_kv(pipe, runs, deltas["unet"], settings.ridge)
-    _set_weights(pipe.unet, cross)
+    set_layer_weights(pipe.unet, cross)
     spatial = fuse_spatial(pipe, runs, deltas["unet"], settings)
     fused = {"text_encoder": text, "unet": {**cross, **spatial}}
     return write_fused_export(output, runs, fused, settings)
@@ -415,7 +414,9 @@ def write_fused_export(
     fused: dict[str, dict[str, torch.Tensor]],
     settings: FusionSettings,
 ) -> Path:
-    """``xti_embeds.safetensors`` (all concepts), the fused weights and ``export.json``."""
+    """``xti_embeds.safetensors`` (all concepts), the fused weights and ``export.json``,
+    built in a staging folder and swapped in whole (a failure leaves the old export)."""
+    final, folder = folder, folder.with_name(f".{folder.name}.partial-{os.getpid()}")
     folder.mkdir(parents=True, exist_ok=True)
     vectors: dict[str, torch.Tensor] = {}
     layers: list[str] = []
@@ -433,7 +434,7 @@ def write_fused_export(
         for name, weight in layer_weights.items()
     }
     sources = {"sources": json.dumps([str(r.folder) for r in runs]),
-               "settings": json.dumps(settings.__dict__)}  # fmt: skip
+               "settings": json.dumps(asdict(settings))}  # fmt: skip
     save_file(weights, str(folder / FUSED_WEIGHTS), metadata=sources)
     manifest = ExportManifest(
         baseline=FUSED_BASELINE,
@@ -443,4 +444,6 @@ def write_fused_export(
         files={XTI_EMBEDS: Format.XTI_EMBEDDINGS, FUSED_WEIGHTS: Format.MIX_OF_SHOW_FUSED},
         versions=library_versions(),
     )
-    return write_manifest(folder, manifest)
+    write_manifest(folder, manifest)
+    swap_in(folder, final)
+    return final / MANIFEST

@@ -42,7 +42,7 @@ from core.concept import vector_token_names
 from exports.manifest import Format, not_loadable
 from generation.step_states import StepStates
 from models.base import PersonalizationModule
-from models.neti_mapper import NeTIMapper, nested_dropout_keep
+from models.neti_mapper import NeTIMapper
 from models.text.extra_vectors import extra_vectors_in
 from models.xti_layers import (
     check_layers,
@@ -54,7 +54,6 @@ from models.xti_layers import (
 from step.encoding import TextEncoding, tokenize_padded
 
 NETI_MAPPER = "neti_mapper.safetensors"
-NESTED_DROPOUT_SALT = 17  # the nested dropout's own generator stream
 
 
 class NeTIText:
@@ -99,12 +98,13 @@ class NeTIText:
         first_extra = int(self.text_encoder.get_input_embeddings().weight.shape[0])
         first_extra = max(first_extra, int(ids.max()) + 1)
         row_ids = torch.arange(ids.shape[0], device=ids.device)[:, None] + first_extra
-        with extra_vectors_in(self.text_encoder, first_extra, word):
+        with extra_vectors_in(self.text_encoder, first_extra, word.to(plain.dtype)):
             swapped = torch.where(is_token, row_ids, ids)
             output = self.text_encoder(swapped, output_hidden_states=True)
         last = output.hidden_states[-1]  # the encoder's output, before the final layer norm
         if bypass is not None:
-            last = last + self.bypass_scale * is_token[..., None] * rescaled_bypass(bypass, last)
+            bypass_term = is_token[..., None] * rescaled_bypass(bypass.to(last.dtype), last)
+            last = last + self.bypass_scale * bypass_term
         # (transformers 5 keeps the layer norm on the model, 4.x on its text_model)
         final_norm = getattr(self.text_encoder, "text_model", self.text_encoder).final_layer_norm
         states = final_norm(last)
@@ -199,6 +199,7 @@ class NeTI(PersonalizationModule):
                 norm_scale=norm,
             )
         self._dropout_calls = 0
+        self._sample_keys: list[int] | None = None  # the step's, while it computes its losses
 
     @property
     def num_timesteps(self) -> int:
@@ -222,20 +223,37 @@ class NeTI(PersonalizationModule):
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"mapper": list(self.neti_mapper.parameters())}
 
-    def dropout_keep(self, rows: int) -> torch.Tensor | None:
-        """Nested dropout for one mapper call while training (seeded by step and call, so a
-        resumed run draws the same)."""
-        if not self.training or self.nested_dropout == 0:
+    def dropout_keep(self, holding: torch.Tensor) -> torch.Tensor | None:
+        """Nested dropout of one mapper call while training, per (layer, prompt with the
+        token), layer-major: as the authors' code, a coin flip per layer call, then a random
+        prefix length per prompt. Each draw is seeded by the prompt's sample (its
+        ``sample_key``), the step and the call, so gradient-accumulated batches, resumed runs
+        and any number of processes draw the same for the same sample."""
+        keys = self._sample_keys
+        if not self.training or self.nested_dropout == 0 or keys is None:
             return None
         self._dropout_calls += 1
-        generator = self.step_generator(self.global_step, NESTED_DROPOUT_SALT + self._dropout_calls)
-        keep = nested_dropout_keep(
-            rows, self.neti_mapper.hidden_dim, self.nested_dropout, generator
-        )
-        return None if keep is None else keep.to(self.device)
+        hidden = self.neti_mapper.hidden_dim
+        keep = []
+        for layer in range(len(self.layer_names)):
+            for row in holding.tolist():
+                key = int(keys[row % len(keys)])  # DDLoss stacks conditions of the batch
+                mixed = ((self.seed * 1_000_003 + key) * 1009 + self._dropout_calls) * 97 + layer
+                generator = torch.Generator().manual_seed(mixed % (2**63))
+                dropped = float(torch.rand((), generator=generator)) < self.nested_dropout
+                length = int(torch.randint(0, hidden, (), generator=generator))
+                keep.append(length if dropped else hidden)
+        return torch.tensor(keep, device=self.device)
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+    def compute_losses(self, batch: dict[str, Any], draws: Any) -> dict[str, Any]:
+        """The base's step, with the batch's sample keys at hand for nested dropout."""
+        keys = batch.get("sample_key")
+        self._sample_keys = None if keys is None else [int(k) for k in keys]
         self._dropout_calls = 0
+        try:
+            return super().compute_losses(batch, draws)
+        finally:
+            self._sample_keys = None
 
     def encode_text(self, prompts: list[str]) -> TextEncoding:
         """States at the middle of the schedule and the middle block's layer (what text-side
@@ -268,8 +286,8 @@ class NeTI(PersonalizationModule):
         each sample's timestep (raw states are used as given: prompts without the token)."""
         if isinstance(encoder_states, TextEncoding):
             ids = encoder_states.input_ids
-            holding = int((ids == self.token_id).any(dim=-1).sum())
-            keep = self.dropout_keep(holding * len(self.layer_names)) if holding else None
+            holding = (ids == self.token_id).any(dim=-1).nonzero().flatten()
+            keep = self.dropout_keep(holding) if len(holding) else None
             encoder_states = self.text().conditioning(ids, timesteps, keep)
         return super().predict_noise(noisy_latents, timesteps, encoder_states, time_ids)
 

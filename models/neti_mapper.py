@@ -104,14 +104,3 @@ class NeTIMapper(nn.Module):
         if not self.output_bypass:
             return output, None
         return output[:, : self.output_dim], output[:, self.output_dim :]
-
-
-def nested_dropout_keep(
-    rows: int, hidden_dim: int, probability: float, generator: torch.Generator
-) -> torch.Tensor | None:
-    """NeTI's nested dropout draw for one call: with ``probability``, each row keeps a prefix
-    of uniformly drawn length in [0, hidden_dim) (the code's ``embedding[i][idx:] = 0``); else
-    None (all kept)."""
-    if float(torch.rand((), generator=generator)) >= probability:
-        return None
-    return torch.randint(0, hidden_dim, (rows,), generator=generator)

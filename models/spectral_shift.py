@@ -60,7 +60,9 @@ class SpectralShift(nn.Module):
         self.delta = nn.Parameter(torch.zeros_like(s))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        # fp32 whatever the autocast: a bf16 product would round a small shift away.
+        # The update in fp32 (autocast off): delta's gradient then comes from an fp32 product.
+        # The sum is in the weight's dtype, so with frozen weights stored in bf16 a shift below
+        # bf16's resolution of W is rounded away there, as in the reference implementation.
         with torch.autocast(weight.device.type, enabled=False):
             update = shift_update(self.U.float(), self.S.float(), self.Vh.float(), self.delta)
         return weight + update.reshape(weight.shape).to(weight.dtype)

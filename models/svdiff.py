@@ -90,15 +90,24 @@ def load_svdiff(pipe: StableDiffusionPipeline, folder: str | Path) -> None:
         by_component.setdefault(component, {})[layer] = delta
     for component, layer_shifts in by_component.items():
         check_shifts_fit(getattr(pipe, component), layer_shifts, component)
+    token_files = [f for f in sorted(folder.glob("*.safetensors")) if f.name != SVDIFF_SHIFTS]
+    vocab = pipe.tokenizer.get_vocab()
+    for token_file in token_files:  # a second load (or a clash) stops before any shift
+        with safe_open(str(token_file), framework="pt") as handle:
+            taken = [t for t in handle.keys() if t in vocab]  # noqa: SIM118
+        if taken:
+            raise ValueError(
+                f"Tokens {taken} of {token_file} are already in the pipeline's tokenizer: an "
+                "SVDiff export loads once, into a pipeline of its base model."
+            )
     with torch.no_grad():
         for component, layer_shifts in by_component.items():
             root = getattr(pipe, component)
             for name, delta in layer_shifts.items():
                 weight = root.get_submodule(name).weight
                 weight.copy_(shifted_weight(weight, delta.to(weight.device)))
-    for token_file in sorted(folder.glob("*.safetensors")):
-        if token_file.name != SVDIFF_SHIFTS:
-            load_embedding(pipe, token_file)
+    for token_file in token_files:
+        load_embedding(pipe, token_file)
 
 
 # ----- Cut-Mix-Unmix ---------------------------------------------------------------------------
@@ -259,6 +268,12 @@ class SVDiff(PersonalizationModule):
                 f"cut_mix_probability > 0 stitches two concepts into one sample, but this run "
                 f"has {len(concepts)} concept; add one (data.init_args.additional_concepts) or "
                 "set cut_mix_probability: 0."
+            )
+        if cut_mix_probability > 0 and kwargs.get("background_loss_weight") is not None:
+            raise ValueError(
+                "cut_mix_probability > 0 stitches two photos into one sample, whose subject mask "
+                "the masked loss does not have; set background_loss_weight: null or "
+                "cut_mix_probability: 0."
             )
         memory = kwargs.get("memory")
         if memory is not None and memory.quantize_denoiser is not None:

@@ -48,7 +48,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def fuse(argv: list[str]) -> str:
     args = parse_args(argv)
-    settings = FusionSettings(args.spatial_steps, args.ridge, args.seed, args.resolution)
+    settings = FusionSettings(
+        spatial_steps=args.spatial_steps, ridge=args.ridge, seed=args.seed,
+        resolution=args.resolution,
+    )  # fmt: skip
     manifest = fuse_runs(list(args.exports), args.output, settings, args.device)
     return f"fused export: {manifest.parent}"
 

@@ -135,9 +135,14 @@ class AveragedWeightsMixin:
         checkpoint holds the average of the weights it holds (once per optimizer step, so
         gradient accumulation updates it once per accumulated batch)."""
         super().optimizer_step(*args, **kwargs)  # type: ignore[misc]
+        self.on_weights_updated()
         average = self.weights_average()
         if average is not None:
             average.update()
+
+    def on_weights_updated(self) -> None:
+        """After each optimizer step, before the average takes the weights in: a baseline
+        that constrains its weights after a step (ED-LoRA's embedding-norm stop) does it here."""
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         with self.averaged_weights():

@@ -165,3 +165,24 @@ def test_only_the_mapper_changes(tmp_path: Path) -> None:
 
 def test_resume_is_exact(tmp_path: Path) -> None:
     assert_resume_is_exact(_build, tmp_path)
+
+
+def test_nested_dropout_follows_the_sample_not_the_batch() -> None:
+    """The same sample draws the same truncations whatever else is in its batch (so two
+    processes draw what one does), a coin flip per layer: some layers keep all features."""
+    module = NeTI(concepts=[ConceptSpec("<v1>", "toy")]).train()
+    hidden = module.neti_mapper.hidden_dim
+    module._sample_keys, module._dropout_calls = [5, 9], 0
+    both = module.dropout_keep(torch.tensor([0, 1])).view(LAYERS, 2)
+    module._sample_keys, module._dropout_calls = [9], 0
+    alone = module.dropout_keep(torch.tensor([0])).view(LAYERS, 1)
+    assert torch.equal(both[:, 1], alone[:, 0])
+    assert not torch.equal(both[:, 0], both[:, 1])
+    many = []
+    for key in range(50):
+        module._sample_keys, module._dropout_calls = [key], 0
+        many.append(module.dropout_keep(torch.tensor([0])))
+    kept_all = float((torch.cat(many) == hidden).float().mean())
+    assert 0.3 < kept_all < 0.7  # probability 0.5 per layer call
+    module.eval()
+    assert module.dropout_keep(torch.tensor([0])) is None
