@@ -89,6 +89,8 @@ def pair_args(
         "--trainer.logger.init_args.version", "train",
         "--model.init_args.evaluation.output_dir", str(folder / RESULTS.parent),
     ]  # fmt: skip
+    if pair.subject.kind is not None:
+        args += ["--data.init_args.concept_kind", pair.subject.kind]
     if pair.seed is not None:  # the run's seed and the DataModule's (augmentation, order)
         args += ["--seed_everything", str(pair.seed), "--data.init_args.seed", str(pair.seed)]
     return args + override_args(overrides or [])
@@ -121,7 +123,7 @@ def worker_command(
     """The ``python -m benchmark.pair`` arguments that run this pair in a new process."""
     method, subject = pair.method, pair.subject
     args = ["--method", f"{method.name}={method.config.resolve()}"]
-    args += ["--subject", f"{subject.folder.resolve()}:{subject.class_word}:{subject.name}"]
+    args += ["--subject", subject.spec]
     args += ["--output", str(output.resolve())]
     if pair.seed is not None:
         args += ["--seed", str(pair.seed)]
@@ -135,7 +137,7 @@ def worker_command(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train and evaluate one (method, subject) pair.")
     parser.add_argument("--method", required=True, help="NAME=CONFIG or CONFIG")
-    parser.add_argument("--subject", required=True, help="FOLDER:CLASS_WORD[:NAME]")
+    parser.add_argument("--subject", required=True, help="FOLDER:CLASS_WORD[:NAME[:KIND]]")
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--config", action="append", default=[], type=Path)

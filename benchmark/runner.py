@@ -25,7 +25,12 @@ from benchmark.pair import (
     worker_command,
 )
 from benchmark.ray_pool import Command, PoolSettings, run_all
-from benchmark.subjects import Subject, dreambench_subjects, parse_subject
+from benchmark.subjects import (
+    Subject,
+    dreambench_subjects,
+    parse_subject,
+    stylebench_subjects,
+)
 from benchmark.table import write_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subjects", nargs="*", default=[], help="FOLDER:CLASS_WORD[:NAME] each")
     parser.add_argument("--dreambench", type=Path, help="DreamBench root: its subjects join in")
     parser.add_argument("--dreambench-subjects", nargs="*", help="only these DreamBench subjects")
+    parser.add_argument("--stylebench", type=Path, help="a StyleBench-layout folder: its styles")
     parser.add_argument("--output", type=Path, default=Path("runs/benchmark"))
     parser.add_argument("--config", action="append", default=[], type=Path, help="extra overlay")
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="KEY=VALUE")
@@ -132,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     subjects = [parse_subject(spec) for spec in args.subjects]
     if args.dreambench:
         subjects += dreambench_subjects(args.dreambench, args.dreambench_subjects)
+    if args.stylebench:
+        subjects += stylebench_subjects(args.stylebench)
     if not subjects:
-        parser.error("give --subjects FOLDER:CLASS ... and/or --dreambench ROOT")
+        parser.error("give --subjects FOLDER:CLASS ..., --dreambench ROOT or --stylebench ROOT")
     pool = PoolSettings(
         address=args.address, num_cpus=args.num_cpus,
         gpus=args.gpus.split(",") if args.gpus else None,

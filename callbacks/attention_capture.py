@@ -159,7 +159,11 @@ class AttentionCapture:
                     "otherwise (xformers, fused kernels) cannot be captured: use AttnProcessor2_0 "
                     "based processors for analysis."
                 )
-            probs = self._per_batch(self._pending, layer.heads)
+            # A layer's first attention is over the text; a decoupled one after it (IP-Adapter's
+            # image tokens, other keys) is not the prompt's map.
+            keys = self._pending[0].shape[-1]
+            text_only = [record for record in self._pending if record.shape[-1] == keys]
+            probs = self._per_batch(text_only, layer.heads)
             self._add(self.family.text_attention(probs, self._text_length))
             self._pending = []
 

@@ -27,7 +27,8 @@ class EvalPrompts:
 
     Attributes:
         source: ``dreambench`` (DreamBench's 25 live-subject prompts for dogs and cats, its 25
-            object prompts otherwise), ``dreambench_object``, ``dreambench_live``, ``multi``
+            object prompts otherwise; for a style concept, ``style``: 30 contents rendered in
+            the style, prompts/style.py), ``dreambench_object``, ``dreambench_live``, ``multi``
             (18 prompts composing the first two concepts, "a {0} and a {1} on the beach"), or a
             text file with one prompt per line, "{}" marking the concept (or "{0}", "{1}", ...
             the concepts of a multi-concept file). A run of several concepts still gets the
@@ -56,10 +57,13 @@ class EvalPrompts:
                 f"eval_prompts.max_prompts must be >= 1 or null, got {self.max_prompts}."
             )
 
-    def templates(self, class_word: str, num_concepts: int = 1) -> tuple[str, list[str]]:
+    def templates(
+        self, class_word: str, num_concepts: int = 1, style: bool = False
+    ) -> tuple[str, list[str]]:
         """(set name, templates); reads and checks a prompt file now, so errors come early
-        (also a multi-concept set naming more concepts than the run's ``num_concepts``)."""
-        name, templates = resolve_prompt_set(self.source, class_word)
+        (also a multi-concept set naming more concepts than the run's ``num_concepts``); a
+        style concept's default set is ``style``."""
+        name, templates = resolve_prompt_set(self.source, class_word, style)
         templates = templates[: self.max_prompts]
         check_concept_count(templates, num_concepts, repr(name))
         return name, templates

@@ -39,10 +39,11 @@ class ConceptData:
     instance_data_dir: str | None = None
     initializer_word: str | None = None
     mask_dir: str | None = None  # masks named like the photos (CLIF's augmented data)
+    kind: str | None = None  # object, living or style (None: a subject, by its class word)
 
     @property
     def spec(self) -> ConceptSpec:
-        return ConceptSpec(self.token, self.class_word, self.initializer_word)
+        return ConceptSpec(self.token, self.class_word, self.initializer_word, self.kind)
 
 
 def split_photos(

@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 from PIL import Image
 
-from core.concept import ConceptSpec
+from core.concept import STYLE_CLASS_WORD, ConceptSpec
 from datamodules.augmented_data import AugmentedData
 from datamodules.buckets import (
     BucketSettings,
@@ -40,7 +40,9 @@ from preparation.augmentation.sources import ConceptPhotos, photo_names
 from preparation.model_images import ImageFolderJob, fill_folders
 from preparation.photos import check_photo_sizes, load_image_folder
 from preparation.synthetic_concept import draw_synthetic_concept
+from preparation.synthetic_style import draw_synthetic_style
 from prompts.multi_concept import named_concepts
+from prompts.style import STYLE_TEMPLATES
 from prompts.templates import SIMPLE_TEMPLATES, check_templates
 
 # sample_key: the sample's place in the run's sample stream, which keys its noise (the model's
@@ -48,6 +50,11 @@ from prompts.templates import SIMPLE_TEMPLATES, check_templates
 BASE_BATCH_KEYS = frozenset(
     {"pixel_values", "prompts", "loss_mask", "concept_index", "cache_key", "sample_key"}
 )
+# Batch data that assumes a subject in the image, and what it is, for a style's refusal.
+SUBJECT_ONLY_KEYS = {
+    "class_pixel_values": "prior preservation's class images (of the class word)",
+    "subject_mask": "the subject mask (background_loss_weight)",
+}
 _SYNTHETIC_MIN_SIDE = 64  # the toy is drawn at least this large, then resized
 
 
@@ -60,6 +67,7 @@ class PersonalizationDataModule(L.LightningDataModule):
         concept_token: str = "<v1>",
         class_word: str | None = None,
         initializer_word: str | None = None,
+        concept_kind: str | None = None,
         additional_concepts: list[ConceptData] | None = None,
         prompt_templates: list[str] | None = None,
         resolution: int = 512,
@@ -87,6 +95,12 @@ class PersonalizationDataModule(L.LightningDataModule):
             concept_token: placeholder token of the (first) concept, e.g. ``<v1>``.
             class_word: the subject's class ("dog"); defaults to "toy" for the synthetic one.
             initializer_word: one-token word the concept vectors start from (class word if None).
+            concept_kind: ``object``, ``living`` or ``style`` (None: a subject, object or
+                living as the class word says). A style trains from images in the style with
+                style prompts ("a painting in the style of <v1> style"); its class word, the
+                superclass SPL / PDLoss / DDLoss contrast with, defaults to ``style``; without
+                images it gets a synthetic style; the losses that assume a subject in the
+                image (prior preservation, CLIF's augmentation, the subject mask) refuse it.
             additional_concepts: further concepts, each with its own token and photos.
             prompt_templates: "{}" marks the concept phrase; default: the simple template set.
             resolution: square side the images are resized and cropped to.
@@ -123,6 +137,9 @@ class PersonalizationDataModule(L.LightningDataModule):
         super().__init__()
         if class_word is not None and not class_word.strip():
             raise ValueError("class_word is empty; give the subject's class, e.g. dog.")
+        style = concept_kind == "style"
+        if class_word is None and style:
+            class_word = STYLE_CLASS_WORD
         if class_word is None:
             if instance_data_dir is not None:
                 raise ValueError(
@@ -131,7 +148,7 @@ class PersonalizationDataModule(L.LightningDataModule):
                 )
             class_word = SYNTHETIC_CLASS_WORD
         first = ConceptData(
-            concept_token, class_word, instance_data_dir, initializer_word, mask_dir
+            concept_token, class_word, instance_data_dir, initializer_word, mask_dir, concept_kind
         )
         self.concept_data = [first, *(additional_concepts or [])]
         for extra in additional_concepts or []:
@@ -146,7 +163,8 @@ class PersonalizationDataModule(L.LightningDataModule):
                 f"Concept tokens must differ from each other, got {tokens} (set shared_tokens: "
                 "true for several subjects of one token)."
             )
-        self.templates = check_templates(prompt_templates or SIMPLE_TEMPLATES)
+        default_templates = STYLE_TEMPLATES if style else SIMPLE_TEMPLATES
+        self.templates = check_templates(prompt_templates or default_templates)
         for option, value, least, what in (
             ("resolution", resolution, 8, "the side in pixels, e.g. 512"),
             ("batch_size", batch_size, 1, "photos per step, e.g. 1"),
@@ -175,8 +193,14 @@ class PersonalizationDataModule(L.LightningDataModule):
         # The test/predict prompts; a bad prompt file fails here, before any model is built.
         self.eval_prompts = eval_prompts
         self.eval_prompt_set, self.eval_templates = self.eval_prompts.templates(
-            class_word, len(self.concepts)
+            class_word, len(self.concepts), style
         )
+        styles = [c.token for c in self.concept_data if c.spec.is_style]
+        if augmentation is not None and styles:
+            raise ValueError(
+                f"data.init_args.augmentation (CLIF's segmented G/R/M-Aug data) needs a subject "
+                f"to segment; {styles} are styles. Drop the augmentation for a style."
+            )
         self.augmentation = augmentation
         self._composed_images: list[ComposedImage] | None = None  # M-Aug, read on first use
         self.augmented = (
@@ -218,7 +242,19 @@ class PersonalizationDataModule(L.LightningDataModule):
         if concept.instance_data_dir is not None:
             return load_image_folder(concept.instance_data_dir)
         side = max(self.resolution, _SYNTHETIC_MIN_SIDE)
+        if concept.spec.is_style:  # concept i gets synthetic style i
+            return draw_synthetic_style(self.synthetic_num_images, side, self.seed, index)
         return draw_synthetic_concept(self.synthetic_num_images, side, self.seed + index)
+
+    def check_keys_fit_concepts(self, keys: set[str] | frozenset[str], who: str) -> None:
+        """A style has no subject in its images: what needs one is refused, naming who."""
+        styles = [c.token for c in self.concept_data if c.spec.is_style]
+        refused = sorted(set(keys) & set(SUBJECT_ONLY_KEYS))
+        if styles and refused:
+            raise ValueError(
+                f"{who} needs {SUBJECT_ONLY_KEYS[refused[0]]}, but {styles} are styles, "
+                f"whose images hold no subject; turn it off for a style run."
+            )
 
     def _concept_photos(self, held_out_too: bool = False) -> list[ConceptPhotos]:
         """Each concept's photos (the training ones; all with ``held_out_too``)."""
@@ -257,6 +293,8 @@ class PersonalizationDataModule(L.LightningDataModule):
         model = self.trainer.lightning_module if self.trainer is not None else None
         if model is None or not hasattr(model, "image_pipeline"):
             return  # no model that makes images (the contextualizer's pretraining, a test)
+        for who, keys in model.data_requirements(stage).items():
+            self.check_keys_fit_concepts(keys, who)
         wanted = set().union(*model.data_requirements(stage).values())
         jobs = self.model_image_jobs(stage, "class_pixel_values" in wanted)
         if jobs:
@@ -291,6 +329,7 @@ class PersonalizationDataModule(L.LightningDataModule):
         Raises a ValueError naming `who` needs what, and how to get it, when no extra provides
         a key or the extra lacks a DataModule option.
         """
+        self.check_keys_fit_concepts(keys, who)
         for key in sorted(set(keys) - self.provided_batch_keys()):
             extra_class = extra_for(key)
             if extra_class is None:

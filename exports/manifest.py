@@ -58,6 +58,7 @@ class Format:
     NETI_MAPPER = "neti-mapper"  # (t, layer) -> token embedding: models.neti.load_neti
     SVDIFF_SHIFTS = "svdiff-spectral-shifts"  # {component.layer: delta}: models.svdiff.load_svdiff
     MIX_OF_SHOW_FUSED = "mix-of-show-fused-weights"  # models.mix_of_show_fused.load_fused
+    IP_ADAPTER = "diffusers-ip-adapter"  # pipe.load_ip_adapter (models.ip_adapter sets the encoder)
     PROSPECT_EMBEDDINGS = "prospect-embeddings"  # per-stage tokens: models.prospect.load_prospect
     VISUAL_ENCODER_MAPPER = "visual-encoder-mapper"  # models.visual_encoder.load_subject_encoder
     MLM_CONTEXTUALIZER = "mlm-contextualizer"  # psi and [MASK], which the mlm regularizer reads

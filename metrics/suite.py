@@ -11,6 +11,7 @@ from metrics.clip_i import CLIPImageSimilarity
 from metrics.clip_t import CLIPTextScore
 from metrics.dino_fg import DINOForegroundSimilarity
 from metrics.dino_i import DINOImageSimilarity
+from metrics.face_sim import FaceSimilarity
 from metrics.gram_d import GramDistance
 from metrics.per_concept import REFERENCE_METRICS, PerConcept
 from metrics.settings import MetricSettings
@@ -41,6 +42,7 @@ def build_metrics(
             background=settings.mask_background,
         ),
         "gram_d": lambda: GramDistance(settings.gram_model, resize, crop),
+        "face_sim": lambda: FaceSimilarity(settings.face_model, scale, settings.face_detector),
     }
     keys = dict.fromkeys(settings.metrics)
     if concepts is None:

@@ -16,6 +16,7 @@ _HOMES = {
     "CustomDiffusion": "models.custom_diffusion",
     "DreamBooth": "models.dreambooth",
     "EDLoRA": "models.mix_of_show",
+    "IPAdapter": "models.ip_adapter",
     "LoRA": "models.lora",
     "MixOfShowFused": "models.mix_of_show_fused",
     "NeTI": "models.neti",

@@ -41,7 +41,8 @@ def not_found_message(name: str, what: str, option: str, reason: str) -> str:
         f"  - save it to a folder (`.save_pretrained(folder)`, or a hub snapshot) and set {option} "
         "to that folder, or\n"
         f"  - for a smoke test, set {option} to its tiny random twin (tiny-clip, tiny-dino, "
-        "tiny-blip, tiny-blip2, tiny-blip-captioner, tiny-grounding-dino, tiny-sam, tiny-vgg)."
+        "tiny-blip, tiny-blip2, tiny-blip-captioner, tiny-grounding-dino, tiny-sam, tiny-vgg, "
+        "tiny-arcface)."
     )
 
 

@@ -1,5 +1,6 @@
 """Evaluation prompt sets: DreamBench's 25 object or 25 live-subject prompts, the multi-concept
-set ``multi``, or a user's file.
+set ``multi``, content prompts rendered in a style (``style``, prompts/style.py), or a user's
+file.
 
 Prompts are templates in which "{}" stands for the concept phrase ("<v1> dog"), the convention
 of the training templates; DreamBench writes them as 'a {0} {1} in the jungle'.format(token,
@@ -16,12 +17,14 @@ from pathlib import Path
 from core.dreambench import DREAMBENCH_LIVE, DREAMBENCH_OBJECT, LIVE_CLASS_WORDS
 from core.errors import read_utf8_text
 from prompts.multi_concept import MULTI_CONCEPT_PROMPTS, check_multi_templates, is_multi_concept
+from prompts.style import STYLE_EVAL_PROMPTS
 from prompts.templates import check_templates
 
 NAMED_SETS = {
     "dreambench_object": DREAMBENCH_OBJECT,
     "dreambench_live": DREAMBENCH_LIVE,
     "multi": MULTI_CONCEPT_PROMPTS,
+    "style": STYLE_EVAL_PROMPTS,
 }
 
 
@@ -58,10 +61,13 @@ def load_prompt_file(path: str | Path) -> list[str]:
     return check_templates(templates)
 
 
-def resolve_prompt_set(source: str, class_word: str) -> tuple[str, list[str]]:
-    """(name, templates) of ``dreambench`` (picked by class word), a named set, or a file."""
+def resolve_prompt_set(
+    source: str, class_word: str, style: bool = False
+) -> tuple[str, list[str]]:
+    """(name, templates) of ``dreambench`` (picked by class word; a style concept's default is
+    the ``style`` set), a named set, or a file."""
     if source == "dreambench":
-        source = dreambench_set_for(class_word)
+        source = "style" if style else dreambench_set_for(class_word)
     if source in NAMED_SETS:
         return source, list(NAMED_SETS[source])
     return str(source), load_prompt_file(source)

@@ -69,9 +69,11 @@ def test_shipped_config_parses_and_keeps_its_options(
 def test_the_overlays_are_the_known_ones() -> None:
     assert OVERLAYS == [
         "configs/accord/flux/lora.yaml",
+        "configs/accord/ip_adapter_dd_pd.yaml",
         "configs/accord/sdxl/visual_encoder.yaml",
         "configs/accord/sdxl/visual_encoder_pd.yaml",
         "configs/accord/sdxl/visual_encoder_pd_dd.yaml",
+        "configs/accord/style.yaml",
         "configs/backbones/flux.yaml",
         "configs/backbones/sdxl.yaml",
         "configs/classdiffusion/flux_lora.yaml",

@@ -14,11 +14,18 @@ from train import main
 ANALYSIS = {"callbacks.SemanticDrift", "callbacks.AttentionMaps", "callbacks.TextSemantics"}
 
 
+# Experiment configs without the analysis callbacks, and why.
+NOT_ANALYSED = {
+    "diverse_context/contextualizer.yaml": "psi's pretraining: no concept yet",
+    "accord/ip_adapter.yaml": "the concept is the reference image: prompts hold no token",
+    "clif/mix_of_show_fused.yaml": "test only: scores a fused export, nothing trains",
+}
 EXPERIMENT_CONFIGS = sorted(
-    str(p.relative_to(REPO_ROOT / "configs"))
-    for p in (REPO_ROOT / "configs").rglob("*.yaml")
-    if not is_overlay(p) and p.name != "contextualizer.yaml"  # psi's pretraining: no callbacks
-)
+    name
+    for name in (str(p.relative_to(REPO_ROOT / "configs"))
+                 for p in (REPO_ROOT / "configs").rglob("*.yaml"))
+    if not is_overlay(REPO_ROOT / "configs" / name) and name not in NOT_ANALYSED
+)  # fmt: skip
 
 
 @pytest.mark.parametrize("config", EXPERIMENT_CONFIGS)
