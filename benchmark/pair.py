@@ -21,19 +21,32 @@ RESULTS = Path("eval") / "results.json"
 
 @dataclass(frozen=True)
 class Method:
-    """A method of the table: its row name and its experiment config."""
+    """A method of the table: its row name, its experiment config and the overlays that make
+    the row (e.g. ACCORD's losses over IP-Adapter: ``ip_adapter.yaml+ip_adapter_dd_pd.yaml``)."""
 
     name: str
     config: Path
+    overlays: tuple[Path, ...] = ()
+
+    @property
+    def configs(self) -> list[Path]:
+        return [self.config, *self.overlays]
+
+    @property
+    def spec(self) -> str:
+        """``NAME=CONFIG[+OVERLAY...]``, what `parse_method` reads back."""
+        return f"{self.name}=" + "+".join(str(c.resolve()) for c in self.configs)
 
 
 def parse_method(spec: str) -> Method:
-    """``CONFIG`` (named by the file's stem) or ``NAME=CONFIG``."""
-    name, _, path = spec.rpartition("=")
-    config = Path(path)
-    if not config.is_file():
-        raise FileNotFoundError(f"Method config {str(config)!r} does not exist.")
-    return Method(name or config.stem, config)
+    """``CONFIG``, ``NAME=CONFIG`` or either with overlays, ``CONFIG+OVERLAY+...`` (named by
+    the last file's stem without a NAME)."""
+    name, _, paths = spec.rpartition("=")
+    configs = [Path(path) for path in paths.split("+")]
+    for config in configs:
+        if not config.is_file():
+            raise FileNotFoundError(f"Method config {str(config)!r} does not exist.")
+    return Method(name or configs[-1].stem, configs[0], tuple(configs[1:]))
 
 
 @dataclass(frozen=True)
@@ -77,7 +90,7 @@ def pair_args(
 ) -> list[str]:
     """CLI arguments (no subcommand) that train the pair into its run folder."""
     folder = run_folder(output, pair)
-    args = ["--config", str(pair.method.config)]
+    args = [item for config in pair.method.configs for item in ("--config", str(config))]
     for config in extra_configs or []:
         args += ["--config", str(config)]
     args += [
@@ -122,7 +135,7 @@ def worker_command(
 ) -> list[str]:
     """The ``python -m benchmark.pair`` arguments that run this pair in a new process."""
     method, subject = pair.method, pair.subject
-    args = ["--method", f"{method.name}={method.config.resolve()}"]
+    args = ["--method", method.spec]
     args += ["--subject", subject.spec]
     args += ["--output", str(output.resolve())]
     if pair.seed is not None:

@@ -119,7 +119,10 @@ def run_benchmark(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", required=True, help="CONFIG or NAME=CONFIG each")
+    parser.add_argument(
+        "--methods", nargs="+", required=True,
+        help="CONFIG, NAME=CONFIG or NAME=CONFIG+OVERLAY... each",
+    )  # fmt: skip
     parser.add_argument("--subjects", nargs="*", default=[], help="FOLDER:CLASS_WORD[:NAME] each")
     parser.add_argument("--dreambench", type=Path, help="DreamBench root: its subjects join in")
     parser.add_argument("--dreambench-subjects", nargs="*", help="only these DreamBench subjects")

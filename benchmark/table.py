@@ -19,7 +19,8 @@ from metrics.settings import ALL_METRICS
 
 LABELS = {
     "clip_t": "CLIP-T ↑", "clip_i": "CLIP-I ↑", "dino_i": "DINO-I ↑", "blip_t": "BLIP-T ↑",
-    "dino_fg": "DINO-FG ↑", "gram_d": "Gram-D ↓",
+    "dino_fg": "DINO-FG ↑", "gram_d": "Gram-D ↓", "face_sim": "Face-Sim ↑",
+    "face_sim_missing": "no face found",
 }  # fmt: skip
 NOT_METRICS = ("method", "subject", "seed")
 

@@ -52,6 +52,7 @@ from transformers import CLIPImageProcessor
 from components.text_projection import project
 from core.images import cover_crop
 from exports.manifest import Format
+from generation.zero_shot import ZeroShotTestMixin
 from models.base import PersonalizationModule
 from models.ip_adapter_layers import Resampler, install_ip_processors, ip_attention_state
 from models.subject_encoder import default_image_encoder, load_image_encoder
@@ -66,7 +67,7 @@ DROPOUT_SALT = 11  # SampleDraws salt of the text / image dropout draw (0-2: bas
 Reference = Literal["target", "reference_image"]
 
 
-class IPAdapter(PersonalizationModule):
+class IPAdapter(ZeroShotTestMixin, PersonalizationModule):
     """Trains the image projection and the K_ip / V_ip of every cross-attention layer."""
 
     families: ClassVar[frozenset[str]] = frozenset({"sd1"})
@@ -86,6 +87,7 @@ class IPAdapter(PersonalizationModule):
         image_drop_rate: float = 0.05,
         both_drop_rate: float = 0.05,
         train_tokens: bool = False,
+        test_references: str | None = None,
         **kwargs: Any,
     ) -> None:
         """
@@ -102,6 +104,9 @@ class IPAdapter(PersonalizationModule):
             text_drop_rate, image_drop_rate, both_drop_rate: shares of samples trained with
                 the empty prompt, with the zero image, with both (IP-Adapter: 5% each).
             train_tokens: must stay false: the subject comes from the image.
+            test_references: a folder of held-out reference images (faces) ``test`` generates
+                from, each prompt once per reference, scored against it (None: the DataModule's
+                held-out photos, data.init_args.validation_split; generation/zero_shot.py).
         """
         if train_tokens:
             raise ValueError("IPAdapter reads the subject from the image; set train_tokens: false.")
@@ -111,6 +116,7 @@ class IPAdapter(PersonalizationModule):
         if min(rates) < 0 or sum(rates) > 1:
             raise ValueError(f"drop rates {rates} must be >= 0 and sum to at most 1.")
         super().__init__(num_vectors=1, train_tokens=False, **kwargs)
+        self.test_references = test_references
         if self.prior_loss_weight > 0:
             raise ValueError(
                 "IPAdapter conditions every UNet row on a sample's image; prior preservation's "

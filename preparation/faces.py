@@ -11,6 +11,7 @@ insightface's SCRFD from a local model pack when one is given, else scikit-image
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from core.atomic import write_file_atomically
+from core.atomic import swap_in, write_file_atomically
 from metrics.faces import FaceDetector
 from preparation.photos import IMAGE_SUFFIXES, load_rgb_image
 
 KEPT_FILE = "kept.txt"  # one path per line, relative to the input folder
+KEPT_IMAGES = "images"  # links to the kept images: a folder to train on
 DROPPED_FILE = "dropped.tsv"  # path <TAB> reason
 SUMMARY_FILE = "faces.json"  # counts, detector settings, timing
 
@@ -112,8 +114,16 @@ def filter_single_faces(
 def write_face_lists(
     result: FaceFilterResult, output: str | Path, detector: dict[str, Any]
 ) -> Path:
-    """``kept.txt``, ``dropped.tsv`` and ``faces.json`` into ``output``; returns the folder."""
+    """``kept.txt``, ``dropped.tsv``, ``faces.json`` and ``images/`` (a link to each kept image,
+    nested paths flattened with ``__``: the folder ``data.init_args.instance_data_dir`` trains
+    on) into ``output``; returns the folder."""
     folder = Path(output)
+    staging = folder / f".{KEPT_IMAGES}.partial-{os.getpid()}"
+    staging.mkdir(parents=True, exist_ok=True)
+    for name in result.kept:
+        source = (Path(result.folder) / name).resolve()
+        (staging / name.replace("/", "__")).symlink_to(source)
+    swap_in(staging, folder / KEPT_IMAGES)
     kept = "".join(f"{name}\n" for name in result.kept)
     dropped = "".join(f"{name}\t{reason}\n" for name, reason in result.dropped.items())
     summary = {

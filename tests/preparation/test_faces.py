@@ -29,7 +29,8 @@ from metrics.faces import (
     nms,
     similarity_transform,
 )
-from preparation.faces import DROPPED_FILE, KEPT_FILE, SUMMARY_FILE
+from preparation.faces import DROPPED_FILE, KEPT_FILE, KEPT_IMAGES, SUMMARY_FILE
+from preparation.photos import load_image_folder
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from prepare_faces import main as prepare_faces_main  # noqa: E402  (a script, not a package)
@@ -173,6 +174,11 @@ def test_prepare_faces_keeps_one_face_images_and_says_why_others_went(
     assert reasons["01000/brick.jpg"] == "no face"
     assert reasons["01000/broken.png"].startswith("unreadable: Cannot read image")
     assert (output / SUMMARY_FILE).exists()
+    # The kept faces as a folder the DataModule trains on (load_image_folder reads it).
+    trained_on = load_image_folder(output / KEPT_IMAGES)
+    assert [p.name for p in sorted((output / KEPT_IMAGES).iterdir())] == [
+        "00000__astronaut.png", "00000__lfw.png"]  # fmt: skip
+    assert trained_on[0].size == (512, 512)
 
 
 def test_a_folder_without_any_single_face_image_is_one_error_line(
