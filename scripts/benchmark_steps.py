@@ -32,6 +32,7 @@ from models import (  # noqa: E402
     CustomDiffusion,
     DreamBooth,
     EDLoRA,
+    IPAdapter,
     LoRA,
     NeTI,
     ProSpect,
@@ -51,6 +52,7 @@ BASELINES: dict[str, tuple[type[PersonalizationModule], dict[str, Any]]] = {
     "prospect": (ProSpect, {}),
     "svdiff": (SVDiff, {}),
     "ed_lora": (EDLoRA, {}),  # Mix-of-Show's per-concept stage
+    "ip_adapter": (IPAdapter, {}),  # each toy image its own reference, as each face would be
     # Three synthetic subjects (other seeds) share the token: VisualEncoder trains across them.
     "visual_encoder": (
         VisualEncoder,
