@@ -44,6 +44,19 @@ if TYPE_CHECKING:
     from losses.model_view import ModelView
 
 
+def prior_decouple(
+    f_p: torch.Tensor, f_g: torch.Tensor, f_s: torch.Tensor, target: str | float
+) -> torch.Tensor:
+    """ACCORD's PDLoss from its features: mean |cos(f_p, f_g) - target| with target
+    cos(f_s, f_g) (``superclass``) or a constant."""
+    cos_pg = F.cosine_similarity(f_p, f_g, dim=-1)
+    if target == "superclass":
+        wanted = F.cosine_similarity(f_s, f_g, dim=-1)
+    else:
+        wanted = torch.full_like(cos_pg, float(target))
+    return (cos_pg - wanted).abs().mean()
+
+
 class PriorDecoupleLoss(Regularizer):
     """|cos(f_p, f_g) - cos(f_s, f_g)| on CLIP-projected text features, mean over the batch."""
 
@@ -130,9 +143,4 @@ class PriorDecoupleLoss(Regularizer):
             pooled = [e.clip_text_feature(eos).float() for e in (concept, fixed)]
             features = project(module.text_projection(self.clip_model), torch.cat(pooled))
         f_p, f_g, f_s = features[:size], features[size : 2 * size], features[2 * size :]
-        cos_pg = F.cosine_similarity(f_p, f_g, dim=-1)
-        if self.target == "superclass":
-            target = F.cosine_similarity(f_s, f_g, dim=-1)
-        else:
-            target = torch.full_like(cos_pg, float(self.target))
-        return (cos_pg - target).abs().mean()
+        return prior_decouple(f_p, f_g, f_s, self.target)

@@ -55,7 +55,7 @@ from exports.manifest import Format
 from generation.zero_shot import ZeroShotTestMixin
 from models.base import PersonalizationModule
 from models.ip_adapter_layers import Resampler, install_ip_processors, ip_attention_state
-from models.subject_encoder import default_image_encoder, load_image_encoder
+from models.subject_encoder import chosen_image_encoder, load_image_encoder
 from step.draws import SampleDraws
 
 if TYPE_CHECKING:
@@ -122,14 +122,18 @@ class IPAdapter(ZeroShotTestMixin, PersonalizationModule):
                 "IPAdapter conditions every UNet row on a sample's image; prior preservation's "
                 "class images have none. Set prior_loss_weight: 0."
             )
-        if image_encoder_name_or_path is None:
-            image_encoder_name_or_path, default_subfolder = default_image_encoder(
-                self.pretrained_model_name_or_path, self.family.name
-            )
-            image_encoder_subfolder = image_encoder_subfolder or default_subfolder
-        self.image_encoder_name_or_path = image_encoder_name_or_path
-        self.image_encoder_subfolder = image_encoder_subfolder
-        encoder, mean, std = load_image_encoder(image_encoder_name_or_path, image_encoder_subfolder)
+        (
+            self.image_encoder_name_or_path,
+            self.image_encoder_subfolder,
+            encoder,
+            mean,
+            std,
+        ) = chosen_image_encoder(
+            self.pretrained_model_name_or_path,
+            self.family.name,
+            image_encoder_name_or_path,
+            image_encoder_subfolder,
+        )
         self.image_encoder = encoder.requires_grad_(False).eval()
         self.image_size = int(encoder.config.image_size)
         # Not saved: they come with the image encoder, and checkpoints hold what trains.

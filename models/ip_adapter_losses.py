@@ -20,11 +20,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from components.text_projection import project
 from losses.dd_loss import DenoisingDecoupleLoss, run_conditions
-from losses.pd_loss import PriorDecoupleLoss
+from losses.pd_loss import PriorDecoupleLoss, prior_decouple
 from step.record import StepRecord
 from step.requests import TextRequest
 
@@ -90,9 +89,4 @@ class ImagePriorDecoupleLoss(PriorDecoupleLoss):
         f_p = module.concept_features(self.clip_model)
         size = f_p.shape[0]
         f_g, f_s = targets[:size], targets[size:]
-        cos_pg = F.cosine_similarity(f_p, f_g, dim=-1)
-        if self.target == "superclass":
-            target = F.cosine_similarity(f_s, f_g, dim=-1)
-        else:
-            target = torch.full_like(cos_pg, float(self.target))
-        return (cos_pg - target).abs().mean()
+        return prior_decouple(f_p, f_g, f_s, self.target)

@@ -55,6 +55,23 @@ def default_image_encoder(
     return IP_ADAPTER_SDXL_ENCODER if family == "sdxl" else IP_ADAPTER_ENCODER
 
 
+def chosen_image_encoder(
+    pretrained_model_name_or_path: str,
+    family: str,
+    name_or_path: str | None,
+    subfolder: str | None,
+) -> tuple[str, str | None, CLIPVisionModelWithProjection, list[float], list[float]]:
+    """The image encoder a module reads: the given one, else its family's default; returns
+    (name, subfolder, encoder, normalisation mean, std)."""
+    if name_or_path is None:
+        name_or_path, default_subfolder = default_image_encoder(
+            pretrained_model_name_or_path, family
+        )
+        subfolder = subfolder or default_subfolder
+    encoder, mean, std = load_image_encoder(name_or_path, subfolder)
+    return name_or_path, subfolder, encoder, mean, std
+
+
 def load_image_encoder(
     name_or_path: str, subfolder: str | None = None
 ) -> tuple[CLIPVisionModelWithProjection, list[float], list[float]]:

@@ -41,7 +41,7 @@ from models.base import PersonalizationModule
 from models.subject_encoder import (
     SubjectEncoder,
     TokenMapper,
-    default_image_encoder,
+    chosen_image_encoder,
     load_image_encoder,
 )
 from step.draws import SampleDraws
@@ -97,14 +97,18 @@ class VisualEncoder(PersonalizationModule):
                 f"{[c.token for c in self.concepts]}; give several subjects the same token and "
                 "set data.init_args.shared_tokens: true."
             )
-        if image_encoder_name_or_path is None:
-            image_encoder_name_or_path, default_subfolder = default_image_encoder(
-                self.pretrained_model_name_or_path, self.family.name
-            )
-            image_encoder_subfolder = image_encoder_subfolder or default_subfolder
-        self.image_encoder_name_or_path = image_encoder_name_or_path
-        self.image_encoder_subfolder = image_encoder_subfolder
-        encoder, mean, std = load_image_encoder(image_encoder_name_or_path, image_encoder_subfolder)
+        (
+            self.image_encoder_name_or_path,
+            self.image_encoder_subfolder,
+            encoder,
+            mean,
+            std,
+        ) = chosen_image_encoder(
+            self.pretrained_model_name_or_path,
+            self.family.name,
+            image_encoder_name_or_path,
+            image_encoder_subfolder,
+        )
         embeddings = [tokens.embedding for tokens in self.encoder_concept_tokens]
         self.token_dims = [e.vectors.shape[-1] for e in embeddings]  # each encoder's width
         with torch.random.fork_rng(devices=[]):

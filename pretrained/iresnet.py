@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pretrained.vgg import weights_file
+
 IRESNET_WIDTHS = (64, 128, 256, 512)
 IRESNET_DEPTHS = {
     "r18": (2, 2, 2, 2),
@@ -104,12 +106,7 @@ class IResNet(nn.Module):
     def from_pretrained(cls, path: str | Path) -> IResNet:
         """A folder of ours, or an arcface_torch weights file (.pth read weights-only, or
         .safetensors); depths, widths and embedding size are read from the weights."""
-        path = Path(path)
-        if path.is_dir():
-            files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pth"))
-            if not files:
-                raise FileNotFoundError(f"{str(path)!r} holds no .safetensors or .pth weights.")
-            path = files[0]
+        path = weights_file(path)
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:

@@ -23,6 +23,17 @@ VGG19_CONVS_PER_BLOCK = (2, 2, 4, 4, 4)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
+def weights_file(path: str | Path) -> Path:
+    """``path`` itself, or a folder's first ``.safetensors`` (else ``.pth``) file."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pth"))
+    if not files:
+        raise FileNotFoundError(f"{str(path)!r} holds no .safetensors or .pth weights.")
+    return files[0]
+
+
 class VGGFeatures(nn.Module):
     """VGG-19 trunk returning the activations of the named ReLU layers."""
 
@@ -72,13 +83,8 @@ class VGGFeatures(nn.Module):
         """Load a folder of ours, a weights file (.safetensors, or .pth read weights-only), or a
         hub snapshot folder holding ``model.safetensors`` (e.g. timm/vgg19.tv_in1k). The block
         widths are read from the weights, so a narrow (tiny) VGG-19 loads the same way."""
-        path = Path(path)
-        if path.is_dir():
-            files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pth"))
-            if not files:
-                raise FileNotFoundError(f"{str(path)!r} holds no .safetensors or .pth weights.")
-            path = files[0]
-        elif not path.is_file():
+        path = weights_file(path)
+        if not path.is_file():
             raise FileNotFoundError(f"No VGG-19 weights at {str(path)!r}.")
         if path.suffix == ".safetensors":
             state = load_file(str(path))
