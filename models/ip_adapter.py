@@ -122,18 +122,11 @@ class IPAdapter(ZeroShotTestMixin, PersonalizationModule):
                 "IPAdapter conditions every UNet row on a sample's image; prior preservation's "
                 "class images have none. Set prior_loss_weight: 0."
             )
-        (
-            self.image_encoder_name_or_path,
-            self.image_encoder_subfolder,
-            encoder,
-            mean,
-            std,
-        ) = chosen_image_encoder(
-            self.pretrained_model_name_or_path,
-            self.family.name,
-            image_encoder_name_or_path,
-            image_encoder_subfolder,
-        )
+        chosen = chosen_image_encoder(
+            self.pretrained_model_name_or_path, self.family.name,
+            image_encoder_name_or_path, image_encoder_subfolder,
+        )  # fmt: skip
+        self.image_encoder_name_or_path, self.image_encoder_subfolder, encoder, mean, std = chosen
         self.image_encoder = encoder.requires_grad_(False).eval()
         self.image_size = int(encoder.config.image_size)
         # Not saved: they come with the image encoder, and checkpoints hold what trains.

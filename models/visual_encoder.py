@@ -97,18 +97,11 @@ class VisualEncoder(PersonalizationModule):
                 f"{[c.token for c in self.concepts]}; give several subjects the same token and "
                 "set data.init_args.shared_tokens: true."
             )
-        (
-            self.image_encoder_name_or_path,
-            self.image_encoder_subfolder,
-            encoder,
-            mean,
-            std,
-        ) = chosen_image_encoder(
-            self.pretrained_model_name_or_path,
-            self.family.name,
-            image_encoder_name_or_path,
-            image_encoder_subfolder,
-        )
+        chosen = chosen_image_encoder(
+            self.pretrained_model_name_or_path, self.family.name,
+            image_encoder_name_or_path, image_encoder_subfolder,
+        )  # fmt: skip
+        self.image_encoder_name_or_path, self.image_encoder_subfolder, encoder, mean, std = chosen
         embeddings = [tokens.embedding for tokens in self.encoder_concept_tokens]
         self.token_dims = [e.vectors.shape[-1] for e in embeddings]  # each encoder's width
         with torch.random.fork_rng(devices=[]):
