@@ -29,7 +29,9 @@ import train  # noqa: E402  (after the path: this file runs as a script)
 # method name -> its config(s) (each runs with configs/tiny.yaml after them).
 METHOD_CONFIGS: dict[str, str | tuple[str, ...]] = {
     "textual_inversion": "configs/textual_inversion.yaml",
-    "custom_diffusion": "configs/custom_diffusion.yaml",
+    # NeTI: nested dropout drawn per (sample, layer), so each rank's share draws what the one
+    # process draws for the same samples (plain Custom Diffusion runs under spl and dd_loss).
+    "neti": "configs/classdiffusion/neti.yaml",
     "dreambooth": "configs/dreambooth.yaml",
     "lora": "configs/lora.yaml",
     "spl": "configs/classdiffusion/custom_diffusion.yaml",
